@@ -1,0 +1,96 @@
+"""The analyzers stage: findings from the model and the captured statistics.
+
+``analyze`` runs every registered rule that applies (static rules always,
+dynamic rules when there is a capture), keeps the selected codes, and links
+root causes to the findings they explain. It does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..findings import Finding, Severity, is_selected
+from . import activation, cell, hidden, inputs, saturation, weights  # noqa: F401  (register rules)
+from .registry import RULES, Context, Rule, with_explains
+
+# What a root cause explains, on the same layer (CASE.md: W101 on U explains
+# S301, C401 and H601). Only error-level root causes claim explanations.
+EXPLAINS = {
+    "W101": ("S301", "S302", "S303", "C401", "H601", "H603", "H604", "I501"),
+    "W102": ("S301", "S302", "S303", "C401", "H603"),
+    "A201": ("S302",),
+    "I502": ("S301", "S303"),
+}
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    select: tuple[str, ...] = ("",)
+    ignore: tuple[str, ...] = ()
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class Analysis:
+    findings: list[Finding]
+    skipped: dict[str, str]  # code -> why it was not evaluated
+
+
+def analyze(model, capture=None, config: AnalysisConfig | None = None) -> Analysis:
+    config = config or AnalysisConfig()
+    ctx = Context(model=model, capture=capture, thresholds=config.thresholds)
+    findings: list[Finding] = []
+    for code, r in RULES.items():
+        if not is_selected(code, config.select, config.ignore):
+            continue
+        if r.needs_inputs and capture is None:
+            ctx.skip(code, "needs inputs (dynamic rule)")
+            continue
+        findings.extend(r.check(ctx))
+    findings = link_root_causes(findings, len(model.layers))
+    findings.sort(key=Finding.sort_key)
+    return Analysis(findings, {c: why for c, why in ctx.skipped.items() if is_selected(c, config.select, config.ignore)})
+
+
+def link_root_causes(findings: list[Finding], n_layers: int) -> list[Finding]:
+    """Name, in each error-level root-cause finding, the findings it explains.
+
+    Only the strongest root-cause finding of a code per layer claims them, so
+    the report names each explanation once. Encoding-level findings (H601,
+    H604) belong to the last layer.
+    """
+    # Per (code, layer) the strongest error-level finding is the root cause
+    # (largest drift or norm), so the explanation sits where the cause is.
+    causes: dict[tuple[str, int | None], Finding] = {}
+    for f in findings:
+        if f.code in EXPLAINS and f.severity == Severity.error:
+            key = (f.code, f.location.layer)
+            if key not in causes or _strength(f) > _strength(causes[key]):
+                causes[key] = f
+    out = []
+    for f in findings:
+        key = (f.code, f.location.layer)
+        if causes.get(key) is f:
+            explained = [
+                g.code
+                for g in findings
+                if g.code in EXPLAINS[f.code]
+                and g.severity >= Severity.warning
+                and g.location.layer == f.location.layer
+            ]
+            f = with_explains(f, explained)
+        out.append(f)
+    return out
+
+
+def _strength(f: Finding) -> tuple[bool, float]:
+    # The recurrent matrix first: CASE.md's root cause is the mean of U, which
+    # the peepholes then amplify through the growing cell.
+    ev = f.evidence
+    return ev.get("matrix") == "U", abs(float(ev.get("drift", ev.get("spectral_norm", 0.0)) or 0.0))
+
+def all_rules() -> list[Rule]:
+    return [RULES[c] for c in sorted(RULES)]
+
+
+__all__ = ["analyze", "Analysis", "AnalysisConfig", "RULES", "all_rules", "Severity"]

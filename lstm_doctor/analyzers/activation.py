@@ -1,0 +1,167 @@
+"""A — activation configuration, from the declared config and from behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..activations import get_activation
+from ..findings import Location
+from .registry import Context, rule
+
+
+def hidden_fit(h: np.ndarray, o: np.ndarray, c: np.ndarray) -> dict[str, float]:
+    """How well h/o follows tanh(c) versus σ(c), on arrays of equal shape.
+
+    Returns the mean |h − o·act(c)| for both, h's minimum and the shares of
+    negative and positive c. A hidden sequence that some code produced (the
+    scan's own, or one a user observed) is compared with both hypotheses.
+    """
+    h, o, c = (np.asarray(a, dtype=np.float64) for a in (h, o, c))
+    ok = np.isfinite(h) & np.isfinite(o) & np.isfinite(c)
+    h, o, c = h[ok], o[ok], c[ok]
+    if h.size == 0:
+        return {}
+    return {
+        "residual_tanh": float(np.abs(h - o * np.tanh(c)).mean()),
+        "residual_sigmoid": float(np.abs(h - o * get_activation("sigmoid").fn(c)).mean()),
+        "min_h": float(h.min()),
+        "share_c_negative": float((c < 0).mean()),
+        "share_c_positive": float((c > 0).mean()),
+        "mean_abs_h": float(np.abs(h).mean()),
+    }
+
+
+@rule(
+    "A201",
+    "hidden-activation",
+    "error",
+    "declared cell-output activation; behaviour: min h, sign of c, and the fit of "
+    "h/o to tanh(c) versus σ(c) over the sample",
+    {"sign_share": 0.01, "fit_ratio": 0.5},
+    needs_inputs=False,
+    what="""
+Flags a cell output h = o·act(c) whose act is not a zero-centred, bounded
+squashing function like tanh: sigmoid (h never negative, a 0.25 offset), relu
+or softplus (one-signed, unbounded), identity (unbounded). It checks the
+declared configuration and, independently, the behaviour of the hidden
+sequence: h ≥ 0 everywhere while c takes both signs (each sign in at least
+`sign_share` of values), or h/o fitting σ(c) with less than `fit_ratio` of the
+residual of tanh(c). The behavioural check catches code that differs from its
+declared configuration (e.g. an observed trace, `--observed`).""",
+    why="""
+CASE.md: the Tweet2Vec encoder computed h = o·σ(c). With saturated gates h_t ≈
+σ(t+1): .73, .88, .95, .98 — exactly the numbers the user printed. Even with
+everything else fixed, σ(c) keeps h non-negative and offset by ≈ 0.25, so the
+encodings cannot use half their space. Nothing in the weights reveals this.""",
+    example="""
+A201 error  layer 0 fwd: h_t = o_t · σ(c_t) (declared cell_output = sigmoid);
+h is never negative (min 0.12) and h/o fits σ(c) (residual 0) not tanh(c) (0.21)""",
+    fix="Use tanh for the cell output: h_t = o_t · tanh(c_t) (`what-if` fix `tanh-cell-output`).",
+)
+def check_hidden_activation(ctx: Context):
+    for k, layer in enumerate(ctx.model.layers):
+        act = layer.activations.get("cell_output")
+        declared_bad = not (act.bounded and act.zero_centred)
+        for d, _params in layer.directions():
+            fit = _behaviour(ctx, k, d)
+            behaviour = _behaviour_says_not_tanh(ctx, fit)
+            if not (declared_bad or behaviour):
+                continue
+            parts = []
+            if declared_bad:
+                parts.append(
+                    f"the declared cell output is h_t = o_t · {act.equation}(c_t) "
+                    f"({act.name}: range [{act.low:g}, {act.high:g}], "
+                    f"{'not zero-centred' if not act.zero_centred else 'unbounded'})"
+                )
+            if behaviour:
+                parts.append(behaviour)
+            yield ctx.finding(
+                "A201",
+                "; ".join(parts) + ".",
+                location=Location(k, d, "h"),
+                evidence={"declared": act.name, "behaviour": fit or None},
+            )
+
+
+def _behaviour(ctx: Context, k: int, d: str) -> dict[str, float]:
+    cap = ctx.capture
+    if cap is None:
+        return {}
+    sample = cap.sample.get((k, d), {})
+    if not all(name in sample for name in ("h", "o", "c")):
+        return {}
+    return hidden_fit(sample["h"], sample["o"], sample["c"])
+
+
+def _behaviour_says_not_tanh(ctx: Context, fit: dict[str, float]) -> str:
+    if not fit:
+        return ""
+    share = ctx.th("A201", "sign_share")
+    if fit["min_h"] >= 0 and fit["share_c_negative"] >= share and fit["share_c_positive"] >= share:
+        return (
+            f"h is never negative (min {fit['min_h']:.3g}) while c takes both signs "
+            f"({fit['share_c_negative']:.0%} negative)"
+        )
+    ratio = ctx.th("A201", "fit_ratio")
+    if fit["residual_sigmoid"] < ratio * fit["residual_tanh"]:
+        return (
+            f"h/o follows σ(c) (mean residual {fit['residual_sigmoid']:.2g}) rather than "
+            f"tanh(c) ({fit['residual_tanh']:.2g})"
+        )
+    return ""
+
+
+@rule(
+    "A202",
+    "gate-activation-range",
+    "error",
+    "declared gate activation and its range",
+    {},
+    needs_inputs=False,
+    what="Flags gates i, f, o whose activation's range is not within [0, 1] (tanh, relu, identity).",
+    why="""
+A gate multiplies: values outside [0, 1] flip signs (tanh) or amplify without
+bound (relu, identity), so the cell can oscillate or explode instead of being
+remembered or forgotten.""",
+    example="A202 error  layer 0: gate activation tanh has range [-1, 1], not within [0, 1]",
+    fix="Use sigmoid (or hard sigmoid) for the gates (`what-if` fix `sigmoid-gates`).",
+)
+def check_gate_activation(ctx: Context):
+    for k, layer in enumerate(ctx.model.layers):
+        act = layer.activations.get("gate")
+        if not act.gate_like:
+            yield ctx.finding(
+                "A202",
+                f"the gate activation {act.name} has range [{act.low:g}, {act.high:g}], "
+                "not within [0, 1]: i, f and o cannot act as gates.",
+                location=Location(k, None, "gates"),
+                evidence={"declared": act.name, "range": [act.low, act.high]},
+            )
+
+
+@rule(
+    "A203",
+    "candidate-activation",
+    "error",
+    "declared candidate activation and the symmetry of its range",
+    {},
+    needs_inputs=False,
+    what="Flags a candidate g whose activation is not symmetric around 0 (sigmoid, relu, softplus).",
+    why="""
+c_t = f·c_{t-1} + i·g: with g ≥ 0 the cell can only grow, never be pushed back
+down by the input, so it integrates until it saturates everything it feeds.""",
+    example="A203 error  layer 0: candidate activation sigmoid has range [0, 1]: c can only grow",
+    fix="Use tanh for the candidate (`what-if` fix `tanh-candidate`).",
+)
+def check_candidate_activation(ctx: Context):
+    for k, layer in enumerate(ctx.model.layers):
+        act = layer.activations.get("candidate")
+        if not act.symmetric:
+            yield ctx.finding(
+                "A203",
+                f"the candidate activation {act.name} has range [{act.low:g}, {act.high:g}], "
+                "not symmetric around 0: the cell can only grow.",
+                location=Location(k, None, "g"),
+                evidence={"declared": act.name, "range": [act.low, act.high]},
+            )

@@ -1,0 +1,291 @@
+"""I — inputs: their share of the gates, their scale, layout and padding.
+
+Rules that describe the user's data (I503–I506) are skipped for synthetic
+probes; I501 and I502 describe the model's response at the probe's scale and
+run on probes too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..findings import Location, Severity
+from ..model import GATES
+from .registry import Context, rule
+
+
+def input_variance_share(terms) -> np.ndarray:
+    """(4,) per gate block: Var(x·W) / (Var(x·W) + Var(h·U) + Var(p·c))."""
+    parts = [terms.variance(t) for t in ("input", "recurrent", "peephole")]
+    total = sum(parts)
+    return np.where(total > 0, parts[0] / np.where(total > 0, total, 1), 1.0)
+
+
+def input_energy_share(terms, bias: np.ndarray, H: int) -> np.ndarray:
+    """(4,) per gate block: E[(x·W)²] / (E[(x·W)²] + E[(h·U)²] + E[(p·c)²] + mean b²)."""
+    b2 = (np.asarray(bias, dtype=np.float64).reshape(4, H) ** 2).mean(axis=1)
+    parts = [terms.mean_square(t) for t in ("input", "recurrent", "peephole")]
+    total = sum(parts) + b2
+    return np.where(total > 0, parts[0] / np.where(total > 0, total, 1), 1.0)
+
+
+@rule(
+    "I501",
+    "input-negligible",
+    "error",
+    "per gate: the input term's share of the pre-activation variance, "
+    "Var(x·W) / (Var(x·W) + Var(h·U) + Var(p·c)), and of its mean square (bias included)",
+    {"share": 0.01},
+    what="""
+Splits every gate pre-activation z = x·W + h·U + b (+ p·c) into its terms and
+measures the input term's share of the variance, and of the mean square
+(where a constant bias also counts). Fires when, in every gate, both shares are
+under `share`: the recurrent term and the bias dominate, so the output cannot
+depend on the input.""",
+    why="""
+CASE.md: x·W averaged |0.017| against ≈ 25 for the recurrent term; the final
+encodings of different tweets differed by 4e-8 (cosine 0.999997), and the
+gradient reaching W was ≈ 1e-6, so training could not repair it.""",
+    example="I501 error  layer 0 fwd: the input term carries at most 0.0004% of any gate's variance",
+    fix="""
+Standardise the inputs (zero mean, unit variance per feature; `what-if` fix
+`standardize-inputs`) and fix what inflates the recurrent term (W101, W102).""",
+)
+def check_input_negligible(ctx: Context):
+    cap = ctx.capture
+    for (k, d), st in cap.directions.items():
+        params = dict(ctx.model.layers[k].directions())[d]
+        var_share = input_variance_share(st.terms)
+        energy_share = input_energy_share(st.terms, params.b, st.H)
+        share = np.maximum(var_share, energy_share)
+        if float(share.max()) >= ctx.th("I501", "share"):
+            continue
+        best = int(np.argmax(share))
+        rms_in = np.sqrt(st.terms.mean_square("input"))
+        rms_rec = np.sqrt(st.terms.mean_square("recurrent"))
+        yield ctx.finding(
+            "I501",
+            f"the input term x·W carries at most {float(share.max()):.2%} of any gate's "
+            f"pre-activation (gate {GATES[best]}); RMS of x·W is {float(rms_in.mean()):.3g} "
+            f"against {float(rms_rec.mean()):.3g} for h·U: the output cannot depend on the input"
+            + (f" (at the probe's scale)" if cap.source.probe else "")
+            + ".",
+            location=Location(k, d, None),
+            evidence={
+                "input_variance_share": {g: float(v) for g, v in zip(GATES, var_share)},
+                "input_energy_share": {g: float(v) for g, v in zip(GATES, energy_share)},
+                "rms_input_term": {g: float(v) for g, v in zip(GATES, rms_in)},
+                "rms_recurrent_term": {g: float(v) for g, v in zip(GATES, rms_rec)},
+            },
+        )
+
+
+@rule(
+    "I502",
+    "input-overdriven",
+    "warning",
+    "per gate: share of values where the input term alone has |x·W| > 4.6",
+    {"share": 0.5, "error_share": 0.9},
+    what="""
+Counts the gate values whose input term alone exceeds |z| = 4.6 (σ already
+below 0.01 or above 0.99). Fires when that share exceeds `share` in any gate:
+the inputs' scale saturates the gates whatever the recurrent state.""",
+    why="""
+Unscaled features (pixel values 0–255, counts, raw embeddings) make x·W huge;
+the gates then act as step functions of the input and pass no gradient.""",
+    example="I502 error  layer 0 fwd, gate i: |x·W| > 4.6 for 96% of values (RMS 31)",
+    fix="Standardise or rescale the inputs (`what-if` fix `rescale-inputs`).",
+)
+def check_input_overdriven(ctx: Context):
+    cap = ctx.capture
+    for (k, d), st in cap.directions.items():
+        count = max(st.terms.count, 1)
+        over = st.terms.over_input / count
+        j = int(np.argmax(over))
+        if over[j] <= ctx.th("I502", "share"):
+            continue
+        severity = Severity.error if over[j] >= ctx.th("I502", "error_share") else Severity.warning
+        yield ctx.finding(
+            "I502",
+            f"the input term alone has |x·W| > 4.6 for {over[j]:.0%} of gate {GATES[j]}'s values "
+            f"(RMS {float(np.sqrt(st.terms.mean_square('input')[j])):.3g}): the inputs' scale "
+            "saturates the gates.",
+            severity=severity,
+            location=Location(k, d, GATES[j]),
+            evidence={"overdriven_share": {g: float(v) for g, v in zip(GATES, over)}},
+        )
+
+
+@rule(
+    "I503",
+    "input-unnormalized",
+    "info",
+    "per feature: mean, std, min and max of the inputs; the sign of W's mean",
+    {"mean_std_ratio": 1.0, "low_scale": 0.1, "high_scale": 10.0},
+    what="""
+Describes the input scale: features far from zero mean (|mean| > mean_std_ratio ×
+std) or from unit scale (RMS under low_scale or over high_scale), constant
+features, and all-non-negative features feeding positive-mean weights
+(a warning: every unit then receives the same positive push).""",
+    why="""
+LSTMs are initialised for standardised inputs. CASE.md's conv output was ReLU,
+0 to 0.07: tiny, non-negative, and fed into weights of mean 0.1 — the input
+term was a small constant push, not information.""",
+    example="I503 warning  inputs: all 10 features are ≥ 0 (RMS 0.02) and W has mean 0.1 > 0",
+    fix="Standardise per feature with statistics from the training data (`what-if` fix `standardize-inputs`).",
+)
+def check_input_unnormalized(ctx: Context):
+    cap = ctx.capture
+    if cap.source.probe:
+        ctx.skip("I503", "synthetic probe inputs")
+        return
+    st = cap.inputs
+    mean, std = st.mean(), st.std()
+    rms = float(np.sqrt(np.mean(st.sumsq_d / max(st.count, 1))))
+    constant = np.flatnonzero(st.max_d == st.min_d)
+    offset = np.flatnonzero(np.abs(mean) > ctx.th("I503", "mean_std_ratio") * np.maximum(std, 1e-30))
+    nonneg = bool(np.all(st.min_d >= 0))
+    W = np.asarray(ctx.model.layers[0].forward.W, dtype=np.float64)
+    w_mean = float(W.mean()) if np.isfinite(W).all() else 0.0
+    evidence = {
+        "rms": rms,
+        "features": st.D,
+        "constant_features": [int(i) for i in constant[:50]],
+        "offset_features": int(offset.size),
+        "all_non_negative": nonneg,
+        "zero_share": st.zeros / max(st.count * st.D, 1),
+        "W_mean": w_mean,
+    }
+    loc = Location(0, None, "x")
+    if nonneg and w_mean > 0 and w_mean > 0.5 * float(W.std()):
+        yield ctx.finding(
+            "I503",
+            f"all {st.D} input features are ≥ 0 ({evidence['zero_share']:.0%} exact zeros, RMS "
+            f"{rms:.3g}) and feed weights of mean {w_mean:.3g} > 0: every unit receives the same "
+            "positive push.",
+            severity=Severity.warning,
+            location=loc,
+            evidence=evidence,
+        )
+        return
+    problems = []
+    if rms < ctx.th("I503", "low_scale") or rms > ctx.th("I503", "high_scale"):
+        problems.append(f"RMS {rms:.3g} is far from unit scale")
+    if offset.size:
+        problems.append(f"{offset.size}/{st.D} features have |mean| > std")
+    if constant.size:
+        problems.append(f"{constant.size} features are constant ({[int(i) for i in constant[:8]]})")
+    if problems:
+        yield ctx.finding(
+            "I503",
+            "inputs are not standardised: " + "; ".join(problems) + ".",
+            location=loc,
+            evidence=evidence,
+        )
+
+
+@rule(
+    "I504",
+    "time-axis-suspect",
+    "warning",
+    "T/D, and the mean correlation between adjacent steps versus between adjacent features",
+    {"steps_per_feature": 4.0, "margin": 0.2},
+    what="""
+Suspects that the axis used as time is a feature or channel axis: there are
+many more steps than features (T ≥ steps_per_feature × D) and adjacent steps
+are less correlated than adjacent features (by more than `margin`), as happens
+when a channels-first conv output (batch, channels, length) is read as
+(batch, time, features).""",
+    why="""
+CASE.md: the conv stack produced (batch, 256 channels, 10 positions) and the
+LSTM stepped over the 256 filters with the 10 positions as features. A sequence
+length equal to a channel count, with very few features, is the smell; the
+correlation test confirms it, since neighbouring positions of a conv output
+overlap while neighbouring filters are unrelated.""",
+    example="""
+I504 warning  inputs: 256 steps of 10 features; adjacent steps correlate 0.02,
+adjacent features 0.71: the time axis looks like a channel axis""",
+    fix="Read the input as channels-first: --layout bct (time = length), and give W the channel count as D.",
+)
+def check_time_axis(ctx: Context):
+    cap = ctx.capture
+    if cap.source.probe:
+        ctx.skip("I504", "synthetic probe inputs")
+        return
+    T, D = cap.T, cap.source.D
+    step, feat = cap.step_correlation, cap.feature_correlation
+    if T < ctx.th("I504", "steps_per_feature") * D or not np.isfinite(step) or not np.isfinite(feat):
+        return
+    if feat - step <= ctx.th("I504", "margin"):
+        return
+    hint = " (--layout bct)" if cap.source.layout == "btd" else ""
+    yield ctx.finding(
+        "I504",
+        f"the input is read as {T} steps of {D} features (layout {cap.source.layout}); adjacent "
+        f"steps correlate {step:.2f} but adjacent features {feat:.2f}: the time axis looks "
+        f"like a channel axis{hint}.",
+        location=Location(0, None, "x"),
+        evidence={"T": T, "D": D, "step_correlation": step, "feature_correlation": feat, "layout": cap.source.layout},
+    )
+
+
+@rule(
+    "I505",
+    "input-nonfinite",
+    "error",
+    "count of NaN and ±Inf values in the inputs",
+    {},
+    what="Flags NaN or Inf values in the inputs.",
+    why="A single non-finite input makes that sequence's state non-finite from that step on (C402).",
+    example="I505 error  inputs: 12 NaN/Inf values",
+    fix="Clean or impute the inputs before encoding them.",
+)
+def check_input_nonfinite(ctx: Context):
+    st = ctx.capture.inputs
+    if st.nonfinite:
+        yield ctx.finding(
+            "I505",
+            f"the inputs hold {st.nonfinite} NaN or Inf values.",
+            location=Location(0, None, "x"),
+            evidence={"count": st.nonfinite},
+        )
+
+
+@rule(
+    "I506",
+    "padding-dominated",
+    "warning",
+    "trailing all-zero steps per sequence when no lengths are given",
+    {"sequence_share": 0.1, "step_share": 0.1},
+    what="""
+Without --lengths, detects trailing all-zero steps (padding). Fires when at
+least `sequence_share` of the sequences are padded and the padded ones end
+with, on average, at least `step_share` × T zero steps: their final state is
+taken after those padding steps, with no mask applied.""",
+    why="""
+An LSTM keeps stepping through padding: every zero step decays or drives the
+state, so the "final" encoding describes the padding as much as the sequence.""",
+    example="I506 warning  inputs: 80% of sequences end with 41 zero steps on average (of 60); no lengths given",
+    fix="Pass --lengths (the true length of each sequence) so the state is taken at the last real step.",
+)
+def check_padding(ctx: Context):
+    cap = ctx.capture
+    if cap.source.probe:
+        ctx.skip("I506", "synthetic probe inputs")
+        return
+    if cap.source.lengths is not None:
+        return
+    st = cap.inputs
+    padded = st.sequences_with_padding
+    if padded == 0:
+        return
+    seq_share = padded / max(st.n, 1)
+    mean_steps = st.trailing_zero_steps / padded
+    if seq_share >= ctx.th("I506", "sequence_share") and mean_steps >= ctx.th("I506", "step_share") * cap.T:
+        yield ctx.finding(
+            "I506",
+            f"{seq_share:.0%} of sequences end with {mean_steps:.3g} all-zero steps on average "
+            f"(of {cap.T}) and no lengths were given: their final state is taken after the padding.",
+            location=Location(0, None, "x"),
+            evidence={"padded_share": seq_share, "mean_padding_steps": mean_steps, "T": cap.T},
+        )

@@ -1,0 +1,195 @@
+"""The command line. Parsing only: each command fills an options object and calls
+an ``execute(options) -> int``. Heavy modules (numpy's users, pytensor,
+matplotlib) are imported inside the commands, so ``--help`` and ``--version``
+answer instantly.
+
+Exit codes: 0 no finding at or above --fail-on; 1 findings at or above it;
+2 usage or input error (one line on stderr, no traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+LAYOUTS = ("btd", "tbd", "bct")
+FORMATS = ("native", "tweet2vec", "lasagne", "torch", "keras", "onnx")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"lstm-doctor: error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _run(execute, options) -> None:
+    from .errors import UserError
+
+    try:
+        code = execute(options)
+    except UserError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("lstm-doctor: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code)
+
+
+def model_options(f):
+    f = click.option("--model-format", type=click.Choice(FORMATS), help="Override format detection.")(f)
+    f = click.option("--preset", type=click.Choice(["tweet2vec"]), help="Declare a known codebase's actual equations.")(f)
+    f = click.option("--layer-prefix", help="torch: the submodule whose LSTM to load (e.g. encoder.lstm).")(f)
+    f = click.option("--trust-pickle", is_flag=True, help="Allow arbitrary pickles (runs code from the file!).")(f)
+    return f
+
+
+def input_options(f):
+    f = click.option("--inputs", "-i", type=click.Path(dir_okay=False), help="Input sequences (.npy or .npz).")(f)
+    f = click.option(
+        "--layout",
+        type=click.Choice(LAYOUTS),
+        help="Axes of the inputs: btd (batch, time, features), tbd, or bct (channels-first conv output). "
+        "Default: the model's declared layout.",
+    )(f)
+    f = click.option("--lengths", type=click.Path(dir_okay=False), help="Valid length of each sequence (.npy).")(f)
+    return f
+
+
+def engine_option(f):
+    return click.option(
+        "--engine",
+        type=click.Choice(["numpy", "pytensor"]),
+        default="numpy",
+        show_default=True,
+        help="Capture engine: the NumPy path (fastest on CPU) or the PyTensor scan (engine of record).",
+    )(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lstm-doctor")
+def cli():
+    """A doctor for LSTM layers: re-runs the layer in an instrumented scan and says,
+    with numbers and a fix, what is wrong.
+
+    \b
+    Start with:  lstm-doctor demo
+    Then:        lstm-doctor diagnose MODEL --inputs X.npy
+    """
+
+
+def diagnosis_options(f):
+    f = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)(f)
+    f = click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")(f)
+    f = click.option(
+        "--fail-on",
+        type=click.Choice(["error", "warning", "info"]),
+        default="error",
+        show_default=True,
+        help="Exit 1 when a finding is at or above this severity.",
+    )(f)
+    f = click.option("--exit-zero", is_flag=True, help="Always exit 0 when the diagnosis ran.")(f)
+    f = click.option("--select", multiple=True, help="Only these code prefixes (repeat or comma-separate).")(f)
+    f = click.option("--ignore", multiple=True, help="Drop these code prefixes (longest prefix wins).")(f)
+    f = click.option("--threshold", multiple=True, help="Override a rule threshold: CODE.param=value.")(f)
+    f = click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)(f)
+    f = click.option("--chunk-size", type=click.IntRange(1), default=64, show_default=True, help="Sequences per chunk.")(f)
+    f = click.option(
+        "--sample-size", type=click.IntRange(1), default=64, show_default=True, help="Sequences kept in full for plots."
+    )(f)
+    return f
+
+
+def _split(values) -> tuple[str, ...]:
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@input_options
+@click.option("--probe", type=click.Choice(["normal", "uniform", "zeros"]), default="normal", show_default=True,
+              help="Synthetic inputs when no --inputs are given.")
+@click.option("--probe-scale", type=float, default=1.0, show_default=True)
+@click.option("--probe-steps", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--probe-sequences", type=click.IntRange(1), default=64, show_default=True)
+@model_options
+@engine_option
+@diagnosis_options
+def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, probe_sequences, model_format,
+             preset, layer_prefix, trust_pickle, engine, fmt, output, fail_on, exit_zero, select, ignore,
+             threshold, color, chunk_size, sample_size):
+    """Diagnose MODEL (an lstm.toml, its folder, or a framework file) on sample inputs."""
+    from .diagnose import DiagnoseOptions, execute
+
+    _run(
+        execute,
+        DiagnoseOptions(
+            model=model, inputs=inputs, layout=layout, lengths=lengths, probe=probe, probe_scale=probe_scale,
+            probe_steps=probe_steps, probe_sequences=probe_sequences, model_format=model_format, preset=preset,
+            layer_prefix=layer_prefix, trust_pickle=trust_pickle, engine=engine, format=fmt, output=output,
+            fail_on=fail_on, exit_zero=exit_zero, select=_split(select), ignore=_split(ignore),
+            thresholds=tuple(threshold), color=color, chunk_size=chunk_size, sample_size=sample_size,
+        ),
+    )
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@input_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
+@click.option("--steps", help="Only steps A:B.")
+@click.option("--units", help="Only these units, e.g. 0,3,5-9.")
+@model_options
+@engine_option
+def trace(model, inputs, layout, lengths, out, steps, units, model_format, preset, layer_prefix, trust_pickle, engine):
+    """Write every step's h, c, i, f, g, o and pre-activations, shaped (B, T, H)."""
+    from .trace import TraceOptions, execute
+
+    if not inputs:
+        _fail("trace needs --inputs")
+    _run(
+        execute,
+        TraceOptions(
+            model=model, inputs=inputs, out=out, layout=layout, lengths=lengths, steps=steps, units=units,
+            model_format=model_format, preset=preset, layer_prefix=layer_prefix, trust_pickle=trust_pickle,
+            engine=engine,
+        ),
+    )
+
+
+@cli.command()
+@engine_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False))
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)
+def demo(engine, fmt, output, color):
+    """Diagnose the bundled CASE.md-like encoder and compare it with its fixed twin."""
+    from . import demo as demo_module
+    from .diagnose import DiagnoseOptions
+
+    _run(demo_module.execute, DiagnoseOptions(model="", engine=engine, format=fmt, output=output, color=color))
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def rules(fmt):
+    """List every rule code with its name, family and default severity."""
+    from .rules_cmd import list_rules
+
+    _run(list_rules, fmt)
+
+
+@cli.command()
+@click.argument("code")
+def explain(code):
+    """Print a rule's documentation: what it does, why it matters, an example, the fix."""
+    from .rules_cmd import explain_rule
+
+    _run(explain_rule, code)
+
+
+def main() -> None:
+    cli(prog_name="lstm-doctor")

@@ -1,0 +1,193 @@
+"""The ``diagnose`` job, apart from its command line: typed options → ``execute`` → exit code.
+
+``run_diagnosis`` does load → capture → analyze → build the report and returns
+the report dict; ``execute`` adds output (text or JSON, stdout or an atomic
+``--output``) and the exit code. The CLI only fills ``DiagnoseOptions``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .errors import UserError
+from .findings import Severity, exit_code
+
+TEXT_WIDTH = 110
+
+
+@dataclass
+class DiagnoseOptions:
+    model: str
+    inputs: str | None = None
+    layout: str | None = None  # None: the model's declared layout
+    lengths: str | None = None
+    probe: str = "normal"
+    probe_scale: float = 1.0
+    probe_steps: int = 50
+    probe_sequences: int = 64
+    model_format: str | None = None
+    preset: str | None = None
+    layer_prefix: str | None = None
+    trust_pickle: bool = False
+    engine: str = "numpy"
+    chunk_size: int = 64
+    sample_size: int = 64
+    format: str = "text"
+    output: str | None = None
+    fail_on: str = "error"
+    exit_zero: bool = False
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    thresholds: tuple[str, ...] = ()
+    color: str = "auto"
+    progress: bool = True
+    seed: int = 0
+    created: str | None = None  # fixed timestamp (tests, reproducible reports)
+    extra_protected: tuple[str, ...] = field(default_factory=tuple)
+
+
+def analysis_config(options: DiagnoseOptions):
+    from .analyzers import AnalysisConfig
+    from .analyzers.registry import parse_thresholds, validate_prefixes
+
+    return AnalysisConfig(
+        select=tuple(validate_prefixes(options.select or ("",), "--select")),
+        ignore=tuple(validate_prefixes(options.ignore, "--ignore")),
+        thresholds=parse_thresholds(options.thresholds),
+    )
+
+
+def run_diagnosis(options: DiagnoseOptions) -> dict:
+    """Load, capture, analyze; return the report dict (nothing is printed)."""
+    from .analyzers import analyze
+    from .load import LoadOptions, load_model
+    from .load.inputs import check_against_model, load_inputs, make_probe
+    from .pipeline import CaptureOptions, capture
+    from .report import build_report
+    from .scan import ENGINES
+
+    if options.engine not in ENGINES:
+        raise UserError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
+    fail_on = Severity.parse(options.fail_on)
+    config = analysis_config(options)
+    model = load_model(
+        options.model,
+        options.model_format,
+        LoadOptions(
+            preset=options.preset,
+            layer_prefix=options.layer_prefix,
+            trust_pickle=options.trust_pickle,
+        ),
+    )
+    if options.inputs:
+        source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
+    else:
+        if options.lengths:
+            raise UserError("--lengths needs --inputs")
+        source = make_probe(
+            options.probe, options.probe_sequences, options.probe_steps, model.D, options.probe_scale, options.seed
+        )
+    check_against_model(source, model.D)
+    with _progress(options.progress) as progress:
+        result = capture(
+            model,
+            source,
+            CaptureOptions(engine=options.engine, chunk_size=options.chunk_size, sample_size=options.sample_size),
+            progress=progress,
+        )
+    analysis = analyze(model, result, config)
+    code = exit_code(analysis.findings, fail_on, options.exit_zero)
+    return build_report(
+        model,
+        analysis,
+        capture=result,
+        config=config,
+        fail_on=fail_on,
+        exit_code=code,
+        created=options.created,
+    )
+
+
+def render(report: dict, fmt: str, color: str = "auto", to_terminal: bool = True) -> str:
+    """The report in ``fmt`` as a string (text is rendered by rich)."""
+    if fmt == "json":
+        return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "text":
+        from rich.console import Console
+
+        from .report.text import render as render_text
+
+        buffer = io.StringIO()
+        console = Console(
+            file=buffer,
+            width=_width(to_terminal),
+            force_terminal=use_color(color, to_terminal),
+            no_color=not use_color(color, to_terminal),
+            highlight=False,
+        )
+        render_text(report, console)
+        return buffer.getvalue()
+    raise UserError(f"unknown format {fmt!r}; choose text or json")
+
+
+def use_color(color: str, to_terminal: bool) -> bool:
+    if color == "always":
+        return True
+    if color == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return to_terminal and sys.stdout.isatty()
+
+
+def _width(to_terminal: bool) -> int:
+    if to_terminal and sys.stdout.isatty():
+        try:
+            return min(os.get_terminal_size().columns, 160)
+        except OSError:
+            pass
+    return int(os.environ.get("COLUMNS", TEXT_WIDTH))
+
+
+def execute(options: DiagnoseOptions) -> int:
+    from .output import check_output_path, emit
+
+    protected = [options.model, options.inputs, options.lengths, *options.extra_protected]
+    if options.output:
+        check_output_path(options.output, protected)
+    report = run_diagnosis(options)
+    emit(render(report, options.format, options.color, options.output is None), options.output)
+    return report["summary"]["exit_code"]
+
+
+class _progress:
+    """A rich progress bar on stderr, shown only for runs longer than ~1 s on a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+        self.started = time.perf_counter()
+
+    def __enter__(self):
+        return self.update if self.enabled else None
+
+    def update(self, done: int, total: int):
+        if self.bar is None:
+            if time.perf_counter() - self.started < 1.0 or done >= total:
+                return
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.bar = Progress(console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("scanning sequences", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+

@@ -1,0 +1,108 @@
+"""The load stage: model files of every supported format → ``LSTMModel``.
+
+Each importer is one module with a ``load(path, options) -> LSTMModel`` and a
+``sniff(path) -> bool`` that recognises its files from extension and content.
+``load_model`` picks the importer (or takes ``model_format``) and turns every
+failure into a ``UserError`` that names the file. Nothing downstream knows
+which format the weights came from.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelError, UserError
+from ..model import LSTMModel
+
+# Detection order matters: the most specific content checks first.
+FORMATS = ("native", "tweet2vec", "lasagne", "torch", "keras", "onnx")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a user can tell an importer beyond the path."""
+
+    preset: str | None = None  # e.g. "tweet2vec": the equations that code computes
+    layer_prefix: str | None = None  # torch: which submodule's LSTM
+    trust_pickle: bool = False  # allow arbitrary pickles (executes code!)
+    layer_name: str | None = None  # keras/onnx: which LSTM layer or node
+
+
+def _importer(fmt: str):
+    return importlib.import_module(f".{fmt}", __name__)
+
+
+def available_formats() -> list[str]:
+    """Formats whose importer module exists in this installation."""
+    out = []
+    for fmt in FORMATS:
+        try:
+            _importer(fmt)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(f"load.{fmt}"):
+                continue
+            raise
+        out.append(fmt)
+    return out
+
+
+def check_readable_file(path: Path, *, allow_dir: bool = False) -> Path:
+    """Fail with a one-line ``UserError`` unless ``path`` can be read."""
+    try:
+        exists = path.exists()
+    except OSError as exc:  # symlink loop, name too long, ...
+        raise UserError(f"cannot access: {exc.strerror or exc}", path) from None
+    if not exists:
+        raise UserError("no such file", path)
+    if path.is_dir() and not allow_dir:
+        raise UserError("is a directory, expected a file", path)
+    try:
+        if path.is_file():
+            with open(path, "rb") as fh:
+                fh.read(1)
+    except OSError as exc:
+        raise UserError(f"cannot read: {exc.strerror or exc}", path) from None
+    return path
+
+
+def detect_format(path: Path) -> str:
+    for fmt in available_formats():
+        try:
+            if _importer(fmt).sniff(path):
+                return fmt
+        except OSError:
+            continue
+    raise ModelError(
+        "cannot tell the model format from the name or content; "
+        f"pass --model-format ({', '.join(available_formats())})",
+        path,
+    )
+
+
+def load_model(
+    path: str | Path,
+    model_format: str | None = None,
+    options: LoadOptions | None = None,
+) -> LSTMModel:
+    """Load any supported model file (or native directory) as an ``LSTMModel``."""
+    path = check_readable_file(Path(path), allow_dir=True)
+    options = options or LoadOptions()
+    fmt = model_format or detect_format(path)
+    if fmt not in available_formats():
+        raise UserError(
+            f"unknown model format {fmt!r}; choose one of {', '.join(available_formats())}"
+        )
+    try:
+        return _importer(fmt).load(path, options)
+    except UserError as exc:
+        if exc.path is None:
+            raise type(exc)(exc.problem, path) from None
+        raise
+    except MemoryError:
+        raise ModelError("not enough memory to load this file", path) from None
+    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as exc:
+        # Importers validate what they read; anything that still escapes is a
+        # malformed file, reported in one line rather than as a traceback.
+        raise ModelError(f"cannot read as {fmt}: {type(exc).__name__}: {exc}", path) from None

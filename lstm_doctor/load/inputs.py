@@ -1,0 +1,226 @@
+"""Input sequences: files, layouts, lengths and synthetic probes.
+
+Layouts (the axes of the array as stored):
+
+- ``btd``: (batch, time, features), as PyTorch ``batch_first`` and Keras.
+- ``tbd``: (time, batch, features), as Theano scan and PyTorch's default.
+- ``bct``: (batch, channels, length), a channels-first conv output: length is
+  time and channels are features.
+
+Internally everything is time-major (T, B, D). ``to_time_major`` is the one
+place where a layout is converted. Files are memory-mapped and read one chunk
+of sequences at a time, so memory does not grow with the number of sequences.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import InputError
+from . import check_readable_file
+
+LAYOUTS = ("btd", "tbd", "bct")
+PROBES = ("normal", "uniform", "zeros")
+
+
+def to_time_major(block: np.ndarray, layout: str) -> np.ndarray:
+    """Convert a block of sequences in ``layout`` to (T, B, D).
+
+    For ``btd`` and ``bct`` the block is a slice along batch (axis 0); for
+    ``tbd`` along axis 1. This is the only layout conversion in lstm_doctor.
+    """
+    if layout == "btd":
+        return block.transpose(1, 0, 2)
+    if layout == "tbd":
+        return block
+    if layout == "bct":
+        return block.transpose(2, 0, 1)
+    raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def _batch_axis(layout: str) -> int:
+    return 1 if layout == "tbd" else 0
+
+
+@dataclass
+class InputSource:
+    """A set of input sequences, read lazily in chunks of sequences.
+
+    ``array`` is in its stored ``layout`` (often a read-only memmap).
+    ``lengths`` (B,) are valid lengths, or None when every step is valid.
+    ``probe`` names the synthetic distribution when no file was given.
+    ``notes`` records conversions a user should know of (e.g. int → float).
+    """
+
+    array: np.ndarray
+    layout: str
+    path: str | None = None
+    lengths: np.ndarray | None = None
+    probe: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.array.ndim != 3:
+            raise InputError(
+                f"inputs have shape {self.array.shape} (rank {self.array.ndim}); "
+                f"expected a rank-3 array in layout {self.layout}",
+                self.path,
+            )
+        if self.n_sequences == 0 or self.T == 0 or self.D == 0:
+            raise InputError(
+                f"inputs have shape {self.array.shape}: no sequences, steps or features "
+                f"(B={self.n_sequences}, T={self.T}, D={self.D} in layout {self.layout})",
+                self.path,
+            )
+
+    @property
+    def shape_tbd(self) -> tuple[int, int, int]:
+        s = self.array.shape
+        return {"btd": (s[1], s[0], s[2]), "tbd": s, "bct": (s[2], s[0], s[1])}[self.layout]
+
+    @property
+    def T(self) -> int:
+        return self.shape_tbd[0]
+
+    @property
+    def n_sequences(self) -> int:
+        return self.shape_tbd[1]
+
+    @property
+    def D(self) -> int:
+        return self.shape_tbd[2]
+
+    @property
+    def label(self) -> str:
+        return self.path or f"probe:{self.probe}"
+
+    def read(self, start: int, stop: int, dtype) -> np.ndarray:
+        """Sequences [start, stop) as a (T, b, D) array of ``dtype``."""
+        if _batch_axis(self.layout) == 0:
+            block = self.array[start:stop]
+        else:
+            block = self.array[:, start:stop]
+        return np.ascontiguousarray(to_time_major(np.asarray(block), self.layout), dtype=dtype)
+
+    def chunks(
+        self, size: int, dtype
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Yield (start, x (T, b, D), lengths (b,) or None) over all sequences."""
+        for start in range(0, self.n_sequences, size):
+            stop = min(start + size, self.n_sequences)
+            lengths = None if self.lengths is None else self.lengths[start:stop]
+            yield start, self.read(start, stop, dtype), lengths
+
+
+def _load_array(path: Path, what: str) -> np.ndarray:
+    check_readable_file(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                keys = list(npz.files)
+                if not keys:
+                    raise InputError(f"the .npz holds no array (expected the {what})", path)
+                key = next((k for k in ("x", "inputs", "X", what) if k in keys), None)
+                if key is None:
+                    if len(keys) != 1:
+                        raise InputError(
+                            f"the .npz holds {len(keys)} arrays ({', '.join(keys[:6])}); "
+                            "name the inputs 'x'",
+                            path,
+                        )
+                    key = keys[0]
+                return npz[key]
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except InputError:
+        raise
+    except ValueError as exc:
+        text = str(exc)
+        if "allow_pickle" in text:
+            text = "holds Python objects (a pickle), not a numeric array"
+        raise InputError(f"not a readable {what} array: {text}", path) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"not a readable {what} array: {exc}", path) from None
+
+
+def _check_numeric(array: np.ndarray, path) -> tuple[np.ndarray, tuple[str, ...]]:
+    kind = array.dtype.kind
+    if kind == "f":
+        return array, ()
+    if kind in "iub":
+        return array, (f"inputs of dtype {array.dtype} are converted to floats",)
+    raise InputError(
+        f"inputs have dtype {array.dtype}; expected real numbers (float or int)", path
+    )
+
+
+def load_inputs(
+    path: str | Path, layout: str = "btd", lengths_path: str | Path | None = None
+) -> InputSource:
+    """Open an input file (.npy memory-mapped, or .npz) in ``layout``."""
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    path = Path(path)
+    array = _load_array(path, "inputs")
+    array, notes = _check_numeric(array, str(path))
+    source = InputSource(array=array, layout=layout, path=str(path), notes=notes)
+    if lengths_path is not None:
+        source.lengths = load_lengths(Path(lengths_path), source.n_sequences, source.T)
+    return source
+
+
+def load_lengths(path: Path, n: int, T: int) -> np.ndarray:
+    lengths = np.asarray(_load_array(path, "lengths"))
+    if lengths.ndim != 1 or lengths.shape[0] != n:
+        raise InputError(f"lengths have shape {lengths.shape}; expected ({n},)", path)
+    if lengths.dtype.kind not in "iu":
+        if lengths.dtype.kind == "f" and np.all(np.isfinite(lengths)) and np.all(
+            lengths == np.round(lengths)
+        ):
+            lengths = lengths.astype(np.int64)
+        else:
+            raise InputError(f"lengths have dtype {lengths.dtype}; expected integers", path)
+    if lengths.min() < 1 or lengths.max() > T:
+        raise InputError(
+            f"lengths range {lengths.min()}..{lengths.max()}; each must be in 1..{T}", path
+        )
+    return lengths.astype(np.int64)
+
+
+def make_probe(
+    kind: str, n: int, T: int, D: int, scale: float = 1.0, seed: int = 0
+) -> InputSource:
+    """Synthetic inputs (n, T, D) for a run without real data."""
+    rng = np.random.default_rng(seed)
+    if kind == "normal":
+        x = rng.standard_normal((n, T, D)) * scale
+    elif kind == "uniform":
+        x = rng.uniform(-scale, scale, (n, T, D))
+    elif kind == "zeros":
+        x = np.zeros((n, T, D))
+    else:
+        raise InputError(f"unknown probe {kind!r}; choose one of {', '.join(PROBES)}")
+    return InputSource(array=x, layout="btd", probe=kind)
+
+
+def check_against_model(source: InputSource, D: int) -> None:
+    """Fail in one line when the inputs' feature size is not the model's D."""
+    if source.D != D:
+        hint = ""
+        s = source.array.shape
+        for other in LAYOUTS:
+            if other != source.layout:
+                alt = {"btd": s[2], "tbd": s[2], "bct": s[1]}[other]
+                if alt == D:
+                    hint = f" (layout {other} would give D={D}: pass --layout {other})"
+                    break
+        raise InputError(
+            f"inputs of shape {s} in layout {source.layout} have D={source.D} features, "
+            f"but the model's W expects D={D}{hint}",
+            source.path,
+        )

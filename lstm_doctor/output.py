@@ -1,0 +1,75 @@
+"""Writing what the user asked for, without ever losing what they had.
+
+Files are written to a temporary file in the destination folder and renamed
+over the target only when complete (``os.replace`` is atomic on POSIX), so an
+interrupted run leaves the old file intact and no partial file behind. An
+output path that is one of the inputs is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_path(output: str, protected: list[str | None]) -> Path:
+    """Refuse an output that would overwrite an input, or sits in a missing folder."""
+    out = Path(output)
+    for item in protected:
+        if item is None:
+            continue
+        p = Path(item)
+        candidates = [p] + (list(p.iterdir()) if p.is_dir() else [])
+        for c in candidates:
+            if _same_file(out, c) or out.resolve() == c.resolve():
+                raise UserError("refusing to overwrite an input file with the output", output)
+    if out.is_dir():
+        raise UserError("is a directory; give a file name for the output", output)
+    if not out.parent.exists():
+        raise UserError(f"folder {out.parent} does not exist", output)
+    return out
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(target: str | Path, data: str | bytes) -> None:
+    with atomic_path(target) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+
+
+def emit(text: str, output: str | None) -> None:
+    """Write the report to ``output`` atomically, or to stdout."""
+    if output:
+        write_atomic(output, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()

@@ -1,0 +1,256 @@
+"""Build the report: one JSON-able dict that every formatter reads.
+
+The dict is built from data (model, capture statistics, findings), never from
+rendered text. Floats are rounded to 6 significant digits and NaN/Inf become
+null, so reports are deterministic and valid JSON; only ``created`` differs
+between two runs on the same inputs and configuration.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..analyzers import RULES, Analysis, AnalysisConfig
+from ..findings import Severity
+from ..model import GATES, SIGMOID_GATES, LSTMModel
+
+SCHEMA_VERSION = "1.0"
+PER_STEP_LIMIT = 512  # per-step series longer than this are not stored in full
+
+
+def clean(value: Any) -> Any:
+    """Make ``value`` JSON-able and deterministic (numpy → Python, 6 significant digits)."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [clean(v) for v in value.tolist()]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if not math.isfinite(v):
+            return None
+        return float(f"{v:.6g}")
+    if isinstance(value, Severity):
+        return value.name
+    return value
+
+
+def file_identity(path: str) -> dict[str, Any]:
+    p = Path(path)
+    digest = hashlib.sha256()
+    try:
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return {"path": str(path), "sha256": digest.hexdigest(), "bytes": p.stat().st_size}
+    except OSError:
+        return {"path": str(path), "sha256": None, "bytes": None}
+
+
+def describe_model(model: LSTMModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "format": model.source_format,
+        "files": [file_identity(f) for f in model.source_files],
+        "dtype": str(model.dtype),
+        "stored_gate_order": model.stored_gate_order,
+        "input_layout": model.input_layout,
+        "layers": [
+            {
+                "index": k,
+                "D": layer.D,
+                "H": layer.H,
+                "directions": [d for d, _ in layer.directions()],
+                "peepholes": layer.forward.peephole is not None,
+                "clip": layer.clip,
+                "activations": {
+                    "gate": layer.activations.gate,
+                    "candidate": layer.activations.candidate,
+                    "cell_output": layer.activations.cell_output,
+                },
+                "equation": layer.activations.equations(),
+            }
+            for k, layer in enumerate(model.layers)
+        ],
+        "notes": list(model.notes),
+    }
+
+
+def describe_inputs(capture) -> dict[str, Any]:
+    src = capture.source
+    st = capture.inputs
+    return {
+        "source": src.label,
+        "file": file_identity(src.path) if src.path else None,
+        "probe": src.probe,
+        "layout": src.layout,
+        "stored_shape": list(src.array.shape),
+        "sequences": src.n_sequences,
+        "T": src.T,
+        "D": src.D,
+        "lengths_given": src.lengths is not None,
+        "notes": list(src.notes),
+        "summary": {
+            "mean": float(st.mean().mean()),
+            "rms": float(np.sqrt(np.mean(st.sumsq_d / max(st.count, 1)))),
+            "min": float(st.min_d.min()),
+            "max": float(st.max_d.max()),
+            "zero_share": st.zeros / max(st.count * st.D, 1),
+            "nonfinite": st.nonfinite,
+            "step_correlation": capture.step_correlation,
+            "feature_correlation": capture.feature_correlation,
+        },
+    }
+
+
+def _series(values: np.ndarray) -> list:
+    return list(values[:PER_STEP_LIMIT])
+
+
+def layer_statistics(capture) -> list[dict[str, Any]]:
+    """Per (layer, direction): what the summaries and plots are drawn from."""
+    from ..analyzers.inputs import input_energy_share, input_variance_share
+
+    out = []
+    for (k, d), st in capture.directions.items():
+        params = dict(capture.model.layers[k].directions())[d]
+        total = max(st.n_values * st.H, 1)
+        per_step_den = np.maximum(st.valid_t * st.H, 1)
+        gates = {}
+        for g in SIGMOID_GATES:
+            gs = st.gates[g]
+            unit_sat = (gs.left_tu + gs.right_tu).sum(axis=0) / max(st.n_values, 1)
+            gates[g] = {
+                "saturated": float((gs.left_tu.sum() + gs.right_tu.sum()) / total),
+                "left": float(gs.left_tu.sum() / total),
+                "right": float(gs.right_tu.sum() / total),
+                "units_saturated_90pct": int((unit_sat >= 0.9).sum()),
+                "saturated_per_step": _series((gs.left_tu + gs.right_tu).sum(axis=1) / per_step_den),
+            }
+        h_sample = capture.sample[(k, d)].get("h")
+        c_sample = capture.sample[(k, d)].get("c")
+        pct = {}
+        for name, arr in (("h", h_sample), ("c", c_sample)):
+            if arr is not None:
+                q = np.nanpercentile(arr[:PER_STEP_LIMIT].reshape(min(arr.shape[0], PER_STEP_LIMIT), -1), [5, 50, 95], axis=1)
+                pct[name] = {"p5": _series(q[0]), "p50": _series(q[1]), "p95": _series(q[2])}
+        terms = st.terms
+        out.append(
+            {
+                "layer": k,
+                "direction": d,
+                "T": st.T,
+                "H": st.H,
+                "sequences": st.n_sequences,
+                "values": st.n_values,
+                "gates": gates,
+                "mean_h_per_step": _series(st.mean_h_t()),
+                "mean_c_per_step": _series(st.mean_c_t()),
+                "mean_abs_c_per_step": _series(st.mean_abs_c_t()),
+                "percentiles_from_sample": pct,
+                "max_abs_c": float(st.max_abs_c_t.max()),
+                "hidden_at_bound": float(st.h_at_bound_t.sum() / total),
+                "preactivation": {
+                    "input_variance_share": dict(zip(GATES, input_variance_share(terms))),
+                    "input_energy_share": dict(zip(GATES, input_energy_share(terms, params.b, st.H))),
+                    "rms": {
+                        term: dict(zip(GATES, np.sqrt(terms.mean_square(term))))
+                        for term in ("input", "recurrent", "peephole", "total")
+                    },
+                    "rms_bias": dict(
+                        zip(GATES, np.sqrt((np.asarray(params.b, np.float64).reshape(4, st.H) ** 2).mean(axis=1)))
+                    ),
+                },
+            }
+        )
+    return out
+
+
+def encoding_statistics(capture) -> dict[str, Any]:
+    enc = capture.encoding
+    sample = capture.sample_encodings
+    norms = np.linalg.norm(sample, axis=1, keepdims=True)
+    unit = sample / np.where(norms > 0, norms, 1)
+    cos = unit @ unit.T
+    off = cos[~np.eye(len(cos), dtype=bool)] if len(cos) > 1 else np.array([np.nan])
+    return {
+        "sequences": enc.n,
+        "size": enc.E,
+        "mean_pairwise_cosine": enc.mean_pairwise_cosine(),
+        "cross_input_std": enc.cross_input_std(),
+        "mean_abs": enc.mean_abs(),
+        "effective_rank": enc.effective_rank(),
+        "cosine_matrix_sample": {
+            "sequences": int(len(cos)),
+            "min": float(np.nanmin(off)),
+            "p50": float(np.nanmedian(off)),
+            "max": float(np.nanmax(off)),
+        },
+    }
+
+
+def effective_thresholds(config: AnalysisConfig) -> dict[str, dict[str, float]]:
+    return {
+        code: {**rule.thresholds, **config.thresholds.get(code, {})}
+        for code, rule in sorted(RULES.items())
+        if rule.thresholds
+    }
+
+
+def build_report(
+    model: LSTMModel,
+    analysis: Analysis,
+    *,
+    capture=None,
+    config: AnalysisConfig | None = None,
+    fail_on: Severity = Severity.error,
+    exit_code: int = 0,
+    created: str | None = None,
+) -> dict[str, Any]:
+    """The whole diagnosis as a JSON-able dict (schema ``SCHEMA_VERSION``)."""
+    from ..pipeline import headline_metrics
+
+    config = config or AnalysisConfig()
+    counts = {s.name: sum(f.severity == s for f in analysis.findings) for s in reversed(Severity)}
+    worst = max((f.severity for f in analysis.findings), default=None)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "lstm-doctor", "version": __version__},
+        "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": describe_model(model),
+        "inputs": describe_inputs(capture) if capture is not None else None,
+        "engine": capture.options.engine if capture is not None else None,
+        "config": {
+            "select": list(config.select),
+            "ignore": list(config.ignore),
+            "fail_on": fail_on.name,
+            "thresholds": effective_thresholds(config),
+        },
+        "findings": [f.as_dict() for f in analysis.findings],
+        "not_evaluated": dict(sorted(analysis.skipped.items())),
+        "summary": {
+            **counts,
+            "worst": worst.name if worst else None,
+            "exit_code": exit_code,
+            "headline": headline_metrics(capture) if capture is not None else None,
+        },
+        "statistics": {
+            "layers": layer_statistics(capture),
+            "encoding": encoding_statistics(capture),
+        }
+        if capture is not None
+        else None,
+    }
+    return clean(report)

@@ -1,0 +1,173 @@
+"""The terminal report (rich). It reads the report dict only: no statistics here.
+
+Findings are grouped by layer, then by family, the most severe first; each
+shows where, the evidence in its message, and its fix. Then a per-gate
+saturation summary, and the per-step mean h and mean c for the first steps
+(what the user of CASE.md printed by hand).
+"""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ..analyzers.registry import FAMILIES, RULES
+
+RULE_NAMES = {code: r.name for code, r in RULES.items()}
+
+STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+RANK = {"error": 3, "warning": 2, "info": 1}
+FIRST_STEPS = 8
+
+
+def _where(loc: dict) -> str:
+    parts = []
+    if loc.get("direction") and loc["direction"] != "fwd":
+        parts.append(loc["direction"])
+    if loc.get("gate"):
+        parts.append(loc["gate"])
+    if loc.get("steps"):
+        parts.append(f"t {loc['steps'][0]}–{loc['steps'][1]}")
+    return " ".join(parts)
+
+
+def _header(report: dict) -> Panel:
+    m = report["model"]
+    layers = m["layers"]
+    shape = ", ".join(
+        f"L{l['index']}: D={l['D']} H={l['H']}" + (" bidirectional" if len(l["directions"]) > 1 else "")
+        for l in layers
+    )
+    lines = [
+        Text.assemble(("model  ", "bold"), f"{m['name']} ({m['format']}, {m['dtype']}) · {shape}"),
+        Text.assemble(("cell   ", "bold"), layers[0]["equation"] + (" · peepholes" if layers[0]["peepholes"] else "")),
+    ]
+    inp = report.get("inputs")
+    if inp:
+        what = f"probe '{inp['probe']}' (synthetic)" if inp["probe"] else inp["source"]
+        lines.append(
+            Text.assemble(
+                ("inputs ", "bold"),
+                f"{what}: {inp['sequences']} sequences × {inp['T']} steps × {inp['D']} features "
+                f"(layout {inp['layout']}) · engine {report['engine']}",
+            )
+        )
+    else:
+        lines.append(Text.assemble(("inputs ", "bold"), "none: weight rules only"))
+    for note in m["notes"] + (inp["notes"] if inp else []):
+        lines.append(Text(f"note   {note}", style="dim"))
+    return Panel(Group(*lines), title=f"lstm-doctor {report['tool']['version']}", expand=False)
+
+
+def _findings(report: dict) -> list:
+    findings = report["findings"]
+    if not findings:
+        return [Text("No findings.", style="bold green")]
+    out = []
+    layers = sorted({f["location"]["layer"] for f in findings}, key=lambda x: -1 if x is None else x)
+    for layer in layers:
+        group = [f for f in findings if f["location"]["layer"] == layer]
+        table = Table(
+            title=("Model" if layer is None else f"Layer {layer}"),
+            title_justify="left",
+            show_lines=False,
+            expand=True,
+        )
+        table.add_column("severity", no_wrap=True)
+        table.add_column("code", no_wrap=True)
+        table.add_column("where", no_wrap=True)
+        table.add_column("finding and fix", ratio=1)
+        families = sorted(
+            {f["code"][0] for f in group},
+            key=lambda fam: -max(RANK[f["severity"]] for f in group if f["code"][0] == fam),
+        )
+        for n, fam in enumerate(families):
+            rows = [f for f in group if f["code"][0] == fam]
+            if n:
+                table.add_section()
+            table.add_row("", Text(FAMILIES[fam], style="bold"), "", "")
+            rows.sort(key=lambda f: (-RANK[f["severity"]], f["code"]))
+            for f in rows:
+                body = Text(f["message"])
+                if f["fix"]:
+                    body.append("\nfix: ", style="bold green")
+                    body.append(f["fix"], style="green")
+                table.add_row(
+                    Text(f["severity"], style=STYLE[f["severity"]]),
+                    f"{f['code']}\n[dim]{RULE_NAMES.get(f['code'], '')}[/dim]",
+                    _where(f["location"]),
+                    body,
+                )
+        out.append(table)
+    return out
+
+
+def _saturation(report: dict) -> Table | None:
+    stats = report.get("statistics")
+    if not stats:
+        return None
+    table = Table(title="Gate saturation (< 0.1 or > 0.9)", title_justify="left")
+    for col in ("layer", "gate", "saturated", "left", "right", "units ≥ 90%"):
+        table.add_column(col, justify="right" if col not in ("layer", "gate") else "left")
+    for st in stats["layers"]:
+        for g, v in st["gates"].items():
+            table.add_row(
+                f"{st['layer']} {st['direction']}",
+                g,
+                f"{v['saturated']:.0%}",
+                f"{v['left']:.0%}",
+                f"{v['right']:.0%}",
+                f"{v['units_saturated_90pct']}/{st['H']}",
+            )
+    return table
+
+
+def _per_step(report: dict) -> Table | None:
+    stats = report.get("statistics")
+    if not stats:
+        return None
+    st = stats["layers"][0]
+    h, c = st["mean_h_per_step"], st["mean_c_per_step"]
+    steps = list(range(min(FIRST_STEPS, len(h))))
+    if len(h) > FIRST_STEPS:
+        steps.append(len(h) - 1)
+    table = Table(
+        title=f"Per step, layer {st['layer']} {st['direction']} (mean over units and sequences)",
+        title_justify="left",
+    )
+    table.add_column("step")
+    for t in steps:
+        table.add_column(("… " if t == len(h) - 1 and t >= FIRST_STEPS else "") + str(t), justify="right")
+    table.add_row("mean h", *[f"{h[t]:.3g}" if h[t] is not None else "nan" for t in steps])
+    table.add_row("mean c", *[f"{c[t]:.3g}" if c[t] is not None else "nan" for t in steps])
+    return table
+
+
+def _summary(report: dict) -> Text:
+    s = report["summary"]
+    text = Text()
+    for sev in ("error", "warning", "info"):
+        text.append(f"{s[sev]} {sev}{'s' if s[sev] != 1 else ''}", style=STYLE[sev] if s[sev] else "dim")
+        text.append("  ")
+    text.append(f"(fail-on {report['config']['fail_on']}: exit {s['exit_code']})", style="dim")
+    skipped = report.get("not_evaluated") or {}
+    if skipped:
+        text.append("\nnot evaluated: " + "; ".join(f"{c} ({why})" for c, why in skipped.items()), style="dim")
+    if report.get("inputs") and report["inputs"]["probe"]:
+        text.append(
+            "\nThese inputs are a synthetic probe: real inputs (--inputs) give a real answer.",
+            style="bold yellow",
+        )
+    return text
+
+
+def render(report: dict, console: Console) -> None:
+    console.print(_header(report))
+    for part in _findings(report):
+        console.print(part)
+    for part in (_saturation(report), _per_step(report)):
+        if part is not None:
+            console.print(part)
+    console.print(_summary(report))

@@ -1,0 +1,114 @@
+"""The capture stage: run a whole model over one chunk of sequences.
+
+Two engines compute the same instrumented step and return the same
+``StepRecord`` (see ``lstm_doctor.reference``):
+
+- ``pytensor``: the symbolic ``scan`` (``lstm_doctor.symbolic``), the engine of
+  record. It runs on PyTensor, or on legacy Theano when only that is installed,
+  and it is the one that differentiates (gradient flow).
+- ``numpy``: the NumPy reference loop. NumPy's vectorised ufuncs make it the
+  fastest capture on CPU (ENGINE.md); it passes the same parity tests.
+
+The driver stacks layers (layer k+1 reads layer k's h, forward and backward
+concatenated) and runs the backward direction on per-sequence reversed inputs:
+with lengths, only the valid part of each sequence is reversed, as PyTorch's
+packed sequences do. Records of a backward direction are kept in processing
+order (step 0 is the last valid element); ``to_time_order`` flips them back.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .errors import ConfigError
+from .model import LSTMModel
+from .reference import CAPTURE_FULL, StepRecord
+from .reference import run_direction as numpy_run_direction
+
+ENGINES = ("numpy", "pytensor")
+DEFAULT_ENGINE = "numpy"
+
+
+def get_engine(name: str) -> Callable[..., StepRecord]:
+    """The ``run_direction`` function of an engine, imported lazily."""
+    if name == "numpy":
+        return numpy_run_direction
+    if name == "pytensor":
+        from .symbolic import run_direction  # imports pytensor (or theano)
+
+        return run_direction
+    raise ConfigError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+
+
+def step_mask(lengths: np.ndarray | None, T: int) -> np.ndarray | None:
+    """(T, B) bool, True where step t < length of sequence b; None without lengths."""
+    if lengths is None:
+        return None
+    return np.arange(T)[:, None] < np.asarray(lengths)[None, :]
+
+
+def reverse_padded(x: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """Reverse the time axis (0) of (T, B, ...) within each sequence's valid length.
+
+    Padding steps stay where they are, so a reversed sequence still starts at
+    step 0 and the same mask applies. The function is its own inverse.
+    """
+    if lengths is None:
+        return x[::-1]
+    T, B = x.shape[:2]
+    t = np.arange(T)[:, None]
+    lengths = np.asarray(lengths)[None, :]
+    src = np.where(t < lengths, lengths - 1 - t, t)
+    return x[src, np.arange(B)[None, :]]
+
+
+def run_chunk(
+    model: LSTMModel,
+    x: np.ndarray,
+    lengths: np.ndarray | None = None,
+    engine: str = DEFAULT_ENGINE,
+    capture: str = CAPTURE_FULL,
+) -> dict[tuple[int, str], StepRecord]:
+    """Run every layer and direction over ``x`` (T, B, D), time-major.
+
+    Returns one ``StepRecord`` per (layer, direction), in processing order.
+    """
+    run = get_engine(engine)
+    T = x.shape[0]
+    mask = step_mask(lengths, T)
+    records: dict[tuple[int, str], StepRecord] = {}
+    layer_input = np.asarray(x, dtype=model.dtype)
+    for k, layer in enumerate(model.layers):
+        outputs = []
+        for direction, params in layer.directions():
+            if direction == "rev":
+                rec = run(params, layer, reverse_padded(layer_input, lengths), mask, capture)
+                outputs.append(reverse_padded(rec.h, lengths))
+            else:
+                rec = run(params, layer, layer_input, mask, capture)
+                outputs.append(rec.h)
+            records[(k, direction)] = rec
+        layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+    return records
+
+
+def to_time_order(
+    array: np.ndarray, direction: str, lengths: np.ndarray | None
+) -> np.ndarray:
+    """A (T, B, ...) array of a record in input time order (flips the backward one)."""
+    return reverse_padded(array, lengths) if direction == "rev" else array
+
+
+def final_hidden(
+    model: LSTMModel, records: dict[tuple[int, str], StepRecord]
+) -> np.ndarray:
+    """The encoding (B, H_out): the last layer's final h, directions concatenated.
+
+    The final h of each direction is its state after its last processed step
+    (masked steps carry the state, so index T-1 is right with lengths too).
+    """
+    k = len(model.layers) - 1
+    parts = [records[(k, d)].h[-1] for d, _ in model.layers[k].directions()]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
