@@ -482,7 +482,8 @@ def axis_correlations(x: np.ndarray) -> tuple[float, float]:
             return float("nan")
         return float(((a * b).sum(axis=1)[ok] / denom[ok]).mean())
 
-    x = np.nan_to_num(np.asarray(x, dtype=np.float64))
+    x = np.asarray(x, dtype=np.float64)
+    x = np.where(np.isfinite(x), x, 0.0)
     T, B, D = x.shape
     step = float("nan")
     feat = float("nan")

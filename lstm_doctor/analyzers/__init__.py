@@ -14,13 +14,19 @@ from . import activation, cell, hidden, inputs, saturation, weights  # noqa: F40
 from .registry import RULES, Context, Rule, with_explains
 
 # What a root cause explains, on the same layer (CASE.md: W101 on U explains
-# S301, C401 and H601). Only error-level root causes claim explanations.
+# S301, C401 and H601). Only error-level root causes claim explanations, and a
+# W101 warning whose drift still moves the gates by |Δz| ≥ 1.
 EXPLAINS = {
     "W101": ("S301", "S302", "S303", "C401", "H601", "H603", "H604", "I501"),
     "W102": ("S301", "S302", "S303", "C401", "H603"),
     "A201": ("S302",),
     "I502": ("S301", "S303"),
 }
+
+
+# Rules that compare different inputs or measure the input's share: meaningless
+# when every input is the same (a constant probe).
+COMPARES_INPUTS = ("I501", "I502", "H601", "H603", "H604")
 
 
 @dataclass(frozen=True)
@@ -40,11 +46,15 @@ def analyze(model, capture=None, config: AnalysisConfig | None = None) -> Analys
     config = config or AnalysisConfig()
     ctx = Context(model=model, capture=capture, thresholds=config.thresholds)
     findings: list[Finding] = []
+    identical = capture is not None and float(capture.inputs.std().max()) == 0.0
     for code, r in RULES.items():
         if not is_selected(code, config.select, config.ignore):
             continue
         if r.needs_inputs and capture is None:
             ctx.skip(code, "needs inputs (dynamic rule)")
+            continue
+        if identical and code in COMPARES_INPUTS:
+            ctx.skip(code, "every input is identical (e.g. --probe zeros): nothing to compare")
             continue
         findings.extend(r.check(ctx))
     findings = link_root_causes(findings, len(model.layers))
@@ -63,7 +73,7 @@ def link_root_causes(findings: list[Finding], n_layers: int) -> list[Finding]:
     # (largest drift or norm), so the explanation sits where the cause is.
     causes: dict[tuple[str, int | None], Finding] = {}
     for f in findings:
-        if f.code in EXPLAINS and f.severity == Severity.error:
+        if f.code in EXPLAINS and _can_explain(f):
             key = (f.code, f.location.layer)
             if key not in causes or _strength(f) > _strength(causes[key]):
                 causes[key] = f
@@ -81,6 +91,13 @@ def link_root_causes(findings: list[Finding], n_layers: int) -> list[Finding]:
             f = with_explains(f, explained)
         out.append(f)
     return out
+
+
+def _can_explain(f: Finding) -> bool:
+    """Errors explain; so does a weight offset whose drift moves σ materially (|Δz| ≥ 1)."""
+    if f.severity == Severity.error:
+        return True
+    return f.code == "W101" and abs(float(f.evidence.get("drift", 0.0))) >= 1.0
 
 
 def _strength(f: Finding) -> tuple[bool, float]:

@@ -98,18 +98,18 @@ def _behaviour_says_not_tanh(ctx: Context, fit: dict[str, float]) -> str:
     if not fit:
         return ""
     share = ctx.th("A201", "sign_share")
+    said = []
     if fit["min_h"] >= 0 and fit["share_c_negative"] >= share and fit["share_c_positive"] >= share:
-        return (
+        said.append(
             f"h is never negative (min {fit['min_h']:.3g}) while c takes both signs "
             f"({fit['share_c_negative']:.0%} negative)"
         )
-    ratio = ctx.th("A201", "fit_ratio")
-    if fit["residual_sigmoid"] < ratio * fit["residual_tanh"]:
-        return (
+    if fit["residual_sigmoid"] < ctx.th("A201", "fit_ratio") * fit["residual_tanh"]:
+        said.append(
             f"h/o follows σ(c) (mean residual {fit['residual_sigmoid']:.2g}) rather than "
             f"tanh(c) ({fit['residual_tanh']:.2g})"
         )
-    return ""
+    return "; ".join(said)
 
 
 @rule(

@@ -58,6 +58,9 @@ def check_input_negligible(ctx: Context):
         var_share = input_variance_share(st.terms)
         energy_share = input_energy_share(st.terms, params.b, st.H)
         share = np.maximum(var_share, energy_share)
+        if not np.isfinite(share).all():
+            ctx.skip("I501", "non-finite pre-activations (see I505, W105, C402)")
+            continue
         if float(share.max()) >= ctx.th("I501", "share"):
             continue
         best = int(np.argmax(share))

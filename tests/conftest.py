@@ -1,0 +1,23 @@
+"""Shared pytest setup: frameworks run on CPU, and the healthy-set false-positive count is reported."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "numpy")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_terminal_summary(terminalreporter):
+    try:
+        from test_rules import FALSE_POSITIVES
+    except ImportError:
+        return
+    if FALSE_POSITIVES:
+        total = sum(len(v) for v in FALSE_POSITIVES.values())
+        terminalreporter.write_line(
+            f"healthy set: {len(FALSE_POSITIVES)} models, {total} false positives (warning or error)"
+        )
+        for name, bad in sorted(FALSE_POSITIVES.items()):
+            for line in bad:
+                terminalreporter.write_line(f"  {name}: {line}")
