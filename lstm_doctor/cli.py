@@ -19,6 +19,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 LAYOUTS = ("btd", "tbd", "bct")
 FORMATS = ("native", "tweet2vec", "lasagne", "torch", "keras", "onnx")
+# Report formats; each has a renderer in lstm_doctor.report.REPORTERS (kept
+# here as names only, so that --help imports nothing heavy).
+REPORT_FORMATS = ("text", "json")
 
 
 def _fail(message: str) -> None:
@@ -82,7 +85,7 @@ def cli():
 
 
 def diagnosis_options(f):
-    f = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)(f)
+    f = click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="text", show_default=True)(f)
     f = click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")(f)
     f = click.option(
         "--fail-on",
@@ -189,6 +192,21 @@ def explain(code):
     from .rules_cmd import explain_rule
 
     _run(explain_rule, code)
+
+
+def _register_command_modules() -> None:
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        for command in getattr(module, "commands", []):
+            cli.add_command(command)
+
+
+_register_command_modules()
 
 
 def main() -> None:

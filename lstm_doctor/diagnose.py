@@ -7,8 +7,6 @@ the report dict; ``execute`` adds output (text or JSON, stdout or an atomic
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import sys
 import time
@@ -113,26 +111,14 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
     )
 
 
-def render(report: dict, fmt: str, color: str = "auto", to_terminal: bool = True) -> str:
-    """The report in ``fmt`` as a string (text is rendered by rich)."""
-    if fmt == "json":
-        return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    if fmt == "text":
-        from rich.console import Console
+def render(report: dict, fmt: str, color: str = "auto", to_terminal: bool = True, output: str | None = None) -> str | bytes:
+    """The report in ``fmt`` (a name in ``lstm_doctor.report.REPORTERS``)."""
+    from .report import REPORTERS, RenderOptions
 
-        from .report.text import render as render_text
-
-        buffer = io.StringIO()
-        console = Console(
-            file=buffer,
-            width=_width(to_terminal),
-            force_terminal=use_color(color, to_terminal),
-            no_color=not use_color(color, to_terminal),
-            highlight=False,
-        )
-        render_text(report, console)
-        return buffer.getvalue()
-    raise UserError(f"unknown format {fmt!r}; choose text or json")
+    if fmt not in REPORTERS:
+        raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(REPORTERS)}")
+    options = RenderOptions(color=use_color(color, to_terminal), width=_width(to_terminal), output=output)
+    return REPORTERS[fmt](report, options)
 
 
 def use_color(color: str, to_terminal: bool) -> bool:
@@ -159,7 +145,7 @@ def execute(options: DiagnoseOptions) -> int:
     if options.output:
         check_output_path(options.output, protected)
     report = run_diagnosis(options)
-    emit(render(report, options.format, options.color, options.output is None), options.output)
+    emit(render(report, options.format, options.color, options.output is None, options.output), options.output)
     return report["summary"]["exit_code"]
 
 

@@ -66,10 +66,13 @@ def write_atomic(target: str | Path, data: str | bytes) -> None:
             tmp.write_bytes(data)
 
 
-def emit(text: str, output: str | None) -> None:
+def emit(data: str | bytes, output: str | None) -> None:
     """Write the report to ``output`` atomically, or to stdout."""
     if output:
-        write_atomic(output, text)
+        write_atomic(output, data)
+    elif isinstance(data, bytes):
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(data)
         sys.stdout.flush()
