@@ -1,0 +1,366 @@
+"""``LSTM`` nodes of an ONNX graph (read with the ``onnx`` package, never run).
+
+The ONNX ``LSTM`` operator stacks its gates in the order **i, o, f, c**::
+
+    W  (dirs, 4H, D)    R  (dirs, 4H, H)    B  (dirs, 8H) = [Wb | Rb], summed
+    P  (dirs, 3H)       peepholes in the order i, o, f (→ rows p_i, p_f, p_o)
+    initial_h, initial_c  (dirs, batch, H)   when they are constants
+
+Attributes: ``direction`` (forward, reverse — a go_backwards layer — or
+bidirectional); ``activations`` (three per direction: f, g, h in ONNX terms,
+i.e. gate, candidate and cell output; both directions must agree);
+``activation_alpha`` / ``activation_beta`` (consumed, in order, by the
+activations that take them; only parameters that make a modelled function are
+accepted, e.g. ``HardSigmoid`` 0.2/0.5); ``clip`` → ``Layer.clip``;
+``input_forget=1`` (coupled input and forget gates) is refused; ``layout=1``
+(batch-first X) sets the model's input layout to btd (tbd otherwise).
+
+Weights must be initializers or ``Constant`` nodes. Initial states computed by
+the graph are accepted when they are a constant broadcast by ``Expand`` (as
+PyTorch's exporter writes zeros); otherwise zeros are assumed and noted.
+External tensor data is read only from plain file names beside the model.
+
+Several LSTM nodes: ``--layer-name`` picks one by node name (or output name).
+Without it they are stacked when each node's X comes from the previous
+node's Y through only ``Squeeze``/``Transpose``/``Reshape``/``Identity`` (the
+pattern exporters write to merge the direction axis), else the error lists
+them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..activations import get_activation
+from ..errors import ConfigError, ModelError
+from ..model import Activations, Layer, LSTMModel, make_direction, reorder_gates
+
+ONNX_ORDER = "iofc"
+PASS_THROUGH = ("Squeeze", "Transpose", "Reshape", "Identity", "Cast")
+MAX_TENSOR_BYTES = 2 << 30
+# Activations that take alpha (and beta), as ONNX numbers them, with defaults.
+_PARAMS = {
+    "affine": (1.0, 0.0),
+    "leakyrelu": (0.01, None),
+    "thresholdedrelu": (1.0, None),
+    "scaledtanh": (1.0, 1.0),
+    "hardsigmoid": (0.2, 0.5),
+    "elu": (1.0, None),
+}
+
+
+def _onnx():
+    try:
+        import onnx
+        import onnx.numpy_helper  # noqa: F401
+    except ImportError:
+        raise ModelError("reading ONNX files needs the onnx package (pip install onnx)") from None
+    return onnx
+
+
+def sniff(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".onnx"
+
+
+# ---------------------------------------------------------------------------
+# Constants of the graph
+
+
+class Graph:
+    """Constant values and producers of a graph's tensors."""
+
+    def __init__(self, model, folder: Path):
+        onnx = _onnx()
+        self.onnx = onnx
+        self.folder = folder
+        self.graph = model.graph
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.producer = {}
+        for node in self.graph.node:
+            for out in node.output:
+                self.producer[out] = node
+
+    def _tensor(self, tensor) -> np.ndarray:
+        from onnx import external_data_helper, helper, numpy_helper
+
+        try:
+            itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"tensor {tensor.name!r} has an unsupported data type") from None
+        nbytes = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+        if nbytes > MAX_TENSOR_BYTES:
+            raise ModelError(f"tensor {tensor.name!r} has {nbytes} bytes, over the {MAX_TENSOR_BYTES}-byte limit")
+        if external_data_helper.uses_external_data(tensor):
+            info = {e.key: e.value for e in tensor.external_data}
+            location = info.get("location", "")
+            if os.path.basename(location) != location or location in ("", ".", ".."):
+                raise ModelError(
+                    f"tensor {tensor.name!r} points to external data {location!r}, "
+                    "not a plain file name beside the model"
+                )
+            external_data_helper.load_external_data_for_tensor(tensor, str(self.folder))
+        return numpy_helper.to_array(tensor)
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of a tensor when the graph fixes it, else None."""
+        if not name:
+            return None
+        if name in self.initializers:
+            return self._tensor(self.initializers[name])
+        node = self.producer.get(name)
+        if node is None:
+            return None
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return self._tensor(attr.t)
+                if attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                    return np.asarray(self.onnx.helper.get_attribute_value(attr))
+            return None
+        if node.op_type == "Identity":
+            return self.constant(node.input[0])
+        return None
+
+    def broadcast_constant(self, name: str) -> np.ndarray | None:
+        """A constant, or a constant broadcast by ``Expand`` (its unexpanded value)."""
+        value = self.constant(name)
+        if value is not None:
+            return value
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Expand":
+            return self.constant(node.input[0])
+        return None
+
+
+def _attrs(onnx, node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# ---------------------------------------------------------------------------
+# One node → one Layer
+
+
+def _activations(attrs: dict, dirs: int, where: str) -> Activations:
+    names = [_text(a) for a in attrs.get("activations", [])]
+    if not names:
+        return Activations()
+    if len(names) != 3 * dirs:
+        raise ModelError(f"{where}: {len(names)} activations, expected {3 * dirs} (f, g, h per direction)")
+    alphas = list(attrs.get("activation_alpha", []))
+    betas = list(attrs.get("activation_beta", []))
+    resolved = []
+    for name in names:
+        key = name.lower()
+        alpha = beta = None
+        if key in _PARAMS:
+            alpha, beta = _PARAMS[key]
+            if alphas:
+                alpha = alphas.pop(0)
+            if beta is not None and betas:
+                beta = betas.pop(0)
+        resolved.append(_activation_name(name, key, alpha, beta, where))
+    per_direction = [tuple(resolved[3 * d : 3 * d + 3]) for d in range(dirs)]
+    if len(set(per_direction)) > 1:
+        raise ModelError(
+            f"{where}: the directions use different activations {per_direction}; "
+            "lstm_doctor models one set per layer"
+        )
+    gate, candidate, cell_output = per_direction[0]
+    return Activations(gate=gate, candidate=candidate, cell_output=cell_output)
+
+
+def _activation_name(name: str, key: str, alpha, beta, where: str) -> str:
+    def close(a, b):
+        return abs(float(a) - b) < 1e-6
+
+    if key == "hardsigmoid":
+        if close(alpha, 0.2) and close(beta, 0.5):
+            return "hard_sigmoid"
+        if close(alpha, 1 / 6) and close(beta, 0.5):
+            return "hard_sigmoid6"
+    elif key == "affine":
+        if close(alpha, 1.0) and close(beta, 0.0):
+            return "identity"
+    elif key == "scaledtanh":
+        if close(alpha, 1.0) and close(beta, 1.0):
+            return "tanh"
+    elif key not in _PARAMS:
+        try:
+            return get_activation(key).name
+        except ConfigError:
+            pass
+    params = "" if alpha is None else f" (alpha={alpha}" + ("" if beta is None else f", beta={beta}") + ")"
+    raise ModelError(f"{where}: activation {name}{params} is not one lstm_doctor models")
+
+
+def _state(graph: Graph, node, index: int, dirs: int, H: int, layout: int, where, notes):
+    name = node.input[index] if len(node.input) > index else ""
+    if not name:
+        return [None] * dirs
+    value = graph.broadcast_constant(name)
+    role = "initial_h" if index == 5 else "initial_c"
+    if value is None:
+        notes.append(f"{where}: {role} is computed by the graph, not a constant: zeros assumed")
+        return [None] * dirs
+    value = np.asarray(value, dtype=np.float64)
+    if layout and value.ndim == 3:  # layout=1: (batch, dirs, H)
+        value = value.transpose(1, 0, 2)
+    try:
+        value = np.broadcast_to(value, (dirs, value.shape[1] if value.ndim == 3 else 1, H))
+    except ValueError:
+        raise ModelError(f"{where}: {role} has shape {value.shape}, expected ({dirs}, batch, {H})") from None
+    if not np.all(value == value[:, :1, :]):
+        raise ModelError(f"{where}: {role} differs between sequences of the batch; lstm_doctor models one initial state")
+    return [value[d, 0] for d in range(dirs)]
+
+
+def node_layer(graph: Graph, node, notes: list[str]) -> tuple[Layer, str]:
+    """The Layer of one LSTM node, and its input layout (tbd or btd)."""
+    where = f"LSTM node {node.name or node.output[0]!r}"
+    attrs = _attrs(graph.onnx, node)
+    if int(attrs.get("input_forget", 0)):
+        raise ModelError(f"{where}: input_forget=1 (coupled input and forget gates) is not supported")
+    direction = _text(attrs.get("direction", b"forward"))
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise ModelError(f"{where}: unknown direction {direction!r}")
+    dirs = 2 if direction == "bidirectional" else 1
+    arrays = {}
+    for index, role in ((1, "W"), (2, "R"), (3, "B"), (7, "P")):
+        name = node.input[index] if len(node.input) > index else ""
+        if not name:
+            continue
+        value = graph.constant(name)
+        if value is None:
+            raise ModelError(f"{where}: {role} ({name!r}) is not a constant of the graph")
+        value = np.asarray(value)
+        if value.dtype not in (np.float32, np.float64):  # float16, bfloat16: widen
+            value = value.astype(np.float32)
+        arrays[role] = value
+    if "W" not in arrays or "R" not in arrays:
+        raise ModelError(f"{where}: W and R are required")
+    W, R = arrays["W"], arrays["R"]
+    if R.ndim != 3 or R.shape[0] != dirs or R.shape[1] != 4 * R.shape[2]:
+        raise ModelError(f"{where}: R has shape {R.shape}, expected ({dirs}, 4H, H)")
+    H = R.shape[2]
+    if "hidden_size" in attrs and int(attrs["hidden_size"]) != H:
+        raise ModelError(f"{where}: hidden_size={attrs['hidden_size']} but R has shape {R.shape}")
+    if W.ndim != 3 or W.shape[:2] != (dirs, 4 * H):
+        raise ModelError(f"{where}: W has shape {W.shape}, expected ({dirs}, {4 * H}, D)")
+    B = arrays.get("B")
+    if B is not None and B.shape != (dirs, 8 * H):
+        raise ModelError(f"{where}: B has shape {B.shape}, expected ({dirs}, {8 * H})")
+    P = arrays.get("P")
+    if P is not None and P.shape != (dirs, 3 * H):
+        raise ModelError(f"{where}: P has shape {P.shape}, expected ({dirs}, {3 * H})")
+    if len(node.input) > 4 and node.input[4]:
+        notes.append(f"{where}: sequence_lens is an input of the node; pass lengths to the run")
+    batch_first = int(attrs.get("layout", 0))
+    h0 = _state(graph, node, 5, dirs, H, batch_first, where, notes)
+    c0 = _state(graph, node, 6, dirs, H, batch_first, where, notes)
+    params = []
+    for d in range(dirs):
+        b = None
+        if B is not None:
+            b = reorder_gates(B[d, : 4 * H].astype(np.float64) + B[d, 4 * H :], ONNX_ORDER)
+        peephole = None
+        if P is not None:
+            p_i, p_o, p_f = np.split(P[d], 3)
+            peephole = np.stack([p_i, p_f, p_o])
+        params.append(
+            make_direction(
+                W=reorder_gates(W[d].T, ONNX_ORDER),
+                U=reorder_gates(R[d].T, ONNX_ORDER),
+                b=b,
+                peephole=peephole,
+                h0=h0[d],
+                c0=c0[d],
+                dtype=W.dtype,
+                where=f"{where}" + (" rev" if d else ""),
+            )
+        )
+    clip = attrs.get("clip")
+    layer = Layer(
+        params[0],
+        params[1] if dirs == 2 else None,
+        _activations(attrs, dirs, where),
+        clip=None if clip is None else float(clip),
+        go_backwards=direction == "reverse",
+    )
+    layout = "btd" if batch_first else "tbd"
+    if layout == "btd":
+        notes.append(f"{where}: layout=1, X is (batch, time, features)")
+    return layer, layout
+
+
+# ---------------------------------------------------------------------------
+# Choosing and stacking nodes
+
+
+def _feeds(graph: Graph, prev, nxt) -> bool:
+    """Whether ``nxt``'s X is ``prev``'s Y through pass-through ops only."""
+    name = nxt.input[0]
+    for _ in range(16):
+        if name == prev.output[0]:
+            return True
+        node = graph.producer.get(name)
+        if node is None or node.op_type not in PASS_THROUGH:
+            return False
+        name = node.input[0]
+    return False
+
+
+def select_nodes(graph: Graph, options) -> list:
+    nodes = [n for n in graph.graph.node if n.op_type == "LSTM" and n.domain in ("", "ai.onnx")]
+    if not nodes:
+        raise ModelError("no LSTM node in the graph")
+    names = [n.name or n.output[0] for n in nodes]
+    if options.layer_name is not None:
+        for node in nodes:
+            if options.layer_name in (node.name, *node.output):
+                return [node]
+        raise ModelError(
+            f"no LSTM node named {options.layer_name!r}; found: " + ", ".join(repr(n) for n in names)
+        )
+    if len(nodes) == 1 or all(_feeds(graph, a, b) for a, b in zip(nodes, nodes[1:])):
+        return nodes
+    raise ModelError(
+        f"{len(nodes)} LSTM nodes that do not feed each other directly ("
+        + ", ".join(repr(n) for n in names)
+        + "); choose one with --layer-name"
+    )
+
+
+def load(path: Path, options) -> LSTMModel:
+    if options.preset is not None:
+        raise ConfigError(f"--preset {options.preset} does not apply to ONNX files")
+    onnx = _onnx()
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ModelError(f"not a readable ONNX model: {type(exc).__name__}: {exc}") from None
+    graph = Graph(model, path.parent)
+    nodes = select_nodes(graph, options)
+    notes = ["ONNX gate order i, o, f, c; peepholes i, o, f; B = Wb + Rb"]
+    layers, layouts = [], set()
+    for node in nodes:
+        layer, layout = node_layer(graph, node, notes)
+        layers.append(layer)
+        layouts.add(layout)
+    if len(layouts) > 1:
+        raise ModelError("the stacked LSTM nodes disagree on layout")
+    return LSTMModel(
+        layers=tuple(layers),
+        name=(nodes[0].name if len(nodes) == 1 else model.graph.name) or path.stem,
+        source_format="onnx",
+        source_files=(str(path),),
+        stored_gate_order=ONNX_ORDER,
+        input_layout=layouts.pop(),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,524 @@
+"""PyTorch ``nn.LSTM`` weights: a ``torch.save`` state_dict or a ``.safetensors`` file.
+
+Parameters of an ``nn.LSTM`` (and of an ``nn.LSTMCell``, which has no ``_l{k}``
+suffix), gate order i, f, g, o::
+
+    weight_ih_l{k}  (4H, D)     weight_hh_l{k}  (4H, H)
+    bias_ih_l{k}    (4H,)       bias_hh_l{k}    (4H,)
+    ..._reverse                 the backward direction of a bidirectional LSTM
+
+Canonical form: ``W = weight_ih.T``, ``U = weight_hh.T``, ``b = bias_ih + bias_hh``.
+``weight_hr_l{k}`` (``proj_size > 0``) is refused: the projected hidden state
+is not modelled.
+
+Reading:
+
+- ``.pt`` / ``.pth`` / ``.bin``: with torch installed, ``torch.load(...,
+  weights_only=True)``; without torch, the zip checkpoint (``data.pkl`` plus
+  ``data/<key>`` storages) is read with the restricted unpickler
+  (``safepickle``), which only rebuilds tensors. Nested checkpoints
+  (``{"model": state_dict, ...}``) are flattened with dotted keys. A whole
+  pickled module needs ``--trust-pickle`` (``weights_only=False``) and torch.
+- ``.safetensors``: with ``safetensors.numpy`` when installed, else read here
+  (the format is an 8-byte header length, a JSON header and raw data).
+
+Several LSTMs in one file (``encoder.lstm.``, ``decoder.lstm.``): choose one
+with ``--layer-prefix``; without it the error lists the prefixes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pickle
+import re
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError
+from ..model import Activations, Layer, LSTMModel, make_direction
+from . import safepickle
+
+SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
+MAX_STORAGE_BYTES = safepickle.MAX_ARRAY_BYTES
+MAX_SAFETENSORS_HEADER = 100 << 20
+MAX_PICKLE_BYTES = 100 << 20  # data.pkl holds structure only; the data is in storages
+KEY_RE = re.compile(r"^(?P<prefix>.*)weight_ih(?:_l(?P<k>\d+)(?P<rev>_reverse)?)?$")
+
+
+def _torch():
+    """The torch module, or None when it is not installed (tests patch this)."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    return torch
+
+
+# ---------------------------------------------------------------------------
+# Sniffing
+
+
+def _is_torch_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _data_pkl(zf) is not None
+    except zipfile.BadZipFile:
+        return False
+
+
+def _data_pkl(zf: zipfile.ZipFile) -> str | None:
+    names = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+    names = [n for n in names if n.count("/") <= 1]
+    return names[0] if len(names) == 1 else None
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
+
+
+def sniff(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    if path.suffix == ".safetensors":
+        return _is_safetensors(path)
+    if _is_torch_zip(path):
+        return True
+    # The legacy (torch < 1.6) format is a pickle sequence: claim it by name only.
+    return path.suffix in (".pt", ".pth") and safepickle.looks_like_pickle(path)
+
+
+# ---------------------------------------------------------------------------
+# Reading tensors without torch
+
+
+class _StorageType:
+    """``torch.FloatStorage`` & co. as named in a checkpoint: a dtype tag."""
+
+    def __init__(self, name: str, dtype: str):
+        self.name = name
+        self.dtype = dtype  # a NumPy dtype string, or "bfloat16"
+
+
+class _TorchDtype(_StorageType):
+    """``torch.float32`` & co. (``_rebuild_tensor_v3`` passes the dtype)."""
+
+
+_STORAGES = {
+    "FloatStorage": "f4",
+    "DoubleStorage": "f8",
+    "HalfStorage": "f2",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "i8",
+    "IntStorage": "i4",
+    "ShortStorage": "i2",
+    "CharStorage": "i1",
+    "ByteStorage": "u1",
+    "BoolStorage": "?",
+    "UntypedStorage": "u1",
+}
+_DTYPES = {
+    "float32": "f4",
+    "float": "f4",
+    "float64": "f8",
+    "double": "f8",
+    "float16": "f2",
+    "half": "f2",
+    "bfloat16": "bfloat16",
+    "int64": "i8",
+    "long": "i8",
+    "int32": "i4",
+    "int": "i4",
+    "int16": "i2",
+    "int8": "i1",
+    "uint8": "u1",
+    "bool": "?",
+}
+
+
+def _bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def _decode(raw: bytes, dtype: str, byteorder: str) -> np.ndarray:
+    """Bytes of a storage as a flat array (bfloat16 widened to float32)."""
+    order = "<" if byteorder == "little" else ">"
+    if dtype == "bfloat16":
+        return _bfloat16_to_float32(np.frombuffer(raw, dtype=order + "u2"))
+    np_dtype = np.dtype(dtype)
+    if np_dtype.itemsize > 1:
+        np_dtype = np_dtype.newbyteorder(order)
+    return np.frombuffer(raw, dtype=np_dtype).astype(np_dtype.newbyteorder("="))
+
+
+def _strided(storage: np.ndarray, offset, size, stride) -> np.ndarray:
+    size = tuple(int(s) for s in size)
+    stride = tuple(int(s) for s in stride)
+    offset = int(offset)
+    if len(size) != len(stride) or any(s < 0 for s in size) or offset < 0:
+        raise ModelError(f"malformed tensor (size {size}, stride {stride}, offset {offset})")
+    if math.prod(size) == 0:
+        return np.zeros(size, storage.dtype)
+    last = offset + sum((s - 1) * st for s, st in zip(size, stride))
+    if any(st < 0 for st in stride) or last >= storage.size:
+        raise ModelError(
+            f"a tensor of size {size} reaches past its storage of {storage.size} elements"
+        )
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:],
+        shape=size,
+        strides=tuple(st * storage.itemsize for st in stride),
+        writeable=False,
+    )
+    return np.array(view)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, *_rest):
+    if not isinstance(storage, np.ndarray):
+        raise ModelError("a tensor's storage is not a storage record")
+    return _strided(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, hooks, dtype, *_):
+    if not isinstance(storage, np.ndarray) or not isinstance(dtype, _TorchDtype):
+        raise ModelError("malformed tensor record")
+    raw = storage.tobytes()
+    return _strided(_decode(raw, dtype.dtype, "little"), storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, hooks=None, *_):
+    return data
+
+
+def _torch_globals() -> dict[tuple[str, str], Any]:
+    out: dict[tuple[str, str], Any] = {
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    }
+    for name, dtype in _STORAGES.items():
+        out[("torch", name)] = _StorageType(name, dtype)
+        out[("torch.storage", name)] = out[("torch", name)]
+    for name, dtype in _DTYPES.items():
+        out[("torch", name)] = _TorchDtype(name, dtype)
+    return out
+
+
+def read_zip_checkpoint(path: Path, trust: bool = False) -> Any:
+    """A ``torch.save`` zip checkpoint read without torch: tensors become arrays."""
+    with zipfile.ZipFile(path) as zf:
+        pkl = _data_pkl(zf)
+        if pkl is None:
+            raise ModelError("a zip file without data.pkl: not a torch checkpoint")
+        root = pkl[: -len("data.pkl")]
+        names = set(zf.namelist())
+        byteorder = "little"
+        if root + "byteorder" in names:
+            byteorder = zf.read(root + "byteorder").decode("ascii", "replace").strip()
+        storages: dict[str, np.ndarray] = {}
+
+        def persistent_load(pid):
+            if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+                raise ModelError(f"unexpected persistent id {pid!r:.60} in data.pkl")
+            _, storage_type, key, _location, numel = pid
+            if not isinstance(storage_type, _StorageType):
+                raise ModelError(f"unknown storage type {storage_type!r:.60}")
+            key = str(key)
+            if key not in storages:
+                member = f"{root}data/{key}"
+                if member not in names:
+                    raise ModelError(f"storage {member} is missing from the checkpoint")
+                info = zf.getinfo(member)
+                if info.file_size > MAX_STORAGE_BYTES:
+                    raise ModelError(f"storage {member} has {info.file_size} bytes, over the limit")
+                storages[key] = _decode(zf.read(member), storage_type.dtype, byteorder)
+            return storages[key]
+
+        info = zf.getinfo(pkl)
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise ModelError(f"{pkl} has {info.file_size} bytes, over the limit")
+        return safepickle.loads(
+            zf.read(pkl),
+            trust=trust,
+            extra_globals=_torch_globals(),
+            persistent_load=persistent_load,
+        )
+
+
+# ---------------------------------------------------------------------------
+# safetensors
+
+_ST_DTYPES = {
+    "F64": "f8",
+    "F32": "f4",
+    "F16": "f2",
+    "BF16": "bfloat16",
+    "I64": "i8",
+    "I32": "i4",
+    "I16": "i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """All tensors of a ``.safetensors`` file (``safetensors.numpy`` when installed)."""
+    if importlib.util.find_spec("safetensors") is not None:
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(path)
+        except TypeError:
+            pass  # a dtype NumPy lacks (bfloat16): the reader below widens it
+        except Exception as exc:  # safetensors raises its own SafetensorError
+            raise ModelError(f"not a readable .safetensors file: {exc}") from None
+    return _read_safetensors_here(path)
+
+
+def _read_safetensors_here(path: Path) -> dict[str, np.ndarray]:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ModelError("not a .safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise ModelError(f"safetensors header of {n} bytes does not fit the file")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"safetensors header is not JSON: {exc}") from None
+        if not isinstance(header, dict):
+            raise ModelError("safetensors header is not a JSON object")
+        out = {}
+        base = 8 + n
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            try:
+                dtype = _ST_DTYPES[info["dtype"]]
+                shape = tuple(int(s) for s in info["shape"])
+                begin, end = (int(v) for v in info["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise ModelError(f"safetensors entry {name!r} is malformed") from None
+            itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+            if end - begin != math.prod(shape) * itemsize or begin < 0 or base + end > size:
+                raise ModelError(f"safetensors entry {name!r} has inconsistent offsets")
+            fh.seek(base + begin)
+            out[name] = _decode(fh.read(end - begin), dtype, "little").reshape(shape)
+        return out
+
+
+# ---------------------------------------------------------------------------
+# From a loaded object to a flat name → array dict
+
+
+def _flatten(obj, torch, prefix: str = "", out=None, depth: int = 0) -> dict[str, np.ndarray]:
+    out = {} if out is None else out
+    if depth > 20:
+        return out
+    if torch is not None and isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if torch is not None and isinstance(obj, torch.Tensor):
+        tensor = obj.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        out[prefix.rstrip(".")] = tensor.numpy()
+    elif isinstance(obj, np.ndarray):
+        out[prefix.rstrip(".")] = obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _flatten(value, torch, f"{prefix}{key}.", out, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for k, value in enumerate(obj):
+            _flatten(value, torch, f"{prefix}{k}.", out, depth + 1)
+    return out
+
+
+def _torch_load(path: Path, torch, trust: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
+        if not trust:
+            raise ModelError(
+                f"torch.load(weights_only=True) refused the file ({first[:160]}); "
+                f"{safepickle.TRUST_HINT}"
+            ) from None
+        raise ModelError(f"not a readable torch file: {first[:200]}") from None
+    except (RuntimeError, EOFError, ValueError, AttributeError, ImportError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"not a readable torch file: {msg[:200]}") from None
+
+
+def read_tensors(path: Path, trust: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """(name → array, name prefix → batch_first) of a torch or safetensors file.
+
+    ``batch_first`` is only known for a pickled module (``--trust-pickle``).
+    """
+    if path.suffix == ".safetensors":
+        return read_safetensors(path), {}
+    torch = _torch()
+    if torch is not None:
+        obj = _torch_load(path, torch, trust)
+        batch_first = {}
+        if isinstance(obj, torch.nn.Module):
+            for name, module in obj.named_modules():
+                if isinstance(module, (torch.nn.LSTM,)):
+                    batch_first[f"{name}." if name else ""] = bool(module.batch_first)
+        return _flatten(obj, torch), batch_first
+    if not _is_torch_zip(path):
+        raise ModelError(
+            "a legacy (torch < 1.6) or non-zip torch file: install torch to read it, "
+            "or re-save with torch.save(state_dict, path)"
+        )
+    try:
+        return _flatten(read_zip_checkpoint(path, trust), None), {}
+    except zipfile.BadZipFile as exc:
+        raise ModelError(f"a damaged zip checkpoint: {exc}") from None
+
+
+# ---------------------------------------------------------------------------
+# Grouping keys into LSTMs
+
+
+def lstm_prefixes(tensors: dict[str, np.ndarray]) -> dict[str, list[tuple[int, bool, str]]]:
+    """prefix → [(layer, reverse, key suffix)] for every ``weight_ih`` key."""
+    groups: dict[str, list[tuple[int, bool, str]]] = {}
+    for key in tensors:
+        m = KEY_RE.match(key)
+        if m:
+            suffix = key[len(m["prefix"]) + len("weight_ih") :]
+            groups.setdefault(m["prefix"], []).append(
+                (int(m["k"] or 0), bool(m["rev"]), suffix)
+            )
+    return groups
+
+
+def _show(prefix: str) -> str:
+    return repr(prefix) if prefix else "'' (top level)"
+
+
+def _select(groups: dict, options) -> str:
+    if not groups:
+        raise ModelError("no LSTM weights (no key ending in weight_ih_l0 or weight_ih)")
+    wanted = options.layer_prefix
+    if wanted is not None:
+        for candidate in (wanted, wanted.rstrip(".") + "." if wanted else ""):
+            if candidate in groups:
+                return candidate
+        raise ModelError(
+            f"no LSTM under prefix {wanted!r}; found: " + ", ".join(_show(p) for p in sorted(groups))
+        )
+    if len(groups) > 1:
+        raise ModelError(
+            f"{len(groups)} LSTMs in the file, prefixes "
+            + ", ".join(_show(p) for p in sorted(groups))
+            + "; choose one with --layer-prefix"
+        )
+    return next(iter(groups))
+
+
+def _direction(tensors, prefix: str, suffix: str, where: str):
+    def get(name):
+        return tensors.get(f"{prefix}{name}{suffix}")
+
+    w_ih, w_hh = get("weight_ih"), get("weight_hh")
+    if w_hh is None:
+        raise ModelError(f"{where}: {prefix}weight_ih{suffix} has no {prefix}weight_hh{suffix}")
+    if w_ih.ndim != 2 or w_hh.ndim != 2:
+        raise ModelError(
+            f"{where}: weight_ih {w_ih.shape} and weight_hh {w_hh.shape} must be matrices"
+        )
+    H = w_hh.shape[1]
+    rows = w_hh.shape[0]
+    if H == 0 or rows != 4 * H:
+        kind = {3 * H: "a GRU (3 gate blocks)", H: "a plain RNN (1 block)"}.get(rows, "not an LSTM")
+        raise ModelError(
+            f"{where}: {prefix}weight_hh{suffix} has shape {w_hh.shape}: {kind}; "
+            f"an LSTM stacks 4 gate blocks of H={H}"
+        )
+    if w_ih.shape[0] != 4 * H:
+        raise ModelError(
+            f"{where}: {prefix}weight_ih{suffix} has shape {w_ih.shape}, expected ({4 * H}, D)"
+        )
+    b = np.zeros(4 * H)
+    for name in ("bias_ih", "bias_hh"):
+        bias = get(name)
+        if bias is not None:
+            if bias.shape != (4 * H,):
+                raise ModelError(
+                    f"{where}: {prefix}{name}{suffix} has shape {bias.shape}, expected ({4 * H},)"
+                )
+            b = b + bias.astype(np.float64)
+    dtype = w_ih.dtype if w_ih.dtype in (np.float32, np.float64) else np.float32
+    return make_direction(W=w_ih.T, U=w_hh.T, b=b, dtype=dtype, where=where)
+
+
+def build_model(tensors, prefix: str, entries, path: Path, fmt: str, layout: str | None):
+    n_layers = max(k for k, _, _ in entries) + 1
+    present = {(k, rev) for k, rev, _ in entries}
+    bidirectional = any(rev for _, rev in present)
+    proj = [
+        key
+        for key in tensors
+        if key.startswith(prefix) and re.fullmatch(r"weight_hr(_l\d+(_reverse)?)?", key[len(prefix) :])
+    ]
+    if proj:
+        raise ModelError(
+            f"{proj[0]} has shape {tensors[proj[0]].shape}: an LSTM with proj_size > 0 "
+            "(projected hidden state) is not supported"
+        )
+    layers = []
+    for k in range(n_layers):
+        if (k, False) not in present:
+            raise ModelError(f"layer {k} of {_show(prefix)}: {prefix}weight_ih_l{k} is missing")
+        if bidirectional and (k, True) not in present:
+            raise ModelError(f"layer {k}: {prefix}weight_ih_l{k}_reverse is missing")
+        suffix = next(s for kk, rev, s in entries if kk == k and not rev)
+        fwd = _direction(tensors, prefix, suffix, f"layer {k}")
+        rev = None
+        if bidirectional:
+            rsuffix = next(s for kk, r, s in entries if kk == k and r)
+            rev = _direction(tensors, prefix, rsuffix, f"layer {k} rev")
+        layers.append(Layer(fwd, rev, Activations()))
+    notes = ["PyTorch gate order i, f, g, o; b = bias_ih + bias_hh"]
+    if layout is None:
+        notes.append(
+            "a state_dict does not record batch_first: inputs are read as btd unless "
+            "--layout says otherwise (nn.LSTM's default is tbd)"
+        )
+    return LSTMModel(
+        layers=tuple(layers),
+        name=prefix.rstrip(".") or path.stem,
+        source_format=fmt,
+        source_files=(str(path),),
+        stored_gate_order="ifgo",
+        input_layout=layout or "btd",
+        notes=tuple(notes),
+    )
+
+
+def load(path: Path, options) -> LSTMModel:
+    if options.preset is not None:
+        raise ConfigError(f"--preset {options.preset} does not apply to PyTorch weights")
+    tensors, batch_first = read_tensors(path, options.trust_pickle)
+    groups = lstm_prefixes(tensors)
+    prefix = _select(groups, options)
+    layout = None
+    if prefix in batch_first:
+        layout = "btd" if batch_first[prefix] else "tbd"
+    return build_model(tensors, prefix, groups[prefix], path, "torch", layout)
