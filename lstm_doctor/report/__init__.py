@@ -8,11 +8,10 @@ where ``report`` is the JSON-able dict built by ``build_report`` and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Callable
 
-from .build import SCHEMA_VERSION, build_report
+from .build import SCHEMA_VERSION, build_report, to_json
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class RenderOptions:
 
 
 def _json(report: dict, options: RenderOptions) -> str:
-    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    return to_json(report)
 
 
 def _text(report: dict, options: RenderOptions) -> str:
@@ -42,9 +41,62 @@ def _text(report: dict, options: RenderOptions) -> str:
     return buffer.getvalue()
 
 
+def _html(report: dict, options: RenderOptions) -> str:
+    from .html import render  # matplotlib is imported only when a plot is drawn
+
+    return render(report, options)
+
+
+def _markdown(report: dict, options: RenderOptions) -> str:
+    from .markdown import render
+
+    return render(report, options)
+
+
+def _junit(report: dict, options: RenderOptions) -> str:
+    from .junit import render
+
+    return render(report, options)
+
+
+def _github(report: dict, options: RenderOptions) -> str:
+    from .github import render
+
+    return render(report, options)
+
+
 REPORTERS: dict[str, Callable[[dict, RenderOptions], str | bytes]] = {
     "text": _text,
     "json": _json,
+    "html": _html,
+    "markdown": _markdown,
+    "junit": _junit,
+    "github": _github,
 }
 
-__all__ = ["SCHEMA_VERSION", "build_report", "REPORTERS", "RenderOptions"]
+# Formats that put several reports in one file (``lstm-doctor check``):
+# module name in this package; each defines ``render_many(reports, options)``.
+# The others (text) are concatenated; JSON is the check's own document.
+MULTI = {"html": "html", "markdown": "markdown", "junit": "junit", "github": "github"}
+
+
+def render_many(fmt: str, reports: list[dict], options: RenderOptions) -> str | bytes:
+    """Several reports in one output of format ``fmt`` (not json: see ``lstm_doctor.check``)."""
+    import importlib
+
+    if fmt in MULTI:
+        return importlib.import_module(f"{__name__}.{MULTI[fmt]}").render_many(reports, options)
+    if fmt == "json":
+        raise ValueError("several reports in JSON: use lstm_doctor.check.check_document")
+    return "".join(REPORTERS[fmt](report, options) for report in reports)
+
+
+def load_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of the report, shipped as ``report/schema.json``."""
+    import json
+    from importlib.resources import files
+
+    return json.loads(files(__name__).joinpath("schema.json").read_text(encoding="utf-8"))
+
+
+__all__ = ["SCHEMA_VERSION", "build_report", "to_json", "REPORTERS", "RenderOptions", "render_many", "load_schema"]

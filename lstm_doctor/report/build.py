@@ -3,7 +3,15 @@
 The dict is built from data (model, capture statistics, findings), never from
 rendered text. Floats are rounded to 6 significant digits and NaN/Inf become
 null, so reports are deterministic and valid JSON; only ``created`` differs
-between two runs on the same inputs and configuration.
+between two runs on the same inputs and configuration. ``report/schema.json``
+(JSON Schema 2020-12) describes the dict; ``to_json`` writes it.
+
+The statistics hold everything the plots draw (renderers compute nothing):
+per (layer, direction) the per-gate saturation heatmap (units × steps, binned
+to at most HEATMAP_UNITS × HEATMAP_STEPS), each unit's left / right saturated
+share, per-step means and sample percentiles of h and c, and each term's share
+of the pre-activation energy; for the encodings, the cosine matrix of the
+first COSINE_SEQUENCES sequences.
 """
 
 from __future__ import annotations
@@ -23,6 +31,10 @@ from ..model import GATES, SIGMOID_GATES, LSTMModel
 
 SCHEMA_VERSION = "1.0"
 PER_STEP_LIMIT = 512  # per-step series longer than this are not stored in full
+HEATMAP_UNITS = 64  # saturation heatmaps: at most this many unit bins ...
+HEATMAP_STEPS = 128  # ... and step bins (bins average adjacent units / steps)
+COSINE_SEQUENCES = 64  # the cosine matrix covers the first sequences of the sample
+PERCENTILES = (5, 25, 50, 75, 95)
 
 
 def clean(value: Any) -> Any:
@@ -45,6 +57,31 @@ def clean(value: Any) -> Any:
     if isinstance(value, Severity):
         return value.name
     return value
+
+
+def to_json(value: Any, indent: int = 2) -> str:
+    """JSON text of a cleaned report, as ``json.dumps(indent=2)`` but with every
+    list of scalars on one line (per-step series, matrix rows), so that a
+    report stays readable and small. Deterministic for a given value."""
+    import json
+
+    def scalar(v: Any) -> bool:
+        return not isinstance(v, (dict, list))
+
+    def enc(v: Any, level: int) -> str:
+        pad, inner = " " * (indent * level), " " * (indent * (level + 1))
+        if isinstance(v, dict):
+            if not v:
+                return "{}"
+            items = (f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {enc(x, level + 1)}" for k, x in v.items())
+            return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+        if isinstance(v, list):
+            if all(scalar(x) for x in v):
+                return "[" + ", ".join(json.dumps(x, ensure_ascii=False) for x in v) + "]"
+            return "[\n" + ",\n".join(inner + enc(x, level + 1) for x in v) + "\n" + pad + "]"
+        return json.dumps(v, ensure_ascii=False, allow_nan=False)
+
+    return enc(value, 0) + "\n"
 
 
 def file_identity(path: str) -> dict[str, Any]:
@@ -119,6 +156,56 @@ def _series(values: np.ndarray) -> list:
     return list(values[:PER_STEP_LIMIT])
 
 
+def bin_edges(n: int, limit: int) -> np.ndarray:
+    """``min(n, limit) + 1`` increasing edges that split ``range(n)`` into near-equal bins."""
+    k = max(min(n, limit), 1)
+    return np.linspace(0, n, k + 1).round().astype(np.int64)
+
+
+def saturation_heatmap(gates: dict, valid_t: np.ndarray, H: int) -> dict[str, Any]:
+    """Per gate, the share of sequences left- and right-saturated, (unit bins × step bins).
+
+    A bin's value is its count of saturated (step, unit, sequence) values over
+    its number of valid ones, so binning never changes the overall share.
+    Rounded to 3 decimals to keep the report small.
+    """
+    T = len(valid_t)
+    step_edges = bin_edges(T, HEATMAP_STEPS)
+    unit_edges = bin_edges(H, HEATMAP_UNITS)
+    den = np.add.reduceat(np.asarray(valid_t, np.float64), step_edges[:-1])[:, None] * np.diff(unit_edges)[None, :]
+
+    def share(counts_tu: np.ndarray) -> np.ndarray:
+        s = np.add.reduceat(np.asarray(counts_tu, np.float64), step_edges[:-1], axis=0)
+        s = np.add.reduceat(s, unit_edges[:-1], axis=1)
+        return np.round((s / np.maximum(den, 1)).T, 3)  # units × steps
+
+    return {
+        "unit_edges": unit_edges,
+        "step_edges": step_edges,
+        "gates": {g: {"left": share(gs.left_tu), "right": share(gs.right_tu)} for g, gs in gates.items()},
+    }
+
+
+def energy_shares(terms, bias: np.ndarray, H: int) -> dict[str, dict[str, float]]:
+    """Per gate block, each term's share of the pre-activation energy (mean square).
+
+    E[(x·W)²], E[(h·U)²], E[(p·c)²] and mean b², each over their sum (cross
+    terms left out), as in ``analyzers.inputs.input_energy_share``.
+    """
+    parts = {
+        "input": terms.mean_square("input"),
+        "recurrent": terms.mean_square("recurrent"),
+        "peephole": terms.mean_square("peephole"),
+        "bias": (np.asarray(bias, dtype=np.float64).reshape(4, H) ** 2).mean(axis=1),
+    }
+    total = sum(parts.values())
+    safe = np.where(total > 0, total, 1)
+    return {
+        g: {name: float(v[k] / safe[k]) if total[k] > 0 else None for name, v in parts.items()}
+        for k, g in enumerate(GATES)
+    }
+
+
 def layer_statistics(capture) -> list[dict[str, Any]]:
     """Per (layer, direction): what the summaries and plots are drawn from."""
     from ..analyzers.inputs import input_energy_share, input_variance_share
@@ -138,14 +225,19 @@ def layer_statistics(capture) -> list[dict[str, Any]]:
                 "right": float(gs.right_tu.sum() / total),
                 "units_saturated_90pct": int((unit_sat >= 0.9).sum()),
                 "saturated_per_step": _series((gs.left_tu + gs.right_tu).sum(axis=1) / per_step_den),
+                # per unit: share of its valid values left / right saturated (Karpathy et al. 2015, fig. 3)
+                "unit_left": np.round(gs.left_tu.sum(axis=0) / max(st.n_values, 1), 4),
+                "unit_right": np.round(gs.right_tu.sum(axis=0) / max(st.n_values, 1), 4),
             }
         h_sample = capture.sample[(k, d)].get("h")
         c_sample = capture.sample[(k, d)].get("c")
         pct = {}
         for name, arr in (("h", h_sample), ("c", c_sample)):
             if arr is not None:
-                q = np.nanpercentile(arr[:PER_STEP_LIMIT].reshape(min(arr.shape[0], PER_STEP_LIMIT), -1), [5, 50, 95], axis=1)
-                pct[name] = {"p5": _series(q[0]), "p50": _series(q[1]), "p95": _series(q[2])}
+                q = np.nanpercentile(
+                    arr[:PER_STEP_LIMIT].reshape(min(arr.shape[0], PER_STEP_LIMIT), -1), PERCENTILES, axis=1
+                )
+                pct[name] = {f"p{p}": _series(q[n]) for n, p in enumerate(PERCENTILES)}
         terms = st.terms
         out.append(
             {
@@ -156,10 +248,12 @@ def layer_statistics(capture) -> list[dict[str, Any]]:
                 "sequences": st.n_sequences,
                 "values": st.n_values,
                 "gates": gates,
+                "saturation_heatmap": saturation_heatmap(st.gates, st.valid_t, st.H),
                 "mean_h_per_step": _series(st.mean_h_t()),
                 "mean_c_per_step": _series(st.mean_c_t()),
                 "mean_abs_c_per_step": _series(st.mean_abs_c_t()),
                 "percentiles_from_sample": pct,
+                "sample_sequences": int(h_sample.shape[1]) if h_sample is not None else 0,
                 "max_abs_c": float(st.max_abs_c_t.max()),
                 "hidden_at_bound": float(st.h_at_bound_t.sum() / total),
                 "preactivation": {
@@ -172,6 +266,7 @@ def layer_statistics(capture) -> list[dict[str, Any]]:
                     "rms_bias": dict(
                         zip(GATES, np.sqrt((np.asarray(params.b, np.float64).reshape(4, st.H) ** 2).mean(axis=1)))
                     ),
+                    "energy_share": energy_shares(terms, params.b, st.H),
                 },
             }
         )
@@ -198,6 +293,8 @@ def encoding_statistics(capture) -> dict[str, Any]:
             "p50": float(np.nanmedian(off)),
             "max": float(np.nanmax(off)),
         },
+        # the first COSINE_SEQUENCES sequences' pairwise cosines (4 decimals), for the plot
+        "cosine_matrix": np.round(cos[:COSINE_SEQUENCES, :COSINE_SEQUENCES], 4),
     }
 
 

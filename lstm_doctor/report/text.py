@@ -170,4 +170,7 @@ def render(report: dict, console: Console) -> None:
     for part in (_saturation(report), _per_step(report)):
         if part is not None:
             console.print(part)
+    from .whatif_text import render_what_if
+
+    render_what_if(report, console)  # prints nothing without a what-if section
     console.print(_summary(report))

@@ -1,0 +1,169 @@
+"""``--format markdown``: the report as GitHub-flavoured Markdown (a PR comment, a job summary).
+
+Without ``--plots DIR`` the page has no images. With it, the PNGs of
+``plots.py`` are written (atomically) into DIR and linked with paths relative
+to the Markdown file (``--output``), or to the working directory when the
+report goes to stdout. Each finding's code links to its rule's documentation,
+embedded at the end for the codes cited (anchors ``#rule-CODE``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .html import HEADLINE_LABELS, _fmt, _where
+
+
+def _cell(text) -> str:
+    """A table cell: one line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _header(report: dict) -> list[str]:
+    m, s = report["model"], report["summary"]
+    out = [f"# lstm-doctor report: {m['name']}", ""]
+    verdict = "FAIL" if s["exit_code"] else "PASS"
+    out.append(
+        f"**{verdict}** (exit {s['exit_code']}, fail-on {report['config']['fail_on']}): "
+        f"{s['error']} error(s), {s['warning']} warning(s), {s['info']} info"
+    )
+    check = report.get("check")
+    if check and check.get("baseline"):
+        out.append("")
+        out.append(
+            f"Baseline `{check['baseline']}`: {check.get('new', 0)} new, {check.get('known', 0)} known; "
+            "only new findings fail."
+        )
+    out.append("")
+    layers = "; ".join(
+        f"layer {layer['index']}: D={layer['D']}, H={layer['H']}"
+        + (" bidirectional" if len(layer["directions"]) > 1 else "")
+        for layer in m["layers"]
+    )
+    rows = [
+        ("model", f"{m['name']} ({m['format']}, {m['dtype']}) · {layers}"),
+        ("cell", f"`{m['layers'][0]['equation']}`"),
+        ("files", "<br>".join(f"`{f['path']}` sha256 `{(f['sha256'] or 'unreadable')[:16]}…`" for f in m["files"])),
+    ]
+    inp = report.get("inputs")
+    if inp:
+        what = f"synthetic probe '{inp['probe']}'" if inp["probe"] else f"`{inp['source']}`"
+        rows.append(
+            (
+                "inputs",
+                f"{what}: {inp['sequences']} sequences × {inp['T']} steps × {inp['D']} features "
+                f"(layout {inp['layout']}) · engine {report['engine']}",
+            )
+        )
+    else:
+        rows.append(("inputs", "none: weight rules only"))
+    rows.append(("created", f"{report['created']} · lstm-doctor {report['tool']['version']}"))
+    out += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in rows] + [""]
+    if inp and inp["probe"]:
+        out += ["> These inputs are a synthetic probe: real inputs (`--inputs`) give a real answer.", ""]
+    return out
+
+
+def _headline(report: dict) -> list[str]:
+    head = report["summary"].get("headline")
+    if not head:
+        return []
+    out = ["## Headline metrics", "", "| metric | value |", "|---|---:|"]
+    for k, v in head.items():
+        label, spec = HEADLINE_LABELS.get(k, (k, ".4g"))
+        out.append(f"| {_cell(label)} | {_fmt(v, spec)} |")
+    return out + [""]
+
+
+def _findings(report: dict, names: dict[str, str]) -> list[str]:
+    out = ["## Findings", ""]
+    if not report["findings"]:
+        return out + ["No findings.", ""]
+    out += ["| severity | code | where | finding | fix |", "|---|---|---|---|---|"]
+    for f in report["findings"]:
+        sev = f["severity"] + (" (in baseline)" if f.get("baseline") == "known" else "")
+        out.append(
+            f"| {sev} | [{f['code']}](#rule-{f['code']}) {_cell(names.get(f['code'], ''))} | "
+            f"{_cell(_where(f['location']))} | {_cell(f['message'])} | {_cell(f['fix'])} |"
+        )
+    skipped = report.get("not_evaluated") or {}
+    if skipped:
+        out += ["", "Not evaluated: " + "; ".join(f"{c} ({_cell(why)})" for c, why in skipped.items())]
+    return out + [""]
+
+
+def _plots(report: dict, options, prefix: str) -> list[str]:
+    if not options or not options.plots_dir:
+        return []
+    from ..output import write_atomic
+    from .plots import report_plots, slug
+
+    sections = report_plots(report, prefix=f"{prefix}{slug(report['model']['name'])}-")
+    if not sections:
+        return []
+    folder = Path(options.plots_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = Path(options.output).resolve().parent if options.output else Path.cwd()
+    out = ["## Plots", ""]
+    for section in sections:
+        out += [f"### {section.title}", ""]
+        for plot in section.plots:
+            target = folder / f"{plot.key}.png"
+            write_atomic(target, plot.png)
+            link = Path(os.path.relpath(target.resolve(), base)).as_posix()
+            out += [f"![{plot.title}]({link})", "", f"*{plot.title}.* {plot.caption}", ""]
+    return out
+
+
+def _rules(cited: set[str]) -> list[str]:
+    from ..analyzers import RULES
+
+    if not cited:
+        return []
+    out = ["## Rules cited", ""]
+    for code in sorted(cited):
+        r = RULES.get(code)
+        if r is None:
+            continue
+        out += [
+            f'<a id="rule-{code}"></a>',
+            "",
+            f"### {code} {r.name}",
+            "",
+            f"*Default severity {r.severity.name}. Statistic: {' '.join(r.statistic.split())}*",
+            "",
+            f"**What it does.** {' '.join(r.doc.what.split())}",
+            "",
+            f"**Why it matters.** {' '.join(r.doc.why.split())}",
+            "",
+            f"**Fix.** {' '.join(r.doc.fix.split())}",
+            "",
+        ]
+    return out
+
+
+def _names() -> dict[str, str]:
+    from ..analyzers import RULES
+
+    return {code: r.name for code, r in RULES.items()}
+
+
+def _body(report: dict, options, prefix: str = "") -> list[str]:
+    names = _names()
+    return _header(report) + _headline(report) + _findings(report, names) + _plots(report, options, prefix)
+
+
+def render(report: dict, options=None) -> str:
+    cited = {f["code"] for f in report["findings"]}
+    return "\n".join(_body(report, options) + _rules(cited)).rstrip() + "\n"
+
+
+def render_many(reports: list[dict], options=None) -> str:
+    if len(reports) == 1:
+        return render(reports[0], options)
+    lines: list[str] = []
+    for k, report in enumerate(reports):
+        lines += _body(report, options, prefix=f"m{k}-") + ["---", ""]
+    cited = {f["code"] for r in reports for f in r["findings"]}
+    return "\n".join(lines + _rules(cited)).rstrip() + "\n"

@@ -1,0 +1,395 @@
+"""Reports: the JSON schema, determinism, HTML (rendered in headless Chromium), Markdown, JUnit, GitHub, compare.
+
+One diagnosis per example is shared by the whole module (``reports``); the
+renderers are pure functions of those dicts.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lstm_doctor.analyzers import RULES
+from lstm_doctor.cli import cli
+from lstm_doctor.diagnose import DiagnoseOptions, run_diagnosis
+from lstm_doctor.report import REPORTERS, RenderOptions, load_schema
+from lstm_doctor.report.build import HEATMAP_STEPS, HEATMAP_UNITS
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "tweet2vec_like"
+CREATED = "2000-01-01T00:00:00+00:00"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+)  # fmt: skip
+# The CASE.md defects that fixing the example resolves (README, demo).
+CASE_CODES = {"A201", "C401", "H601", "I501", "I504", "S301", "W101", "W102"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def check(result, code):
+    assert result.exit_code == code, f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+def validator(ref: str | None = None):
+    """The report schema, or one of its $defs (check, baseline, compare), which refer back to it."""
+    from referencing import Registry, Resource
+
+    schema = load_schema()
+    if ref is None:
+        return jsonschema.Draft202012Validator(schema)
+    registry = Registry().with_resource(schema["$id"], Resource.from_contents(schema))
+    return jsonschema.Draft202012Validator({"$ref": f"{schema['$id']}#/$defs/{ref}"}, registry=registry)
+
+
+def errors(data, ref: str | None = None) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:200]}" for e in validator(ref).iter_errors(data)]
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> dict[str, dict]:
+    """The broken and fixed examples, a probe run (no inputs) and a constant probe (NaN statistics).
+
+    The broken example reads the first 16 of its 96 sequences (all 256 steps), to keep the module fast.
+    """
+    fixed = EXAMPLE / "fixed"
+    subset = tmp_path_factory.mktemp("inputs") / "conv_output_16.npy"
+    np.save(subset, np.load(EXAMPLE / "conv_output.npy")[:16])
+    runs = {
+        "broken": DiagnoseOptions(model=str(EXAMPLE / "broken"), inputs=str(subset)),
+        "fixed": DiagnoseOptions(model=str(fixed), inputs=str(EXAMPLE / "conv_output_standardized.npy")),
+        "probe": DiagnoseOptions(model=str(fixed), probe_steps=12, probe_sequences=16),
+        "zeros": DiagnoseOptions(model=str(fixed), probe="zeros", probe_steps=6, probe_sequences=8),
+    }
+    return {name: run_diagnosis(replace(o, created=CREATED)) for name, o in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def broken_html(reports) -> str:
+    return REPORTERS["html"](reports["broken"], RenderOptions())
+
+
+# -- the JSON schema -------------------------------------------------------------------------
+
+
+def test_schema_is_shipped_in_the_package_and_is_valid_2020_12():
+    schema = load_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert (ROOT / "lstm_doctor" / "report" / "schema.json").is_file()
+    assert set(schema["$defs"]["severity"]["enum"]) == {"error", "warning", "info"}
+    assert {"code", "severity", "message", "location", "evidence", "fix"} <= set(schema["$defs"]["finding"]["required"])
+
+
+@pytest.mark.parametrize("name", ["broken", "fixed", "probe", "zeros"])
+def test_reports_validate_against_the_schema(reports, name):
+    report = json.loads(REPORTERS["json"](reports[name], RenderOptions()))
+    assert errors(report) == []
+    assert report["schema_version"] == "1.0"
+
+
+def test_schema_rejects_what_build_does_not_produce(reports):
+    good = reports["fixed"]
+    bad_severity = copy.deepcopy(good)
+    bad_severity["findings"][0]["severity"] = "fatal"
+    missing = copy.deepcopy(good)
+    del missing["summary"]
+    extra = {**copy.deepcopy(good), "surprise": 1}
+    bad_code = copy.deepcopy(good)
+    bad_code["findings"][0]["code"] = "X1"
+    for broken in (bad_severity, missing, extra, bad_code):
+        assert errors(broken), "the schema accepted a malformed report"
+
+
+def test_statistics_hold_what_the_plots_draw_in_compact_form(reports):
+    st = reports["broken"]["statistics"]["layers"][0]  # T = 256 steps, H = 64 units
+    heat = st["saturation_heatmap"]
+    assert len(heat["step_edges"]) - 1 == min(st["T"], HEATMAP_STEPS) == 128
+    assert len(heat["unit_edges"]) - 1 == min(st["H"], HEATMAP_UNITS)
+    for g, gate in st["gates"].items():
+        rows = heat["gates"][g]["right"]
+        assert len(rows) == len(heat["unit_edges"]) - 1 and len(rows[0]) == len(heat["step_edges"]) - 1
+        # Binning keeps the overall share: the bin-size-weighted mean equals the gate's right share.
+        widths = [b - a for a, b in zip(heat["step_edges"], heat["step_edges"][1:])]
+        mean = sum(v * w for row in rows for v, w in zip(row, widths)) / (len(rows) * st["T"])
+        assert mean == pytest.approx(gate["right"], abs=2e-3)
+        assert len(gate["unit_left"]) == len(gate["unit_right"]) == st["H"]
+    assert set(st["percentiles_from_sample"]["h"]) == {"p5", "p25", "p50", "p75", "p95"}
+    shares = st["preactivation"]["energy_share"]["i"]
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-4)
+    assert shares["input"] < 1e-4  # I501: the input term is negligible
+    encoding = reports["broken"]["statistics"]["encoding"]
+    cos = encoding["cosine_matrix"]
+    assert len(cos) == len(cos[0]) == min(64, encoding["sequences"]) == 16
+    assert min(min(r) for r in cos) > 0.999  # H601: every input gives the same encoding
+
+
+def test_json_is_byte_identical_between_runs_apart_from_created(tmp_path):
+    args = ("diagnose", EXAMPLE / "fixed", "--inputs", EXAMPLE / "conv_output_standardized.npy", "--format", "json")
+    first = check(invoke(*args, "--output", tmp_path / "a.json"), 0)
+    second = check(invoke(*args, "--output", tmp_path / "b.json"), 0)
+    assert first.stdout == second.stdout == ""
+    a, b = (tmp_path / "a.json").read_bytes(), (tmp_path / "b.json").read_bytes()
+    created = re.compile(rb'\n  "created": "[^"]*",\n')
+    assert len(created.findall(a)) == 1
+    assert created.sub(b"\n", a) == created.sub(b"\n", b)
+    assert errors(json.loads(a)) == []
+
+
+# -- HTML --------------------------------------------------------------------------------------
+
+
+def test_html_is_self_contained_and_links_every_finding_to_its_rule(reports, broken_html):
+    page = broken_html
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)\s*=\s*["'](https?:|//)""", page), "external asset"
+    assert "<script" not in page and "<link" not in page
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    stats = reports["broken"]["statistics"]
+    assert len(sources) == 5 * len(stats["layers"]) + 1  # per direction 5 plots, and the cosine matrix
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    anchors = set(re.findall(r'id="(rule-[A-Z]\d{3})"', page))
+    assert anchors == {f"rule-{code}" for code in RULES}  # the whole catalogue is embedded
+    for f in reports["broken"]["findings"]:
+        assert f'href="#rule-{f["code"]}"' in page
+    for title in (
+        "Gate saturation, units × steps",
+        "Left vs right saturation per unit",
+        "Hidden and cell state",
+        "Fraction of gate values saturated",
+        "shares of the pre-activation energy",
+        "Cosine similarity",
+    ):
+        assert title in page
+
+
+def test_html_needs_matplotlib_only_when_rendered():
+    code = (
+        "import sys, json; from lstm_doctor.report import REPORTERS; import lstm_doctor.report.html, "
+        "lstm_doctor.report.junit, lstm_doctor.report.github, lstm_doctor.report.markdown; "
+        "assert 'matplotlib' not in sys.modules"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+PROBE_SCRIPT = """<script>
+window.addEventListener("load", function () {
+  var out = {
+    images: Array.from(document.images).map(function (i) { return [i.complete, i.naturalWidth, i.naturalHeight]; }),
+    missing: Array.from(document.querySelectorAll('a[href^="#"]'))
+      .map(function (a) { return a.getAttribute("href").slice(1); })
+      .filter(function (id) { return !document.getElementById(id); })
+  };
+  var pre = document.createElement("pre");
+  pre.id = "lstm-doctor-probe";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / "chromium-profile"  # a fresh profile: nothing shared with other runs
+    profile.mkdir(exist_ok=True)
+    return subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+def test_html_renders_in_headless_chromium_with_every_image_decoded(reports, broken_html, tmp_path):
+    # A copy of the page with a script that writes each image's decoded size into the DOM;
+    # one Chromium run dumps that DOM and takes a screenshot.
+    probe = tmp_path / "report.html"
+    probe.write_text(broken_html.replace("</body>", PROBE_SCRIPT + "</body>"), encoding="utf-8")
+    shot = tmp_path / "report.png"
+    run = _chromium(
+        tmp_path,
+        "--window-size=1280,2400",
+        "--virtual-time-budget=10000",
+        f"--screenshot={shot}",
+        "--dump-dom",
+        probe.as_uri(),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = re.search(r'<pre id="lstm-doctor-probe">(.*?)</pre>', run.stdout, re.S)
+    assert found, f"the page did not load: {run.stdout[:500]} {run.stderr[-1000:]}"
+    result = json.loads(html.unescape(found.group(1)))
+    assert len(result["images"]) == 5 * len(reports["broken"]["statistics"]["layers"]) + 1
+    for complete, width, height in result["images"]:
+        assert complete and width > 100 and height > 100, result["images"]
+    assert result["missing"] == [], "links to anchors that do not exist"
+    # The screenshot: the page rendered, and is not blank.
+    from PIL import Image
+
+    assert shot.is_file(), run.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2400)
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+
+
+# -- Markdown, JUnit, GitHub --------------------------------------------------------------------
+
+
+def test_markdown_without_plots_has_no_images(reports):
+    text = REPORTERS["markdown"](reports["broken"], RenderOptions())
+    assert text.startswith("# lstm-doctor report: tweet2vec_like_broken")
+    assert "![" not in text and "## Plots" not in text
+    for f in reports["broken"]["findings"]:
+        assert f"[{f['code']}](#rule-{f['code']})" in text
+        assert f'<a id="rule-{f["code"]}"></a>' in text
+    # Pipes in messages (|c|) are escaped, so every table row has its five cells.
+    rows = [line for line in text.splitlines() if line.startswith("| error") or line.startswith("| warning")]
+    assert rows and all(len(re.split(r"(?<!\\)\|", row)) == 7 for row in rows)
+
+
+def test_markdown_with_plots_writes_the_pngs_and_links_them(tmp_path):
+    out = tmp_path / "site" / "report.md"
+    out.parent.mkdir()
+    args = ("diagnose", EXAMPLE / "fixed", "--inputs", EXAMPLE / "conv_output_standardized.npy")
+    check(invoke(*args, "--format", "markdown", "--output", out, "--plots", tmp_path / "plots"), 0)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", out.read_text(encoding="utf-8"))
+    assert len(links) == 6
+    for link in links:
+        assert link.startswith("../plots/")
+        assert (out.parent / link).resolve().read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --plots belongs to markdown: elsewhere it is a usage error.
+    r = check(invoke(*args, "--format", "json", "--plots", tmp_path / "plots"), 2)
+    assert "--plots" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_junit_parses_and_counts(reports):
+    report = reports["broken"]
+    root = ET.fromstring(REPORTERS["junit"](report, RenderOptions()))
+    suite = root.find("testsuite")
+    cases = suite.findall("testcase")
+    assert len(cases) == int(suite.get("tests")) == int(root.get("tests")) == len(RULES)
+    failed = {c.get("name").split()[0] for c in cases if c.find("failure") is not None}
+    errors_ = {f["code"] for f in report["findings"] if f["severity"] == "error"}
+    assert failed == errors_ and int(suite.get("failures")) == len(errors_)
+    # A warning-only code passes at fail-on error, with its findings in system-out ...
+    warned = {f["code"] for f in report["findings"]} - errors_
+    for case in cases:
+        if case.get("name").split()[0] in warned:
+            assert case.find("failure") is None and case.find("system-out") is not None
+    # ... and fails at fail-on warning.
+    stricter = copy.deepcopy(report)
+    stricter["config"]["fail_on"] = "warning"
+    root = ET.fromstring(REPORTERS["junit"](stricter, RenderOptions()))
+    assert int(root.get("failures")) == len(
+        errors_ | {f["code"] for f in report["findings"] if f["severity"] == "warning"}
+    )
+    # Scope: --select W gives one test case per W rule.
+    scoped = copy.deepcopy(report)
+    scoped["config"]["select"] = ["W"]
+    scoped["findings"] = [f for f in report["findings"] if f["code"].startswith("W")]
+    suite = ET.fromstring(REPORTERS["junit"](scoped, RenderOptions())).find("testsuite")
+    assert int(suite.get("tests")) == sum(code.startswith("W") for code in RULES)
+
+
+def test_junit_marks_rules_not_evaluated_as_skipped(reports):
+    report = copy.deepcopy(reports["fixed"])
+    report["not_evaluated"] = {"H601": "every input is identical"}
+    suite = ET.fromstring(REPORTERS["junit"](report, RenderOptions())).find("testsuite")
+    assert suite.get("skipped") == "1"
+    case = next(c for c in suite.findall("testcase") if c.get("name").startswith("H601"))
+    assert case.find("skipped").get("message") == "every input is identical"
+
+
+ANNOTATION = re.compile(r"^::(error|warning|notice) file=([^,:]+),title=([A-Z]\d{3}[^:,]*)::(.+)$")
+
+
+def test_github_annotations_one_per_finding(reports):
+    report = reports["broken"]
+    lines = REPORTERS["github"](report, RenderOptions()).splitlines()
+    assert len(lines) == len(report["findings"])
+    level = {"error": "error", "warning": "warning", "info": "notice"}
+    for line, f in zip(lines, report["findings"]):
+        m = ANNOTATION.match(line)
+        assert m, line
+        assert m.group(1) == level[f["severity"]]
+        assert m.group(2) == report["model"]["files"][0]["path"]
+        assert m.group(3).startswith(f["code"])
+        assert "%0Afix: " in m.group(4)  # newlines escaped, the fix on its own line
+    assert REPORTERS["github"](reports["fixed"], RenderOptions()).startswith("::notice ")
+
+
+def test_github_escaping():
+    from lstm_doctor.report.github import escape_data, escape_property
+
+    assert escape_data("50% of\nvalues\r") == "50%25 of%0Avalues%0D"
+    assert escape_property("a:b,c") == "a%3Ab%2Cc"
+
+
+# -- compare ----------------------------------------------------------------------------------
+
+
+def test_compare_broken_vs_fixed_lists_the_resolved_codes(reports, tmp_path):
+    a, b = tmp_path / "broken.json", tmp_path / "fixed.json"
+    a.write_text(REPORTERS["json"](reports["broken"], RenderOptions()), encoding="utf-8")
+    b.write_text(REPORTERS["json"](reports["fixed"], RenderOptions()), encoding="utf-8")
+    doc = json.loads(check(invoke("compare", a, b, "--format", "json"), 0).stdout)
+    assert errors(doc, "compare") == []
+    assert CASE_CODES <= set(doc["resolved_codes"])
+    assert doc["new_codes"] == [] and doc["appeared"] == []
+    # I503 is in both (warning → info): matched by code and location, not by message text.
+    assert {(c["code"], c["from"], c["to"]) for c in doc["changed"]} == {("I503", "warning", "info")}
+    assert "I503" not in doc["resolved_codes"]
+    moved = {m["metric"]: m for m in doc["headline"]}
+    assert moved["saturated_fraction"]["delta"] < -0.5 and moved["mean_pairwise_cosine"]["b"] < 0.5
+    text = check(invoke("compare", a, b, "--color", "never"), 0).stdout
+    assert "resolved codes: " + ", ".join(doc["resolved_codes"]) in text
+    assert "Headline metrics" in text
+
+
+def test_compare_two_models_and_usage_errors(reports, tmp_path):
+    # Two models (here one model on two inputs: standardized, then raw conv output read channels-first).
+    fixed = EXAMPLE / "fixed"
+    doc = json.loads(
+        check(
+            invoke(
+                "compare",
+                fixed,
+                fixed,
+                "--inputs",
+                EXAMPLE / "conv_output_standardized.npy",
+                "--inputs-b",
+                EXAMPLE / "conv_output.npy",
+                "--format",
+                "json",
+            ),
+            0,
+        ).stdout
+    )
+    assert errors(doc, "compare") == []
+    assert doc["a"]["source"] == doc["b"]["source"] == str(fixed)
+    assert [m["metric"] for m in doc["headline"]][:2] == ["saturated_fraction", "max_abs_cell"]
+    a = tmp_path / "a.json"
+    a.write_text(REPORTERS["json"](reports["fixed"], RenderOptions()), encoding="utf-8")
+    r = check(invoke("compare", a, fixed), 2)
+    assert "two reports" in r.stderr and r.stderr.count("\n") == 1
+    (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
+    r = check(invoke("compare", a, tmp_path / "bad.json"), 2)
+    assert "not an lstm-doctor report" in r.stderr
