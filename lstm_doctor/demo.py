@@ -27,7 +27,11 @@ def demo_options(base: DiagnoseOptions) -> tuple[DiagnoseOptions, DiagnoseOption
     from .example import example_folder
 
     folder = example_folder()
-    broken = replace(base, model=str(folder / "broken"), inputs=str(folder / "conv_output.npy"), layout=None)
+    # The broken encoder also gets the what-if experiment: which fix removes
+    # the saturation, which the collapse (CASE.md's ablation, measured).
+    broken = replace(
+        base, model=str(folder / "broken"), inputs=str(folder / "conv_output.npy"), layout=None, what_if=True
+    )
     fixed = replace(
         base, model=str(folder / "fixed"), inputs=str(folder / "conv_output_standardized.npy"), layout=None
     )
