@@ -21,7 +21,7 @@ LAYOUTS = ("btd", "tbd", "bct")
 FORMATS = ("native", "tweet2vec", "lasagne", "torch", "keras", "onnx")
 # Report formats; each has a renderer in lstm_doctor.report.REPORTERS (kept
 # here as names only, so that --help imports nothing heavy).
-REPORT_FORMATS = ("text", "json")
+REPORT_FORMATS = ("text", "json", "html", "markdown", "junit", "github")
 
 
 def _fail(message: str) -> None:
@@ -45,7 +45,8 @@ def _run(execute, options) -> None:
 def model_options(f):
     f = click.option("--model-format", type=click.Choice(FORMATS), help="Override format detection.")(f)
     f = click.option("--preset", type=click.Choice(["tweet2vec"]), help="Declare a known codebase's actual equations.")(f)
-    f = click.option("--layer-prefix", help="torch: the submodule whose LSTM to load (e.g. encoder.lstm).")(f)
+    f = click.option("--layer-prefix", help="torch/lasagne: the submodule whose LSTM to load (e.g. encoder.lstm).")(f)
+    f = click.option("--layer-name", help="keras/onnx: the LSTM layer or node to load when there are several.")(f)
     f = click.option("--trust-pickle", is_flag=True, help="Allow arbitrary pickles (runs code from the file!).")(f)
     return f
 
@@ -88,6 +89,9 @@ def diagnosis_options(f):
     f = click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="text", show_default=True)(f)
     f = click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")(f)
     f = click.option(
+        "--plots", "plots_dir", type=click.Path(file_okay=False), help="markdown: write the plots (PNG) here and link them."
+    )(f)
+    f = click.option(
         "--fail-on",
         type=click.Choice(["error", "warning", "info"]),
         default="error",
@@ -118,11 +122,13 @@ def _split(values) -> tuple[str, ...]:
 @click.option("--probe-scale", type=float, default=1.0, show_default=True)
 @click.option("--probe-steps", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--probe-sequences", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--what-if", "what_if", is_flag=True,
+              help="Also apply each proposed fix virtually and report its measured effect.")
 @model_options
 @engine_option
 @diagnosis_options
-def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, probe_sequences, model_format,
-             preset, layer_prefix, trust_pickle, engine, fmt, output, fail_on, exit_zero, select, ignore,
+def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, probe_sequences, what_if, model_format,
+             preset, layer_prefix, layer_name, trust_pickle, engine, fmt, output, plots_dir, fail_on, exit_zero, select, ignore,
              threshold, color, chunk_size, sample_size):
     """Diagnose MODEL (an lstm.toml, its folder, or a framework file) on sample inputs."""
     from .diagnose import DiagnoseOptions, execute
@@ -132,8 +138,8 @@ def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, pr
         DiagnoseOptions(
             model=model, inputs=inputs, layout=layout, lengths=lengths, probe=probe, probe_scale=probe_scale,
             probe_steps=probe_steps, probe_sequences=probe_sequences, model_format=model_format, preset=preset,
-            layer_prefix=layer_prefix, trust_pickle=trust_pickle, engine=engine, format=fmt, output=output,
-            fail_on=fail_on, exit_zero=exit_zero, select=_split(select), ignore=_split(ignore),
+            layer_prefix=layer_prefix, layer_name=layer_name, trust_pickle=trust_pickle, engine=engine, format=fmt, output=output,
+            plots_dir=plots_dir, what_if=what_if, fail_on=fail_on, exit_zero=exit_zero, select=_split(select), ignore=_split(ignore),
             thresholds=tuple(threshold), color=color, chunk_size=chunk_size, sample_size=sample_size,
         ),
     )
@@ -147,7 +153,8 @@ def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, pr
 @click.option("--units", help="Only these units, e.g. 0,3,5-9.")
 @model_options
 @engine_option
-def trace(model, inputs, layout, lengths, out, steps, units, model_format, preset, layer_prefix, trust_pickle, engine):
+def trace(model, inputs, layout, lengths, out, steps, units, model_format, preset, layer_prefix, layer_name,
+          trust_pickle, engine):
     """Write every step's h, c, i, f, g, o and pre-activations, shaped (B, T, H)."""
     from .trace import TraceOptions, execute
 
@@ -157,8 +164,8 @@ def trace(model, inputs, layout, lengths, out, steps, units, model_format, prese
         execute,
         TraceOptions(
             model=model, inputs=inputs, out=out, layout=layout, lengths=lengths, steps=steps, units=units,
-            model_format=model_format, preset=preset, layer_prefix=layer_prefix, trust_pickle=trust_pickle,
-            engine=engine,
+            model_format=model_format, preset=preset, layer_prefix=layer_prefix, layer_name=layer_name,
+            trust_pickle=trust_pickle, engine=engine,
         ),
     )
 

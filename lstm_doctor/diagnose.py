@@ -31,12 +31,15 @@ class DiagnoseOptions:
     model_format: str | None = None
     preset: str | None = None
     layer_prefix: str | None = None
+    layer_name: str | None = None
     trust_pickle: bool = False
     engine: str = "numpy"
     chunk_size: int = 64
     sample_size: int = 64
     format: str = "text"
     output: str | None = None
+    plots_dir: str | None = None  # markdown: where to write the PNGs
+    what_if: bool = False  # also apply each proposed fix virtually (lstm_doctor.whatif)
     fail_on: str = "error"
     exit_zero: bool = False
     select: tuple[str, ...] = ()
@@ -60,10 +63,26 @@ def analysis_config(options: DiagnoseOptions):
     )
 
 
+def open_model(options):
+    """Load the model named by any options object with the model-selection fields
+    (model, model_format, preset, layer_prefix, layer_name, trust_pickle)."""
+    from .load import LoadOptions, load_model
+
+    return load_model(
+        options.model,
+        options.model_format,
+        LoadOptions(
+            preset=options.preset,
+            layer_prefix=options.layer_prefix,
+            layer_name=options.layer_name,
+            trust_pickle=options.trust_pickle,
+        ),
+    )
+
+
 def run_diagnosis(options: DiagnoseOptions) -> dict:
     """Load, capture, analyze; return the report dict (nothing is printed)."""
     from .analyzers import analyze
-    from .load import LoadOptions, load_model
     from .load.inputs import check_against_model, load_inputs, make_probe
     from .pipeline import CaptureOptions, capture
     from .report import build_report
@@ -73,15 +92,7 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         raise UserError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
     fail_on = Severity.parse(options.fail_on)
     config = analysis_config(options)
-    model = load_model(
-        options.model,
-        options.model_format,
-        LoadOptions(
-            preset=options.preset,
-            layer_prefix=options.layer_prefix,
-            trust_pickle=options.trust_pickle,
-        ),
-    )
+    model = open_model(options)
     if options.inputs:
         source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
     else:
@@ -100,7 +111,7 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         )
     analysis = analyze(model, result, config)
     code = exit_code(analysis.findings, fail_on, options.exit_zero)
-    return build_report(
+    report = build_report(
         model,
         analysis,
         capture=result,
@@ -109,15 +120,29 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         exit_code=code,
         created=options.created,
     )
+    if options.what_if:
+        from .whatif import add_what_if
+
+        report = add_what_if(report, model, source, options)
+    return report
 
 
-def render(report: dict, fmt: str, color: str = "auto", to_terminal: bool = True, output: str | None = None) -> str | bytes:
+def render(
+    report: dict,
+    fmt: str,
+    color: str = "auto",
+    to_terminal: bool = True,
+    output: str | None = None,
+    plots_dir: str | None = None,
+) -> str | bytes:
     """The report in ``fmt`` (a name in ``lstm_doctor.report.REPORTERS``)."""
     from .report import REPORTERS, RenderOptions
 
     if fmt not in REPORTERS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(REPORTERS)}")
-    options = RenderOptions(color=use_color(color, to_terminal), width=_width(to_terminal), output=output)
+    options = RenderOptions(
+        color=use_color(color, to_terminal), width=_width(to_terminal), output=output, plots_dir=plots_dir
+    )
     return REPORTERS[fmt](report, options)
 
 
@@ -144,9 +169,24 @@ def execute(options: DiagnoseOptions) -> int:
     protected = [options.model, options.inputs, options.lengths, *options.extra_protected]
     if options.output:
         check_output_path(options.output, protected)
+    if options.plots_dir:
+        check_plots_dir(options.plots_dir, options.format)
     report = run_diagnosis(options)
-    emit(render(report, options.format, options.color, options.output is None, options.output), options.output)
+    emit(
+        render(report, options.format, options.color, options.output is None, options.output, options.plots_dir),
+        options.output,
+    )
     return report["summary"]["exit_code"]
+
+
+def check_plots_dir(plots_dir: str, fmt: str) -> None:
+    """``--plots DIR`` goes with ``--format markdown`` (html embeds its plots); DIR may not be a file."""
+    from pathlib import Path
+
+    if fmt != "markdown":
+        raise UserError(f"--plots writes the PNGs of --format markdown (html embeds them), not of --format {fmt}")
+    if Path(plots_dir).exists() and not Path(plots_dir).is_dir():
+        raise UserError("--plots: not a folder", plots_dir)
 
 
 class _progress:

@@ -30,6 +30,7 @@ class TraceOptions:
     model_format: str | None = None
     preset: str | None = None
     layer_prefix: str | None = None
+    layer_name: str | None = None
     trust_pickle: bool = False
     engine: str = "numpy"
     chunk_size: int = 64
@@ -91,17 +92,13 @@ def collect_trace(model, source, engine="numpy", chunk_size=64, steps=None, unit
 
 
 def execute(options: TraceOptions) -> int:
-    from .load import LoadOptions, load_model
+    from .diagnose import open_model
     from .load.inputs import check_against_model, load_inputs
     from .output import atomic_path, check_output_path
 
     out = options.out if options.out.endswith(".npz") else options.out + ".npz"
     check_output_path(out, [options.model, options.inputs, options.lengths])
-    model = load_model(
-        options.model,
-        options.model_format,
-        LoadOptions(preset=options.preset, layer_prefix=options.layer_prefix, trust_pickle=options.trust_pickle),
-    )
+    model = open_model(options)
     source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
     check_against_model(source, model.D)
     arrays = collect_trace(
