@@ -52,7 +52,8 @@ def model_options(f):
 
 
 def input_options(f):
-    f = click.option("--inputs", "-i", type=click.Path(dir_okay=False), help="Input sequences (.npy or .npz).")(f)
+    f = click.option("--inputs", "-i", type=click.Path(dir_okay=False),
+                     help="Input sequences (.npy or .npz), or texts (.txt, .jsonl, .json) for a front end.")(f)
     f = click.option(
         "--layout",
         type=click.Choice(LAYOUTS),
@@ -60,6 +61,15 @@ def input_options(f):
         "Default: the model's declared layout.",
     )(f)
     f = click.option("--lengths", type=click.Path(dir_okay=False), help="Valid length of each sequence (.npy).")(f)
+    return f
+
+
+def text_options(f):
+    f = click.option("--text-field", default="text", show_default=True,
+                     help="Text inputs (.json/.jsonl): the field of an object that holds the text.")(f)
+    f = click.option("--text-clean", type=click.Choice(["tweet2vec", "none"]),
+                     help="Text inputs: cleaning before the front end (default: tweet2vec built-in, none for a plug-in).")(f)
+    f = click.option("--featurizer", help="Text inputs: a plug-in front end, module:function or an entry point name.")(f)
     return f
 
 
@@ -124,10 +134,12 @@ def _split(values) -> tuple[str, ...]:
 @click.option("--probe-sequences", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--what-if", "what_if", is_flag=True,
               help="Also apply each proposed fix virtually and report its measured effect.")
+@text_options
 @model_options
 @engine_option
 @diagnosis_options
-def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, probe_sequences, what_if, model_format,
+def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, probe_sequences, what_if, text_field,
+             text_clean, featurizer, model_format,
              preset, layer_prefix, layer_name, trust_pickle, engine, fmt, output, plots_dir, fail_on, exit_zero, select, ignore,
              threshold, color, chunk_size, sample_size):
     """Diagnose MODEL (an lstm.toml, its folder, or a framework file) on sample inputs."""
@@ -137,7 +149,8 @@ def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, pr
         execute,
         DiagnoseOptions(
             model=model, inputs=inputs, layout=layout, lengths=lengths, probe=probe, probe_scale=probe_scale,
-            probe_steps=probe_steps, probe_sequences=probe_sequences, model_format=model_format, preset=preset,
+            probe_steps=probe_steps, probe_sequences=probe_sequences, text_field=text_field, text_clean=text_clean,
+            featurizer=featurizer, model_format=model_format, preset=preset,
             layer_prefix=layer_prefix, layer_name=layer_name, trust_pickle=trust_pickle, engine=engine, format=fmt, output=output,
             plots_dir=plots_dir, what_if=what_if, fail_on=fail_on, exit_zero=exit_zero, select=_split(select), ignore=_split(ignore),
             thresholds=tuple(threshold), color=color, chunk_size=chunk_size, sample_size=sample_size,

@@ -38,19 +38,52 @@ def demo_options(base: DiagnoseOptions) -> tuple[DiagnoseOptions, DiagnoseOption
     return broken, fixed
 
 
+def text_options(base: DiagnoseOptions) -> DiagnoseOptions:
+    """The text path: the bundled tweets through the broken encoder's own front end
+    (a 25-array Tweet2Vec file generated once into a cache folder)."""
+    from .frontend.example import text_example
+
+    encoding, tweets = text_example()
+    return replace(base, model=str(encoding), inputs=str(tweets), preset="tweet2vec", layout=None)
+
+
 def execute(base: DiagnoseOptions) -> int:
     from .output import emit
 
     broken_opts, fixed_opts = demo_options(base)
     broken = run_diagnosis(broken_opts)
     fixed = run_diagnosis(fixed_opts)
+    from_text = run_diagnosis(text_options(base))
     if base.format == "json":
-        emit(json.dumps({"broken": broken, "fixed": fixed}, indent=2, ensure_ascii=False) + "\n", base.output)
+        emit(
+            json.dumps({"broken": broken, "fixed": fixed, "from_text": from_text}, indent=2, ensure_ascii=False) + "\n",
+            base.output,
+        )
         return 0
     text = render(broken, "text", base.color, base.output is None)
     text += comparison(broken, fixed, base.color, base.output is None)
+    text += text_section(from_text)
     emit(text, base.output)
     return 0
+
+
+def text_section(report: dict) -> str:
+    """Text → features → diagnosis, in a few lines: the notes, the front end's statistics, the codes."""
+    from .frontend import stats_lines
+
+    inputs = report["inputs"]
+    model_file = report["model"]["files"][0]["path"]
+    lines = [
+        "",
+        "Text → features → diagnosis: the same broken encoder saved as a Tweet2Vec encoding file (conv stack + LSTM):",
+        f"  lstm-doctor diagnose {model_file} --inputs {inputs['source']} --preset tweet2vec",
+    ]
+    lines += [f"  {note}" for note in inputs["notes"]]
+    lines += [f"  {line}" for line in stats_lines(inputs.get("frontend"))]
+    for sev in ("error", "warning"):
+        codes = ", ".join(sorted({f["code"] for f in report["findings"] if f["severity"] == sev})) or "none"
+        lines.append(f"  {sev} codes: {codes}")
+    return "\n".join(lines) + "\n"
 
 
 def comparison(broken: dict, fixed: dict, color: str, to_terminal: bool) -> str:

@@ -30,6 +30,9 @@ class DiagnoseOptions:
     probe_sequences: int = 64
     model_format: str | None = None
     preset: str | None = None
+    text_field: str = "text"  # text inputs (.txt/.jsonl/.json): the field of an object
+    text_clean: str | None = None  # tweet2vec | none; None: tweet2vec built-in, none for a plug-in
+    featurizer: str | None = None  # module:function, file.py:function or an entry point name
     layer_prefix: str | None = None
     layer_name: str | None = None
     trust_pickle: bool = False
@@ -80,6 +83,32 @@ def open_model(options):
     )
 
 
+def open_inputs(options, model):
+    """``--inputs``: an array file, or texts (.txt/.jsonl/.json) through a front end."""
+    from .frontend import is_text_inputs, text_source
+    from .load import LoadOptions
+    from .load.inputs import load_inputs
+
+    if is_text_inputs(options.inputs):
+        if options.lengths:
+            raise UserError("--lengths does not apply to text inputs: the front end gives every text its full length")
+        return text_source(
+            options.model,
+            options.inputs,
+            text_field=options.text_field,
+            text_clean=options.text_clean,
+            featurizer=options.featurizer,
+            layout=options.layout,
+            engine=options.engine,
+            model=model,
+            load_options=LoadOptions(trust_pickle=options.trust_pickle),
+            chunk_size=options.chunk_size,
+        )
+    if options.featurizer or options.text_clean:
+        raise UserError("--featurizer and --text-clean need text --inputs (.txt, .jsonl or .json)")
+    return load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
+
+
 def run_diagnosis(options: DiagnoseOptions) -> dict:
     """Load, capture, analyze; return the report dict (nothing is printed)."""
     from .analyzers import analyze
@@ -94,7 +123,7 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
     config = analysis_config(options)
     model = open_model(options)
     if options.inputs:
-        source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
+        source = open_inputs(options, model)
     else:
         if options.lengths:
             raise UserError("--lengths needs --inputs")

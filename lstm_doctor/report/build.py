@@ -126,9 +126,12 @@ def describe_model(model: LSTMModel) -> dict[str, Any]:
 
 
 def describe_inputs(capture) -> dict[str, Any]:
+    from ..frontend import frontend_stats
+
     src = capture.source
     st = capture.inputs
     return {
+        "frontend": frontend_stats(src),
         "source": src.label,
         "file": file_identity(src.path) if src.path else None,
         "probe": src.probe,
