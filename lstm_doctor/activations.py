@@ -3,7 +3,7 @@
 Each activation has a name (the public spelling used in specs, JSON and
 findings), a NumPy implementation, and the facts the analyzers need: its
 range, whether it is zero-centred and bounded. The symbolic (PyTensor/Theano)
-versions live in ``lstm_doctor.scan`` and are tested against these.
+versions live in ``lstm_doctor.symbolic`` and are tested against these.
 
 ``hard_sigmoid`` is the Theano / Keras 2 / ONNX form ``clip(0.2·x + 0.5, 0, 1)``.
 ``hard_sigmoid6`` is the Keras 3 form ``relu6(x + 3) / 6 = clip(x/6 + 0.5, 0, 1)``.
