@@ -83,27 +83,38 @@ def open_model(options):
     )
 
 
+def open_text_source(options, model):
+    """Texts (.txt, .jsonl, .json) through the model's front end, as an ``InputSource``.
+
+    ``options`` carries model, inputs, text_field, text_clean, featurizer,
+    layout, engine, trust_pickle and chunk_size (diagnose and featurize share it).
+    """
+    from .frontend import text_source
+    from .load import LoadOptions
+
+    return text_source(
+        options.model,
+        options.inputs,
+        text_field=options.text_field,
+        text_clean=options.text_clean,
+        featurizer=options.featurizer,
+        layout=options.layout,
+        engine=options.engine,
+        model=model,
+        load_options=LoadOptions(trust_pickle=options.trust_pickle),
+        chunk_size=options.chunk_size,
+    )
+
+
 def open_inputs(options, model):
     """``--inputs``: an array file, or texts (.txt/.jsonl/.json) through a front end."""
-    from .frontend import is_text_inputs, text_source
-    from .load import LoadOptions
+    from .frontend import is_text_inputs
     from .load.inputs import load_inputs
 
     if is_text_inputs(options.inputs):
         if options.lengths:
             raise UserError("--lengths does not apply to text inputs: the front end gives every text its full length")
-        return text_source(
-            options.model,
-            options.inputs,
-            text_field=options.text_field,
-            text_clean=options.text_clean,
-            featurizer=options.featurizer,
-            layout=options.layout,
-            engine=options.engine,
-            model=model,
-            load_options=LoadOptions(trust_pickle=options.trust_pickle),
-            chunk_size=options.chunk_size,
-        )
+        return open_text_source(options, model)
     if options.featurizer or options.text_clean:
         raise UserError("--featurizer and --text-clean need text --inputs (.txt, .jsonl or .json)")
     return load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)

@@ -53,10 +53,9 @@ def featurize_command(model, inputs, out, text_field, text_clean, featurizer, la
 def execute(options) -> int:
     import numpy as np
 
-    from ..diagnose import open_model
+    from ..diagnose import open_model, open_text_source
     from ..errors import UserError
-    from ..frontend import frontend_stats, is_text_inputs, stats_lines, text_source
-    from ..load import LoadOptions
+    from ..frontend import frontend_stats, is_text_inputs, stats_lines
     from ..load.inputs import check_against_model
     from ..output import atomic_path, check_output_path
 
@@ -66,18 +65,7 @@ def execute(options) -> int:
         raise UserError("the output is a NumPy array file: give it the suffix .npy", options.out)
     check_output_path(options.out, [options.model, options.inputs])
     model = open_model(options)
-    source = text_source(
-        options.model,
-        options.inputs,
-        text_field=options.text_field,
-        text_clean=options.text_clean,
-        featurizer=options.featurizer,
-        layout=options.layout,
-        engine=options.engine,
-        model=model,
-        load_options=LoadOptions(trust_pickle=options.trust_pickle),
-        chunk_size=options.chunk_size,
-    )
+    source = open_text_source(options, model)
     check_against_model(source, model.D)
     features = source.array
     with atomic_path(options.out) as tmp:

@@ -140,9 +140,8 @@ def build_output(options: WhatIfCommandOptions, model, source, exp) -> dict:
 
 
 def execute(options: WhatIfCommandOptions) -> int:
-    from ..diagnose import DiagnoseOptions, analysis_config
+    from ..diagnose import DiagnoseOptions, analysis_config, open_model
     from ..errors import UserError
-    from ..load import LoadOptions, load_model
     from ..load.inputs import check_against_model, load_inputs
     from ..output import check_output_path, emit
     from ..scan import ENGINES
@@ -158,16 +157,7 @@ def execute(options: WhatIfCommandOptions) -> int:
     if options.output:
         check_output_path(options.output, protected)
     folder = check_fixed_folder(options.write_fixed, protected) if options.write_fixed else None
-    model = load_model(
-        options.model,
-        options.model_format,
-        LoadOptions(
-            preset=options.preset,
-            layer_prefix=options.layer_prefix,
-            layer_name=options.layer_name,
-            trust_pickle=options.trust_pickle,
-        ),
-    )
+    model = open_model(options)
     source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
     check_against_model(source, model.D)
     with _status(options.format == "text" and options.output is None) as progress:
