@@ -70,12 +70,25 @@ def run_chunk(
     lengths: np.ndarray | None = None,
     engine: str = DEFAULT_ENGINE,
     capture: str = CAPTURE_FULL,
+    *,
+    observers: dict | None = None,
+    keep: int = 0,
+    keep_fields: tuple[str, ...] | None = None,
 ) -> dict[tuple[int, str], StepRecord]:
     """Run every layer and direction over ``x`` (T, B, D), time-major.
 
     Returns one ``StepRecord`` per (layer, direction), in processing order.
+    ``observers`` ((layer, direction) -> ``reference.StepObserver``),
+    ``keep`` and ``keep_fields`` are passed to the NumPy engine (capture
+    "stats": the reducers see every step in cache and only the first ``keep``
+    sequences are recorded in full); other engines do not take them.
     """
     run = get_engine(engine)
+    extra = {}
+    if observers is not None or keep:
+        if engine != "numpy":
+            raise ConfigError(f"engine {engine!r} does not stream steps to observers")
+        extra = {"keep": keep, "keep_fields": keep_fields}
     T = x.shape[0]
     mask = step_mask(lengths, T)
     records: dict[tuple[int, str], StepRecord] = {}
@@ -83,11 +96,13 @@ def run_chunk(
     for k, layer in enumerate(model.layers):
         outputs = []
         for direction, params in layer.directions():
+            if observers is not None:
+                extra["observer"] = observers.get((k, direction))
             if direction == "rev":
-                rec = run(params, layer, reverse_padded(layer_input, lengths), mask, capture)
+                rec = run(params, layer, reverse_padded(layer_input, lengths), mask, capture, **extra)
                 outputs.append(reverse_padded(rec.h, lengths))
             else:
-                rec = run(params, layer, layer_input, mask, capture)
+                rec = run(params, layer, layer_input, mask, capture, **extra)
                 outputs.append(rec.h)
             records[(k, direction)] = rec
         layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)

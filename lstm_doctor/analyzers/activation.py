@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..activations import get_activation
 from ..findings import Location
-from .registry import Context, rule
+from .registry import Context, Deferred, rule
+
+np = Deferred("numpy")  # imported by the first check that runs
 
 
 def hidden_fit(h: np.ndarray, o: np.ndarray, c: np.ndarray) -> dict[str, float]:
@@ -16,17 +15,27 @@ def hidden_fit(h: np.ndarray, o: np.ndarray, c: np.ndarray) -> dict[str, float]:
     negative and positive c. A hidden sequence that some code produced (the
     scan's own, or one a user observed) is compared with both hypotheses.
     """
+    from ..activations import get_activation
+
     h, o, c = (np.asarray(a, dtype=np.float64) for a in (h, o, c))
     ok = np.isfinite(h) & np.isfinite(o) & np.isfinite(c)
-    h, o, c = h[ok], o[ok], c[ok]
+    if not ok.all():
+        h, o, c = h[ok], o[ok], c[ok]
     if h.size == 0:
         return {}
+
+    def mean_residual(act_c: np.ndarray) -> float:
+        # mean |h − o·act(c)|, in place in act(c)'s array
+        act_c *= o
+        np.subtract(h, act_c, out=act_c)
+        return float(np.abs(act_c, out=act_c).mean())
+
     return {
-        "residual_tanh": float(np.abs(h - o * np.tanh(c)).mean()),
-        "residual_sigmoid": float(np.abs(h - o * get_activation("sigmoid").fn(c)).mean()),
+        "residual_tanh": mean_residual(np.tanh(c)),
+        "residual_sigmoid": mean_residual(get_activation("sigmoid").fn(c)),
         "min_h": float(h.min()),
-        "share_c_negative": float((c < 0).mean()),
-        "share_c_positive": float((c > 0).mean()),
+        "share_c_negative": float(np.count_nonzero(c < 0) / c.size),
+        "share_c_positive": float(np.count_nonzero(c > 0) / c.size),
         "mean_abs_h": float(np.abs(h).mean()),
     }
 

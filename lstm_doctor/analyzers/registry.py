@@ -18,6 +18,29 @@ from typing import Any, Callable, Iterable
 from ..errors import ConfigError
 from ..findings import Finding, Location, Severity
 
+# |z| beyond which σ(z) is within 0.01 of 0 or 1 (RULES.md). The same value as
+# ``lstm_doctor.stats.LINEAR_RANGE``, repeated here so that registering the
+# rules (``lstm-doctor rules``, ``explain``) imports no NumPy.
+LINEAR_RANGE = 4.6
+
+
+class Deferred:
+    """A module imported on its first attribute access.
+
+    The rule modules use NumPy (and the model and stats modules) only inside
+    their checks; deferring the import keeps ``lstm-doctor rules`` and
+    ``explain`` fast, since listing the registry runs no check.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        module = importlib.import_module(self._name)
+        return getattr(module, attr)
+
 FAMILIES = {
     "W": "weights",
     "A": "activation configuration",

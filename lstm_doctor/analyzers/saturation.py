@@ -11,12 +11,17 @@ saturation; saturation that switches with the input is reported as info.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..findings import Location, Severity
-from ..model import SIGMOID_GATES
-from ..stats import cross_input_std
-from .registry import Context, rule
+from .registry import Context, Deferred, rule
+
+np = Deferred("numpy")  # imported by the first check that runs
+SIGMOID_GATES = ("i", "f", "o")  # lstm_doctor.model.SIGMOID_GATES, without importing NumPy
+
+
+def cross_input_std(sum_tu, sumsq_tu, valid_t):
+    from ..stats import cross_input_std
+
+    return cross_input_std(sum_tu, sumsq_tu, valid_t)
 
 
 def _first_step_over(per_step: np.ndarray, share: float) -> int | None:
