@@ -41,8 +41,9 @@ import, and only as defaults that the user's ``THEANO_FLAGS`` can override:
 - fusion excluded from the mode, as above; ``lstm_doctor.symbolic`` writes the
   sigmoid as 0.5·tanh(0.5·x) + 0.5 (NumPy ufuncs only) for the same reason.
 
-The Theano branch is written against Theano 1.0.5's API and guarded, but it is
-not exercised by this project's tests (Theano is not installed there).
+The Theano branch is written against Theano 1.0.5's API and guarded. The
+legacy job at the end of ``.ci/run`` exercises it: a Python 3.11 venv with
+``theano==1.0.5`` and ``numpy<1.24`` runs the scan's parity tests and the demo.
 """
 
 from __future__ import annotations

@@ -43,6 +43,21 @@ def check_output_path(output: str, protected: list[str | None]) -> Path:
     return out
 
 
+def _give_mode(tmp: Path, target: Path) -> None:
+    """mkstemp makes 0600 files: give the temporary the mode of the file it replaces,
+    or for a new file the mode an ordinary ``open`` would give (0666 minus the umask)."""
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    try:
+        os.chmod(tmp, mode)
+    except OSError:
+        pass
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
@@ -50,6 +65,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _give_mode(tmp_path, target)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -58,10 +74,19 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
+def printable(text: str) -> str:
+    """``text`` with any undecodable file-name bytes (lone surrogates) shown as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def write_atomic(target: str | Path, data: str | bytes) -> None:
     with atomic_path(target) as tmp:
         if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
+            tmp.write_text(printable(data), encoding="utf-8")
         else:
             tmp.write_bytes(data)
 
@@ -74,5 +99,5 @@ def emit(data: str | bytes, output: str | None) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        sys.stdout.write(data)
+        sys.stdout.write(printable(data))
         sys.stdout.flush()

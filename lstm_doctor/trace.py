@@ -34,6 +34,7 @@ class TraceOptions:
     trust_pickle: bool = False
     engine: str = "numpy"
     chunk_size: int = 64
+    max_memory: str | None = None  # e.g. "2GB"; None: a fraction of physical memory (lstm_doctor.budget)
 
 
 def parse_steps(text: str | None, T: int) -> slice:
@@ -101,6 +102,9 @@ def execute(options: TraceOptions) -> int:
     model = open_model(options)
     source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
     check_against_model(source, model.D)
+    from .budget import check_trace
+
+    check_trace(model, source, options.chunk_size, options.max_memory)
     arrays = collect_trace(
         model,
         source,

@@ -10,6 +10,7 @@ which format the weights came from.
 from __future__ import annotations
 
 import importlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def detect_format(path: Path) -> str:
         try:
             if _importer(fmt).sniff(path):
                 return fmt
-        except OSError:
+        except (OSError, ValueError, RuntimeError, OverflowError, SyntaxError, zipfile.BadZipFile):
+            # a sniffer choking on a damaged file (h5py raises RuntimeError): not this format
             continue
     raise ModelError(
         "cannot tell the model format from the name or content; "
@@ -102,7 +104,10 @@ def load_model(
         raise
     except MemoryError:
         raise ModelError("not enough memory to load this file", path) from None
-    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as exc:
+    except (
+        OSError, ValueError, KeyError, IndexError, TypeError, EOFError, SyntaxError, OverflowError, zipfile.BadZipFile,
+        RuntimeError,  # h5py on a damaged HDF5 file ("invalid datatype size", ...)
+    ) as exc:
         # Importers validate what they read; anything that still escapes is a
         # malformed file, reported in one line rather than as a traceback.
         raise ModelError(f"cannot read as {fmt}: {type(exc).__name__}: {exc}", path) from None

@@ -14,6 +14,7 @@ of sequences at a time, so memory does not grow with the number of sequences.
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +145,9 @@ def _load_array(path: Path, what: str) -> np.ndarray:
         if "allow_pickle" in text:
             text = "holds Python objects (a pickle), not a numeric array"
         raise InputError(f"not a readable {what} array: {text}", path) from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"not a readable {what} array: {exc}", path) from None
+    except (OSError, EOFError, OverflowError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError) as exc:
+        # SyntaxError / TokenError: numpy parses a .npy header with ast and tokenize
+        raise InputError(f"not a readable {what} array: {type(exc).__name__}: {exc}", path) from None
 
 
 def _check_numeric(array: np.ndarray, path) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -107,6 +107,8 @@ def load(path: Path, options) -> LSTMModel:
     weights_path = spec_file.parent / str(meta["weights"])
     gate_order = str(meta.get("gate_order", "ifgo"))
     dtype = meta.get("dtype")
+    if dtype is not None and dtype not in ("float32", "float64"):
+        raise ConfigError(f"model.dtype = {dtype!r}; expected \"float32\" or \"float64\"", spec_file)
     try:
         default_acts = Activations(**_table(spec, "activations", spec_file))
     except TypeError as exc:
@@ -119,7 +121,15 @@ def load(path: Path, options) -> LSTMModel:
         raise ConfigError("[[layers]] must be a non-empty array of tables", spec_file)
 
     with open_npz(weights_path) as npz:
-        arrays = {name: npz[name] for name in npz.files}
+        try:
+            arrays = {name: npz[name] for name in npz.files}
+        except ValueError as exc:
+            text = str(exc)
+            if "allow_pickle" in text:
+                text = "holds Python objects (a pickle), not numeric arrays"
+            raise ModelError(f"not a readable .npz: {text}", weights_path) from None
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise ModelError(f"not a readable .npz: {exc}", weights_path) from None
     multi = len(layer_specs) > 1
     layers = []
     for k, lspec in enumerate(layer_specs):

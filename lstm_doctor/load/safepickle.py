@@ -227,8 +227,13 @@ def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
-    core = np._core.multiarray  # NumPy 2; the paths below cover NumPy 1 pickles too
-    numeric = np._core.numeric
+    # np._core in NumPy 2, np.core in NumPy 1 (legacy Theano environments); the
+    # paths below cover the pickles of both.
+    package = getattr(np, "_core", None)
+    if package is None or not hasattr(package, "multiarray"):
+        package = np.core
+    core = package.multiarray
+    numeric = package.numeric
     out = {}
     for pkg in ("numpy.core", "numpy._core"):
         out[(f"{pkg}.multiarray", "_reconstruct")] = _safe_reconstruct
