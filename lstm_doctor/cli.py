@@ -25,6 +25,9 @@ REPORT_FORMATS = ("text", "json", "html", "markdown", "junit", "github")
 
 
 def _fail(message: str) -> None:
+    # A non-UTF-8 file name arrives with lone surrogates: show its bytes as \xNN, on one line.
+    message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    message = " ".join(message.splitlines())
     click.echo(f"lstm-doctor: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
 
@@ -52,7 +55,8 @@ def model_options(f):
 
 
 def input_options(f):
-    f = click.option("--inputs", "-i", type=click.Path(dir_okay=False),
+    # No dir_okay=False on file paths: the loaders refuse a directory in one line (exit 2).
+    f = click.option("--inputs", "-i", type=click.Path(),
                      help="Input sequences (.npy or .npz), or texts (.txt, .jsonl, .json) for a front end.")(f)
     f = click.option(
         "--layout",
@@ -60,7 +64,7 @@ def input_options(f):
         help="Axes of the inputs: btd (batch, time, features), tbd, or bct (channels-first conv output). "
         "Default: the model's declared layout.",
     )(f)
-    f = click.option("--lengths", type=click.Path(dir_okay=False), help="Valid length of each sequence (.npy).")(f)
+    f = click.option("--lengths", type=click.Path(), help="Valid length of each sequence (.npy).")(f)
     return f
 
 
@@ -97,7 +101,7 @@ def cli():
 
 def diagnosis_options(f):
     f = click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="text", show_default=True)(f)
-    f = click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")(f)
+    f = click.option("--output", "-o", type=click.Path(), help="Write the report here (atomically).")(f)
     f = click.option(
         "--plots", "plots_dir", type=click.Path(file_okay=False), help="markdown: write the plots (PNG) here and link them."
     )(f)
@@ -113,11 +117,20 @@ def diagnosis_options(f):
     f = click.option("--ignore", multiple=True, help="Drop these code prefixes (longest prefix wins).")(f)
     f = click.option("--threshold", multiple=True, help="Override a rule threshold: CODE.param=value.")(f)
     f = click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)(f)
-    f = click.option("--chunk-size", type=click.IntRange(1), default=64, show_default=True, help="Sequences per chunk.")(f)
+    f = click.option("--chunk-size", type=click.IntRange(1), default=256, show_default=True, help="Sequences per chunk.")(f)
     f = click.option(
         "--sample-size", type=click.IntRange(1), default=64, show_default=True, help="Sequences kept in full for plots."
     )(f)
     return f
+
+
+def max_memory_option(f):
+    return click.option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Refuse, before allocating, a run estimated to need more memory than SIZE (e.g. 2GB, 512MB). "
+        "Default: half the physical memory.",
+    )(f)
 
 
 def _split(values) -> tuple[str, ...]:
@@ -138,10 +151,17 @@ def _split(values) -> tuple[str, ...]:
 @model_options
 @engine_option
 @diagnosis_options
+@max_memory_option
+@click.option("--observed", type=click.Path(),
+              help="A trace your own code printed for the same inputs (.npy h (B,T,H)/(T,B,H)/(B,H), or .npz with h, "
+              "c, units, layout): rank the configurations that reproduce it (A204).")
+@click.option("--gradients/--no-gradients", default=False, show_default=True,
+              help="Gradient flow by autodiff over the bounded sample (G701, G702, H602, memory horizon); "
+              "costs a PyTensor compile of several seconds, hence opt-in.")
 def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, probe_sequences, what_if, text_field,
              text_clean, featurizer, model_format,
              preset, layer_prefix, layer_name, trust_pickle, engine, fmt, output, plots_dir, fail_on, exit_zero, select, ignore,
-             threshold, color, chunk_size, sample_size):
+             threshold, color, chunk_size, sample_size, max_memory, observed, gradients):
     """Diagnose MODEL (an lstm.toml, its folder, or a framework file) on sample inputs."""
     from .diagnose import DiagnoseOptions, execute
 
@@ -154,6 +174,7 @@ def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, pr
             layer_prefix=layer_prefix, layer_name=layer_name, trust_pickle=trust_pickle, engine=engine, format=fmt, output=output,
             plots_dir=plots_dir, what_if=what_if, fail_on=fail_on, exit_zero=exit_zero, select=_split(select), ignore=_split(ignore),
             thresholds=tuple(threshold), color=color, chunk_size=chunk_size, sample_size=sample_size,
+            max_memory=max_memory, observed=observed, gradients=gradients,
         ),
     )
 
@@ -161,13 +182,14 @@ def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, pr
 @cli.command()
 @click.argument("model", type=click.Path())
 @input_options
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
+@click.option("--out", required=True, type=click.Path(), help="The .npz to write.")
 @click.option("--steps", help="Only steps A:B.")
 @click.option("--units", help="Only these units, e.g. 0,3,5-9.")
 @model_options
 @engine_option
+@max_memory_option
 def trace(model, inputs, layout, lengths, out, steps, units, model_format, preset, layer_prefix, layer_name,
-          trust_pickle, engine):
+          trust_pickle, engine, max_memory):
     """Write every step's h, c, i, f, g, o and pre-activations, shaped (B, T, H)."""
     from .trace import TraceOptions, execute
 
@@ -178,7 +200,7 @@ def trace(model, inputs, layout, lengths, out, steps, units, model_format, prese
         TraceOptions(
             model=model, inputs=inputs, out=out, layout=layout, lengths=lengths, steps=steps, units=units,
             model_format=model_format, preset=preset, layer_prefix=layer_prefix, layer_name=layer_name,
-            trust_pickle=trust_pickle, engine=engine,
+            trust_pickle=trust_pickle, engine=engine, max_memory=max_memory,
         ),
     )
 

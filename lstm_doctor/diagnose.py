@@ -37,7 +37,7 @@ class DiagnoseOptions:
     layer_name: str | None = None
     trust_pickle: bool = False
     engine: str = "numpy"
-    chunk_size: int = 64
+    chunk_size: int = 256  # capped by the capture at ~192 MB per chunk
     sample_size: int = 64
     format: str = "text"
     output: str | None = None
@@ -53,6 +53,9 @@ class DiagnoseOptions:
     seed: int = 0
     created: str | None = None  # fixed timestamp (tests, reproducible reports)
     extra_protected: tuple[str, ...] = field(default_factory=tuple)
+    max_memory: str | None = None  # e.g. "2GB"; None: a fraction of physical memory (lstm_doctor.budget)
+    observed: str | None = None  # --observed FILE: a trace the user's code printed (A204, lstm_doctor.observed)
+    gradients: bool = False  # --gradients: autodiff gradient flow (G701, G702, H602); opt-in, costs a compile
 
 
 def analysis_config(options: DiagnoseOptions):
@@ -122,6 +125,7 @@ def open_inputs(options, model):
 
 def run_diagnosis(options: DiagnoseOptions) -> dict:
     """Load, capture, analyze; return the report dict (nothing is printed)."""
+    from . import budget
     from .analyzers import analyze
     from .load.inputs import check_against_model, load_inputs, make_probe
     from .pipeline import CaptureOptions, capture
@@ -138,10 +142,15 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
     else:
         if options.lengths:
             raise UserError("--lengths needs --inputs")
+        budget.check_capture(
+            model, (options.probe_steps, options.probe_sequences, model.D), options.chunk_size, options.sample_size,
+            getattr(options, "max_memory", None),
+        )
         source = make_probe(
             options.probe, options.probe_sequences, options.probe_steps, model.D, options.probe_scale, options.seed
         )
     check_against_model(source, model.D)
+    budget.check_capture(model, source, options.chunk_size, options.sample_size, getattr(options, "max_memory", None))
     with _progress(options.progress) as progress:
         result = capture(
             model,
@@ -149,6 +158,7 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
             CaptureOptions(engine=options.engine, chunk_size=options.chunk_size, sample_size=options.sample_size),
             progress=progress,
         )
+    attach_differential(options, model, result)
     analysis = analyze(model, result, config)
     code = exit_code(analysis.findings, fail_on, options.exit_zero)
     report = build_report(
@@ -165,6 +175,23 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
 
         report = add_what_if(report, model, source, options)
     return report
+
+
+def attach_differential(options: DiagnoseOptions, model, result) -> None:
+    """``--observed``: rank configurations against the trace; ``--gradients``: gradient flow.
+    Both run on the capture's bounded sample and are attached to it for the rules."""
+    if getattr(options, "observed", None):
+        from .observed import load_observation, search_capture
+
+        if not options.inputs:
+            raise UserError("--observed needs --inputs: the inputs your code produced the trace from")
+
+        observation = load_observation(options.observed, model, result.n_sequences, result.T)
+        result.observed = search_capture(result, observation)
+    if getattr(options, "gradients", False):
+        from .gradients import analyze_gradients
+
+        result.gradients = analyze_gradients(result)
 
 
 def render(
@@ -206,7 +233,7 @@ def _width(to_terminal: bool) -> int:
 def execute(options: DiagnoseOptions) -> int:
     from .output import check_output_path, emit
 
-    protected = [options.model, options.inputs, options.lengths, *options.extra_protected]
+    protected = [options.model, options.inputs, options.lengths, options.observed, *options.extra_protected]
     if options.output:
         check_output_path(options.output, protected)
     if options.plots_dir:

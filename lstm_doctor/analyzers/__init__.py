@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..findings import Finding, Severity, is_selected
-from . import activation, cell, hidden, inputs, saturation, weights  # noqa: F401  (register rules)
+from . import activation, cell, differential, hidden, inputs, saturation, weights  # noqa: F401  (register rules)
 from .registry import RULES, Context, Rule, with_explains
 
 # What a root cause explains, on the same layer (CASE.md: W101 on U explains

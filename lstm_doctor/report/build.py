@@ -151,6 +151,9 @@ def describe_inputs(capture) -> dict[str, Any]:
             "nonfinite": st.nonfinite,
             "step_correlation": capture.step_correlation,
             "feature_correlation": capture.feature_correlation,
+            # the sample sizes behind these statistics
+            "values": int(st.count),
+            "correlation_sample_sequences": int(capture.sample_inputs.shape[1]),
         },
     }
 
@@ -349,8 +352,33 @@ def build_report(
         "statistics": {
             "layers": layer_statistics(capture),
             "encoding": encoding_statistics(capture),
+            **differential_statistics(capture),
         }
         if capture is not None
         else None,
     }
     return clean(report)
+
+
+def differential_statistics(capture) -> dict[str, Any]:
+    """``gradients`` (--gradients) and ``observed`` (--observed) sections, when they ran.
+    Counts only, no timings, so that reports stay byte-identical between runs."""
+    out: dict[str, Any] = {}
+    g = getattr(capture, "gradients", None)
+    if g is not None:
+        from ..gradients import statistics
+
+        out["gradients"] = statistics(g)
+    r = getattr(capture, "observed", None)
+    if r is not None:
+        declared = r.declared.config
+        out["observed"] = {
+            **r.observed,
+            "candidates": r.candidates,
+            "candidates_full": r.candidates_full,
+            "scale": r.scale,
+            "tolerance": r.tolerance,
+            "declared": r.declared.summary(declared, r.candidate_activation),
+            "ranking": [f.summary(declared, r.candidate_activation) for f in r.ranking[:5]],
+        }
+    return out

@@ -145,6 +145,60 @@ def _per_step(report: dict) -> Table | None:
     return table
 
 
+STRIP = " ▁▂▃▄▅▆▇█"
+STRIP_STEPS = 60
+
+
+def sensitivity_strip(values: list, steps: int = STRIP_STEPS) -> str:
+    """One character per step, oldest left, last step right: log10 of ‖∂h_T/∂x_t‖
+    relative to its peak, 8 levels over 6 decades (blank below 1e-6)."""
+    import math
+
+    vals = [v for v in values[:steps] if v is not None]
+    peak = max(vals, default=0.0)
+    out = []
+    for v in reversed(values[:steps]):
+        if v is None or peak <= 0 or v <= 0:
+            out.append(STRIP[0])
+            continue
+        level = 8 + math.log10(v / peak) * 8 / 6
+        out.append(STRIP[max(0, min(8, int(math.ceil(level))))])
+    return "".join(out)
+
+
+def _differential(report: dict) -> Text | None:
+    stats = report.get("statistics") or {}
+    g, obs = stats.get("gradients"), stats.get("observed")
+    if not g and not obs:
+        return None
+    text = Text()
+    if g:
+        T = len(g["input_sensitivity_by_lag"])
+        text.append("Gradient flow ", style="bold")
+        text.append(
+            f"(layer {g['layer']} {g['direction']}, {g['sequences']} sequences): memory horizon "
+            f"{g['memory_horizon']} of {T} steps; encodings move {g['perturbation_change']:.2g} of their norm "
+            "when the inputs are swapped\n"
+        )
+        shown = min(T, STRIP_STEPS)
+        text.append(f"‖∂h_T/∂x_t‖, last {shown} steps (log, 6 decades; right = last step): ", style="dim")
+        text.append(sensitivity_strip(g["input_sensitivity_by_lag"], shown))
+    if obs:
+        if g:
+            text.append("\n")
+        best = obs["ranking"][0] if obs["ranking"] else None
+        text.append("Observed trace ", style="bold")
+        text.append(
+            f"({obs['kind']}, {obs['sequences']} sequences, {obs['units']} units; "
+            f"{obs['candidates']} configurations, {obs['candidates_full']} run in full): "
+        )
+        if best is not None:
+            what = "; ".join(best["differences"]) or "the declared configuration"
+            text.append(f"best {what} (mean |diff| {best['mean_abs_diff']:.3g}"
+                        f"{', fits' if best['fits'] else ', does not fit'})")
+    return text
+
+
 def _summary(report: dict) -> Text:
     s = report["summary"]
     text = Text()
@@ -167,7 +221,7 @@ def render(report: dict, console: Console) -> None:
     console.print(_header(report))
     for part in _findings(report):
         console.print(part)
-    for part in (_saturation(report), _per_step(report)):
+    for part in (_saturation(report), _per_step(report), _differential(report)):
         if part is not None:
             console.print(part)
     from .whatif_text import render_what_if
