@@ -243,7 +243,16 @@ def test_ctrl_c_of_a_real_process(tmp_path):
     # capture even on a fast idle machine, with a bounded 320 MB probe array.
     cmd = [sys.executable, "-m", "lstm_doctor", "diagnose", str(EXAMPLE / "broken"), "--probe-sequences", "20000",
            "--probe-steps", "200", "--format", "json", "--output", str(out_dir / "report.json"), "--exit-zero"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A job started in the background by a non-interactive shell (as CI may be)
+    # inherits SIGINT as *ignored*, and Python then never raises KeyboardInterrupt;
+    # restore the default a user's terminal gives, so the test measures lstm-doctor.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     # Wait until the capture runs (imports, load and drawing the probe take ~2-4 s).
     time.sleep(5)
     assert proc.poll() is None, "finished before it could be interrupted"
