@@ -100,3 +100,23 @@ def codes(analysis, min_severity=None) -> set[str]:
         for f in analysis.findings
         if min_severity is None or f.severity >= min_severity
     }
+
+
+def write_onnx_lstm(path, D: int, H: int, seed: int = 3) -> None:
+    """A one-node ONNX LSTM (W, R, B from Normal(0, 0.5)) saved at ``path``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
+        for name, shape in (("W", (1, 4 * H, D)), ("R", (1, 4 * H, H)), ("B", (1, 8 * H)))
+    ]
+    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], name="enc", hidden_size=H)
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from factory import direction, normal_inputs  # noqa: E402
+from factory import direction, normal_inputs, write_onnx_lstm  # noqa: E402
 
 from lstm_doctor import budget  # noqa: E402
 from lstm_doctor.cli import cli  # noqa: E402
@@ -61,22 +61,8 @@ def fails(*args, path=None, needle=None):
 
 
 def _save_onnx(path: Path):
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(3)
-    inits = [
-        numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
-        for name, shape in (("W", (1, 4 * H, D)), ("R", (1, 4 * H, H)), ("B", (1, 8 * H)))
-    ]
-    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], name="enc", hidden_size=H)
-    graph = helper.make_graph(
-        [node], "g",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    pytest.importorskip("onnx")
+    write_onnx_lstm(path, D, H)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from factory import write_onnx_lstm  # noqa: E402
 
 from lstm_doctor.analyzers import AnalysisConfig, analyze  # noqa: E402
 from lstm_doctor.errors import UserError  # noqa: E402
@@ -132,22 +133,8 @@ def test_a_fixed_seed_gives_the_same_findings_across_chunkings():
 
 
 def _onnx_file(path: Path):
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(3)
-    inits = [
-        numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
-        for name, shape in (("W", (1, 8, 3)), ("R", (1, 8, 2)), ("B", (1, 16)))
-    ]
-    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], name="enc", hidden_size=2)
-    graph = helper.make_graph(
-        [node], "g",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    pytest.importorskip("onnx")
+    write_onnx_lstm(path, 3, 2)
 
 
 @pytest.fixture(scope="module")
