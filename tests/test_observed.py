@@ -8,6 +8,7 @@ user's misconfigured code would: A204 must name exactly that configuration.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -141,7 +142,21 @@ def test_a204_is_skipped_without_an_observation():
     assert "observed" in analysis.skipped["A204"]
 
 
-def test_cli_observed_json_report(tmp_path):
+def all_keys(value):
+    """Every dict key in a JSON value, at any depth."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from all_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from all_keys(item)
+
+
+@pytest.fixture
+def observed_cli(tmp_path):
+    """``diagnose`` arguments for a model folder, its inputs and a trace its code printed
+    with h = o·σ(c) (the declared cell output is tanh); the format is left to the test."""
     m = with_acts(healthy(), cell_output="tanh")
     x = normal_inputs(n=24, T=15, D=D)
     folder = tmp_path / "m"
@@ -153,11 +168,11 @@ def test_cli_observed_json_report(tmp_path):
     )
     np.save(tmp_path / "x.npy", x)
     np.savez(tmp_path / "obs.npz", h=hidden(with_acts(m, cell_output="sigmoid"), x))
-    result = CliRunner().invoke(
-        cli,
-        ["diagnose", str(folder), "--inputs", str(tmp_path / "x.npy"), "--observed", str(tmp_path / "obs.npz"),
-         "--format", "json", "--exit-zero"],
-    )
+    return ["diagnose", str(folder), "--inputs", str(tmp_path / "x.npy"), "--observed", str(tmp_path / "obs.npz")]
+
+
+def test_cli_observed_json_report(observed_cli):
+    result = CliRunner().invoke(cli, [*observed_cli, "--format", "json", "--exit-zero"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     codes = [f["code"] for f in report["findings"]]
@@ -169,8 +184,38 @@ def test_cli_observed_json_report(tmp_path):
 
     schema = json.loads((__import__("pathlib").Path(build.__file__).parent / "schema.json").read_text())
     Draft202012Validator(schema).validate(report)
-    bad = CliRunner().invoke(cli, ["diagnose", str(folder), "--observed", str(tmp_path / "obs.npz")])
+    # The search's wall time is in the top-level timings (non-deterministic, like created), and only there.
+    assert list(report)[2:4] == ["created", "timings"]
+    assert report["timings"]["observed_search_seconds"] > 0
+    body = {k: v for k, v in report.items() if k not in ("created", "timings")}
+    assert not [key for key in all_keys(body) if "seconds" in key]  # evidence and statistics stay deterministic
+    folder = observed_cli[1]
+    bad = CliRunner().invoke(cli, ["diagnose", folder, "--observed", observed_cli[-1]])
     assert bad.exit_code == 2 and "--observed needs --inputs" in bad.output
+
+
+def test_cli_observed_text_report_shows_the_search_time(observed_cli):
+    result = CliRunner().invoke(cli, [*observed_cli, "--exit-zero"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    found = re.search(r"searched (\d+) configurations in ([0-9.e+-]+) s; pruned (\d+) by their first steps, "
+                      r"ran (\d+) in full", text)
+    assert found, text
+    total, seconds, pruned, full = found.groups()
+    assert int(total) == 64 and int(pruned) + int(full) == 64 and 1 <= int(full) <= 9
+    assert float(seconds) > 0
+
+
+def test_search_summary_for_final_states_with_and_without_a_time():
+    from lstm_doctor.report.text import observed_search_summary
+
+    final = {"kind": "final", "candidates": 64, "candidates_full": 9}
+    assert observed_search_summary(final, 0.0421) == (
+        "searched 64 configurations in 0.0421 s; pruned 55 by the first sequences, ran 9 in full"
+    )
+    assert observed_search_summary({**final, "candidates_full": 64}, None) == (
+        "searched 64 configurations; ran every one in full"
+    )
 
 
 def test_rule_is_registered_with_docs():

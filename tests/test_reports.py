@@ -1,13 +1,17 @@
 """Reports: the JSON schema, determinism, HTML (rendered in headless Chromium), Markdown, JUnit, GitHub, compare.
 
-One diagnosis per example is shared by the whole module (``reports``); the
+One diagnosis per example is shared by the whole module (``reports``), and one
+of the broken example with ``--gradients`` (``gradients_report``); the
 renderers are pure functions of those dicts.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import html
+import io
+import os
 import json
 import re
 import shutil
@@ -25,6 +29,8 @@ from click.testing import CliRunner
 from lstm_doctor.analyzers import RULES
 from lstm_doctor.cli import cli
 from lstm_doctor.diagnose import DiagnoseOptions, run_diagnosis
+from lstm_doctor.load import load_model
+from lstm_doctor.observed import declared_config, simulate
 from lstm_doctor.report import REPORTERS, RenderOptions, load_schema
 from lstm_doctor.report.build import HEATMAP_STEPS, HEATMAP_UNITS
 
@@ -38,6 +44,7 @@ CHROMIUM_FLAGS = (
 )  # fmt: skip
 # The CASE.md defects that fixing the example resolves (README, demo).
 CASE_CODES = {"A201", "C401", "H601", "I501", "I504", "S301", "W101", "W102"}
+SENSITIVITY_TITLE = "Sensitivity strip: what the final encoding depends on, per step"
 
 
 def invoke(*args):
@@ -65,16 +72,19 @@ def errors(data, ref: str | None = None) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory) -> dict[str, dict]:
-    """The broken and fixed examples, a probe run (no inputs) and a constant probe (NaN statistics).
-
-    The broken example reads the first 16 of its 96 sequences (all 256 steps), to keep the module fast.
-    """
-    fixed = EXAMPLE / "fixed"
+def broken_inputs(tmp_path_factory) -> Path:
+    """The broken example's first 16 of its 96 sequences (all 256 steps), to keep the module fast."""
     subset = tmp_path_factory.mktemp("inputs") / "conv_output_16.npy"
     np.save(subset, np.load(EXAMPLE / "conv_output.npy")[:16])
+    return subset
+
+
+@pytest.fixture(scope="module")
+def reports(broken_inputs) -> dict[str, dict]:
+    """The broken and fixed examples, a probe run (no inputs) and a constant probe (NaN statistics)."""
+    fixed = EXAMPLE / "fixed"
     runs = {
-        "broken": DiagnoseOptions(model=str(EXAMPLE / "broken"), inputs=str(subset)),
+        "broken": DiagnoseOptions(model=str(EXAMPLE / "broken"), inputs=str(broken_inputs)),
         "fixed": DiagnoseOptions(model=str(fixed), inputs=str(EXAMPLE / "conv_output_standardized.npy")),
         "probe": DiagnoseOptions(model=str(fixed), probe_steps=12, probe_sequences=16),
         "zeros": DiagnoseOptions(model=str(fixed), probe="zeros", probe_steps=6, probe_sequences=8),
@@ -85,6 +95,24 @@ def reports(tmp_path_factory) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def broken_html(reports) -> str:
     return REPORTERS["html"](reports["broken"], RenderOptions())
+
+
+@pytest.fixture(scope="module")
+def gradients_report(broken_inputs) -> dict:
+    """The broken example with ``--gradients`` (a PyTensor compile of several seconds): G701, horizon 1."""
+    options = DiagnoseOptions(model=str(EXAMPLE / "broken"), inputs=str(broken_inputs), gradients=True)
+    return run_diagnosis(replace(options, created=CREATED))
+
+
+@pytest.fixture(scope="module")
+def gradients_html(gradients_report) -> str:
+    return REPORTERS["html"](gradients_report, RenderOptions())
+
+
+def embedded_images(page: str) -> list[tuple[str, bytes]]:
+    """(alt text, decoded PNG bytes) of every image of an HTML report, in page order."""
+    found = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]*)"', page)
+    return [(html.unescape(alt), base64.b64decode(data, validate=True)) for alt, data in found]
 
 
 # -- the JSON schema -------------------------------------------------------------------------
@@ -142,16 +170,31 @@ def test_statistics_hold_what_the_plots_draw_in_compact_form(reports):
     assert min(min(r) for r in cos) > 0.999  # H601: every input gives the same encoding
 
 
-def test_json_is_byte_identical_between_runs_apart_from_created(tmp_path):
-    args = ("diagnose", EXAMPLE / "fixed", "--inputs", EXAMPLE / "conv_output_standardized.npy", "--format", "json")
+# The two run-specific top-level fields: the run's time, and the wall times of timed stages.
+CREATED_FIELD = re.compile(rb'\n  "created": "[^"]*",\n')
+TIMINGS_FIELD = re.compile(rb'\n  "timings": \{[^{}]*\},\n')
+
+
+def test_json_is_byte_identical_between_runs_apart_from_created_and_timings(tmp_path):
+    # --observed (the fixed example's own trace) adds the search's wall time to `timings`.
+    inputs = EXAMPLE / "conv_output_standardized.npy"
+    model = load_model(str(EXAMPLE / "fixed"))
+    x = np.load(inputs)[:8].transpose(2, 0, 1)  # the layout is bct: time-major (T, B, D)
+    h, _ = simulate(model, x, declared_config(model))
+    np.savez(tmp_path / "trace.npz", h=h, layout="tbd")
+    args = ("diagnose", EXAMPLE / "fixed", "--inputs", inputs, "--observed", tmp_path / "trace.npz", "--format", "json")
     first = check(invoke(*args, "--output", tmp_path / "a.json"), 0)
     second = check(invoke(*args, "--output", tmp_path / "b.json"), 0)
     assert first.stdout == second.stdout == ""
     a, b = (tmp_path / "a.json").read_bytes(), (tmp_path / "b.json").read_bytes()
-    created = re.compile(rb'\n  "created": "[^"]*",\n')
-    assert len(created.findall(a)) == 1
-    assert created.sub(b"\n", a) == created.sub(b"\n", b)
-    assert errors(json.loads(a)) == []
+    for data in (a, b):
+        assert len(CREATED_FIELD.findall(data)) == len(TIMINGS_FIELD.findall(data)) == 1
+    a_det, b_det = (TIMINGS_FIELD.sub(b"\n", CREATED_FIELD.sub(b"\n", data)) for data in (a, b))
+    assert a_det == b_det
+    report = json.loads(a)
+    assert errors(report) == []
+    assert report["statistics"]["observed"]["declared"]["fits"]  # the trace is the model's own
+    assert report["timings"]["observed_search_seconds"] > 0
 
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -179,6 +222,34 @@ def test_html_is_self_contained_and_links_every_finding_to_its_rule(reports, bro
         "Cosine similarity",
     ):
         assert title in page
+
+
+def test_html_with_gradients_plots_the_sensitivity_strip(gradients_report, gradients_html, broken_html):
+    images = embedded_images(gradients_html)
+    assert [alt for alt, _ in images].count(SENSITIVITY_TITLE) == 1
+    assert len(images) == len(embedded_images(broken_html)) + 1  # one more plot, nothing else changed
+    from PIL import Image
+
+    for alt, png in images:
+        with Image.open(io.BytesIO(png)) as image:
+            image.load()  # decodes the whole PNG
+            assert image.format == "PNG" and min(image.size) > 100, alt
+    png = dict(images)[SENSITIVITY_TITLE]
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (1000, 340)
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50  # drawn, not blank
+    # In the section of the layer and direction the gradients were computed for, captioned with the horizon.
+    g = gradients_report["statistics"]["gradients"]
+    section = f'<h3 id="l{g["layer"]}-{g["direction"]}">'
+    figure = f'<figure id="l{g["layer"]}-{g["direction"]}-sensitivity-strip">'
+    assert gradients_html.index(section) < gradients_html.index(figure) < gradients_html.index('<h3 id="encodings">')
+    caption = re.search(re.escape(figure) + r".*?<figcaption>(.*?)</figcaption>", gradients_html, re.S).group(1)
+    assert f"the fewest final steps (here {g['memory_horizon']}) that hold 99%" in caption
+
+
+def test_html_without_gradients_has_no_sensitivity_plot(reports, broken_html):
+    assert "gradients" not in reports["broken"]["statistics"]
+    assert SENSITIVITY_TITLE not in broken_html and "sensitivity-strip" not in broken_html
 
 
 def test_html_needs_matplotlib_only_when_rendered():
@@ -218,12 +289,15 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
-def test_html_renders_in_headless_chromium_with_every_image_decoded(reports, broken_html, tmp_path):
+def load_in_chromium(page: str, tmp_path: Path) -> dict:
+    """Load an HTML report in headless Chromium and return what ``PROBE_SCRIPT`` saw: each image's
+    (complete, naturalWidth, naturalHeight) and the in-page links without a target. The screenshot
+    (the top of the page) is checked to be a rendered, non-blank page and left at
+    ``tmp_path / "report.png"``."""
     # A copy of the page with a script that writes each image's decoded size into the DOM;
     # one Chromium run dumps that DOM and takes a screenshot.
     probe = tmp_path / "report.html"
-    probe.write_text(broken_html.replace("</body>", PROBE_SCRIPT + "</body>"), encoding="utf-8")
+    probe.write_text(page.replace("</body>", PROBE_SCRIPT + "</body>"), encoding="utf-8")
     shot = tmp_path / "report.png"
     run = _chromium(
         tmp_path,
@@ -237,7 +311,6 @@ def test_html_renders_in_headless_chromium_with_every_image_decoded(reports, bro
     found = re.search(r'<pre id="lstm-doctor-probe">(.*?)</pre>', run.stdout, re.S)
     assert found, f"the page did not load: {run.stdout[:500]} {run.stderr[-1000:]}"
     result = json.loads(html.unescape(found.group(1)))
-    assert len(result["images"]) == 5 * len(reports["broken"]["statistics"]["layers"]) + 1
     for complete, width, height in result["images"]:
         assert complete and width > 100 and height > 100, result["images"]
     assert result["missing"] == [], "links to anchors that do not exist"
@@ -248,6 +321,23 @@ def test_html_renders_in_headless_chromium_with_every_image_decoded(reports, bro
     with Image.open(shot) as image:
         assert image.size == (1280, 2400)
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+    return result
+
+
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
+
+
+@needs_chromium
+def test_html_renders_in_headless_chromium_with_every_image_decoded(reports, broken_html, tmp_path):
+    result = load_in_chromium(broken_html, tmp_path)
+    assert len(result["images"]) == 5 * len(reports["broken"]["statistics"]["layers"]) + 1
+
+
+@needs_chromium
+def test_html_with_gradients_renders_in_headless_chromium(gradients_report, gradients_html, tmp_path):
+    result = load_in_chromium(gradients_html, tmp_path)
+    # per direction 5 plots, the sensitivity strip of the direction with gradients, and the cosine matrix
+    assert len(result["images"]) == 5 * len(gradients_report["statistics"]["layers"]) + 1 + 1
 
 
 # -- Markdown, JUnit, GitHub --------------------------------------------------------------------
@@ -278,6 +368,15 @@ def test_markdown_with_plots_writes_the_pngs_and_links_them(tmp_path):
     # --plots belongs to markdown: elsewhere it is a usage error.
     r = check(invoke(*args, "--format", "json", "--plots", tmp_path / "plots"), 2)
     assert "--plots" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_markdown_with_plots_writes_the_sensitivity_strip_with_gradients(gradients_report, tmp_path):
+    out = tmp_path / "report.md"
+    text = REPORTERS["markdown"](gradients_report, RenderOptions(output=str(out), plots_dir=str(tmp_path / "plots")))
+    g = gradients_report["statistics"]["gradients"]
+    link = f"plots/tweet2vec-like-broken-l{g['layer']}-{g['direction']}-sensitivity-strip.png"
+    assert f"![{SENSITIVITY_TITLE}]({link})" in text
+    assert (tmp_path / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_junit_parses_and_counts(reports):
@@ -393,3 +492,28 @@ def test_compare_two_models_and_usage_errors(reports, tmp_path):
     (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
     r = check(invoke("compare", a, tmp_path / "bad.json"), 2)
     assert "not an lstm-doctor report" in r.stderr
+
+
+def test_the_text_report_orders_families_the_same_way_whatever_the_hash_seed():
+    # Families of equal severity once came out in a set's order, which changes
+    # with PYTHONHASHSEED: two identical runs printed their sections differently.
+    script = (
+        "from lstm_doctor.report.text import _findings\n"
+        "from rich.console import Console\n"
+        "def f(code): return {'code': code, 'name': 'x', 'severity': 'error', 'message': 'm', 'fix': '',"
+        " 'location': {'layer': 0, 'direction': None, 'gate': None, 'steps': None, 'units': None}, 'evidence': {}}\n"
+        "report = {'findings': [f('I501'), f('S301'), f('C401'), f('A201'), f('H601'), f('W101')]}\n"
+        "console = Console(width=120, record=True)\n"
+        "for part in _findings(report): console.print(part)\n"
+        "text = console.export_text()\n"
+        "names = ('weights', 'activation configuration', 'saturation', 'cell state', 'inputs', 'hidden state')\n"
+        "print([text.find(n) for n in names])\n"
+    )
+    outputs = set()
+    for seed in ("0", "1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+        positions = json.loads(done.stdout.splitlines()[-1])
+        assert positions == sorted(positions), positions  # the catalogue's family order
+        outputs.add(done.stdout)
+    assert len(outputs) == 1

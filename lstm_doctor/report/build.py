@@ -2,9 +2,11 @@
 
 The dict is built from data (model, capture statistics, findings), never from
 rendered text. Floats are rounded to 6 significant digits and NaN/Inf become
-null, so reports are deterministic and valid JSON; only ``created`` differs
-between two runs on the same inputs and configuration. ``report/schema.json``
-(JSON Schema 2020-12) describes the dict; ``to_json`` writes it.
+null, so reports are deterministic and valid JSON; only ``created`` and the
+optional ``timings`` (wall-clock seconds of timed stages, e.g. the
+``--observed`` search) differ between two runs on the same inputs and
+configuration. ``report/schema.json`` (JSON Schema 2020-12) describes the
+dict; ``to_json`` writes it.
 
 The statistics hold everything the plots draw (renderers compute nothing):
 per (layer, direction) the per-gate saturation heatmap (units × steps, binned
@@ -44,19 +46,32 @@ def clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [clean(v) for v in value]
     if isinstance(value, np.ndarray):
-        return [clean(v) for v in value.tolist()]
+        return _clean_array(value)
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if not math.isfinite(v):
-            return None
-        return float(f"{v:.6g}")
+        return _round6(float(value))
     if isinstance(value, Severity):
         return value.name
     return value
+
+
+def _round6(v: float) -> float | None:
+    return float(f"{v:.6g}") if math.isfinite(v) else None
+
+
+def _clean_array(value: np.ndarray) -> list:
+    """``clean`` of an array, without a recursive call per element (reports hold
+    per-step tables of thousands of values)."""
+    if value.ndim > 1:
+        return [_clean_array(row) for row in value]
+    if value.dtype.kind == "f":
+        return [_round6(v) for v in value.tolist()]
+    if value.dtype.kind in "iub":
+        return value.tolist()
+    return [clean(v) for v in value.tolist()]
 
 
 def to_json(value: Any, indent: int = 2) -> str:
@@ -312,6 +327,17 @@ def effective_thresholds(config: AnalysisConfig) -> dict[str, dict[str, float]]:
     }
 
 
+def engine_name(capture) -> str:
+    """The engine that computed the capture: numpy, fused, or the symbolic
+    library under the scan (pytensor, or theano when that is what ran)."""
+    engine = getattr(capture, "engine", "") or capture.options.engine
+    if engine == "pytensor":
+        from ..backend import NAME
+
+        return NAME
+    return engine
+
+
 def build_report(
     model: LSTMModel,
     analysis: Analysis,
@@ -326,15 +352,17 @@ def build_report(
     from ..pipeline import headline_metrics
 
     config = config or AnalysisConfig()
+    timings = stage_timings(capture) if capture is not None else {}
     counts = {s.name: sum(f.severity == s for f in analysis.findings) for s in reversed(Severity)}
     worst = max((f.severity for f in analysis.findings), default=None)
     report = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "lstm-doctor", "version": __version__},
         "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **({"timings": timings} if timings else {}),
         "model": describe_model(model),
         "inputs": describe_inputs(capture) if capture is not None else None,
-        "engine": capture.options.engine if capture is not None else None,
+        "engine": engine_name(capture) if capture is not None else None,
         "config": {
             "select": list(config.select),
             "ignore": list(config.ignore),
@@ -360,9 +388,24 @@ def build_report(
     return clean(report)
 
 
+def stage_timings(capture) -> dict[str, float]:
+    """The report's top-level ``timings``: wall-clock seconds of the timed stages that ran
+    (``observed_search_seconds`` with ``--observed``); empty when none did.
+
+    Like ``created``, they differ between two identical runs, so they live here and
+    nowhere else: never in the statistics, findings or evidence, which stay deterministic.
+    """
+    timings: dict[str, float] = {}
+    observed = getattr(capture, "observed", None)
+    if observed is not None:
+        timings["observed_search_seconds"] = observed.seconds
+    return timings
+
+
 def differential_statistics(capture) -> dict[str, Any]:
     """``gradients`` (--gradients) and ``observed`` (--observed) sections, when they ran.
-    Counts only, no timings, so that reports stay byte-identical between runs."""
+    Counts only, no timings (those are in ``stage_timings``), so that reports stay
+    byte-identical between runs."""
     out: dict[str, Any] = {}
     g = getattr(capture, "gradients", None)
     if g is not None:

@@ -10,7 +10,9 @@ plot is drawn, never at import time of the package, and pyplot is not used
 ``report_plots(report)`` returns the sections of plots for one report:
 per (layer, direction) the saturation heatmap, the left/right saturation
 scatter, h and c over steps, the fraction saturated per step and the
-pre-activation energy shares; then the cosine matrix of the final encodings.
+pre-activation energy shares, and, for the direction ``--gradients`` ran on,
+the sensitivity strip with its memory horizon; then the cosine matrix of the
+final encodings.
 """
 
 from __future__ import annotations
@@ -230,6 +232,76 @@ def energy_shares(st: dict) -> bytes:
     return _png(fig)
 
 
+LOG_SCALE_RATIO = 100.0  # a y axis whose positive values span more than this ratio is drawn log-scale
+HORIZON_COLOR = "#ef6c00"
+INPUT_NORM = r"$\|\partial h_T / \partial x_t\|$"
+STATE_NORM = r"$\|\partial h_T / \partial h_t\|$"
+
+
+def sensitivity_strip(grad: dict) -> bytes:
+    """Per step, the sample mean of ‖∂h_T/∂x_t‖ and ‖∂h_T/∂h_t‖, the memory horizon shaded.
+
+    The report stores the series by lag (index 0 = last step); they are drawn
+    in processing order, last step on the right, so the horizon (the last
+    ``memory_horizon`` steps) is the shaded span at the right end, from step
+    T − horizon on. Each step is a unit-wide cell: the span and its dashed
+    edge start half a step before T − horizon.
+    """
+    series = (  # (values in processing order, legend, colour)
+        (_array(grad["input_sensitivity_by_lag"])[::-1], f"{INPUT_NORM}: input at step t", "#1f77b4"),
+        (_array(grad["state_sensitivity_by_lag"])[::-1], f"{STATE_NORM}: hidden state, $c_t$ held", "#555555"),
+    )
+    T = len(series[0][0])
+    fig = _figure(10, 3.4, left=0.08, right=0.99, top=0.86, bottom=0.15)
+    ax = fig.subplots()
+    values = np.concatenate([y for y, _, _ in series])
+    positive = values[np.isfinite(values) & (values > 0)]
+    log = positive.size > 0 and positive.max() > LOG_SCALE_RATIO * positive.min()
+    if log:
+        ax.set_yscale("log")
+    marker = "o" if T <= 64 else None  # short sequences: show the individual steps
+    for y, label, color in series:
+        if log:
+            y = np.where(y > 0, y, np.nan)  # a zero has no place on a log axis: a gap
+        ax.plot(np.arange(T), y, color=color, lw=1.4, marker=marker, ms=3, label=label)
+    horizon = grad["memory_horizon"]
+    if horizon > 0:
+        edge = T - horizon - 0.5
+        ax.axvspan(edge, T - 0.5, color=HORIZON_COLOR, alpha=0.15, lw=0)
+        ax.axvline(edge, color=HORIZON_COLOR, lw=1.2, ls="--")
+        label = (
+            f"memory horizon {horizon} of {T} steps: the steps t ≥ T − {horizon} = {T - horizon} "
+            f"hold {grad['horizon_share']:.0%} of " + r"$\Sigma_t\,\|\partial h_T / \partial x_t\|^2$"
+        )
+        room_on_left = edge > (T - 1) / 2
+        ax.text(
+            edge,
+            0.96,
+            f"{label}  " if room_on_left else f"  {label}",
+            transform=ax.get_xaxis_transform(),
+            ha="right" if room_on_left else "left",
+            va="top",
+            fontsize=9,
+            color=HORIZON_COLOR,
+        )
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "memory horizon 0: h_T depends on no step's input",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color=HORIZON_COLOR,
+        )
+    ax.set_xlim(-0.5, T - 0.5)
+    ax.set_xlabel("step t (processing order; the last step, T − 1, on the right)")
+    ax.set_ylabel("mean Frobenius norm" + (", log scale" if log else ""))
+    ax.legend(fontsize=9, ncol=2, loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
+    return _png(fig)
+
+
 # -- encodings -----------------------------------------------------------------
 
 
@@ -247,6 +319,39 @@ def cosine_matrix(enc: dict) -> bytes:
 
 def _where(st: dict) -> str:
     return f"layer {st['layer']} {st['direction']}"
+
+
+def _gradients_of(stats: dict, st: dict) -> dict | None:
+    """The ``--gradients`` section when it was computed for ``st``'s layer and direction, else None."""
+    grad = stats.get("gradients")
+    if grad and (grad["layer"], grad["direction"]) == (st["layer"], st["direction"]):
+        return grad
+    return None
+
+
+def _sensitivity_plot(key: str, grad: dict, report: dict) -> Plot:
+    """The sensitivity strip of the (layer, direction) ``key``, captioned with how it was measured."""
+    method = (
+        "exact Jacobian norms (one seed per unit)"
+        if grad["exact"]
+        else f"a Hutchinson estimate from {grad['probes']} Gaussian probes"
+    )
+    aligned = (
+        " Sequences of different lengths are aligned at their last valid step."
+        if (report.get("inputs") or {}).get("lengths_given")
+        else ""
+    )
+    return Plot(
+        f"{key}-sensitivity-strip",
+        "Sensitivity strip: what the final encoding depends on, per step",
+        f"Per step t, the mean over the first {grad['sequences']} sequences of the Frobenius norms "
+        "‖∂h_T/∂x_t‖ (how far the final encoding moves with the input at step t) and ‖∂h_T/∂h_t‖ (with "
+        f"the hidden state at step t, c_t held), by autodiff through the scan ({method}).{aligned} "
+        f"Shaded: the memory horizon, the fewest final steps (here {grad['memory_horizon']}) that hold "
+        f"{grad['horizon_share']:.0%} of Σ_t ‖∂h_T/∂x_t‖²; inputs before it barely reach the encoding, "
+        "and a curve that falls by decades within a few steps is a vanishing gradient (G701).",
+        sensitivity_strip(grad),
+    )
 
 
 def report_plots(report: dict, prefix: str = "") -> list[Section]:
@@ -299,6 +404,9 @@ def report_plots(report: dict, prefix: str = "") -> list[Section]:
                 energy_shares(st),
             ),
         )
+        grad = _gradients_of(stats, st)
+        if grad is not None:
+            plots += (_sensitivity_plot(key, grad, report),)
         sections.append(Section(key, _where(st), plots))
     enc = stats.get("encoding")
     if enc and enc.get("cosine_matrix"):

@@ -79,9 +79,12 @@ def _findings(report: dict) -> list:
         table.add_column("code", no_wrap=True)
         table.add_column("where", no_wrap=True)
         table.add_column("finding and fix", ratio=1)
+        # most severe family first; ties in the catalogue's family order (a set's
+        # order changes from run to run with string hashing)
+        order = list(FAMILIES)
         families = sorted(
             {f["code"][0] for f in group},
-            key=lambda fam: -max(RANK[f["severity"]] for f in group if f["code"][0] == fam),
+            key=lambda fam: (-max(RANK[f["severity"]] for f in group if f["code"][0] == fam), order.index(fam)),
         )
         for n, fam in enumerate(families):
             rows = [f for f in group if f["code"][0] == fam]
@@ -188,15 +191,28 @@ def _differential(report: dict) -> Text | None:
             text.append("\n")
         best = obs["ranking"][0] if obs["ranking"] else None
         text.append("Observed trace ", style="bold")
-        text.append(
-            f"({obs['kind']}, {obs['sequences']} sequences, {obs['units']} units; "
-            f"{obs['candidates']} configurations, {obs['candidates_full']} run in full): "
-        )
+        text.append(f"({obs['kind']}, {obs['sequences']} sequences, {obs['units']} units): ")
         if best is not None:
             what = "; ".join(best["differences"]) or "the declared configuration"
             text.append(f"best {what} (mean |diff| {best['mean_abs_diff']:.3g}"
                         f"{', fits' if best['fits'] else ', does not fit'})")
+        seconds = (report.get("timings") or {}).get("observed_search_seconds")
+        text.append("\n" + observed_search_summary(obs, seconds), style="dim")
     return text
+
+
+def observed_search_summary(obs: dict, seconds: float | None) -> str:
+    """How the ``--observed`` search went: the configurations tried, the time it took
+    (the report's ``timings``; left out when absent) and how many were pruned early."""
+    took = "" if seconds is None else f" in {seconds:.3g} s"
+    full = obs["candidates_full"]
+    pruned = obs["candidates"] - full
+    if pruned:
+        by = "their first steps" if obs["kind"] == "per-step" else "the first sequences"
+        outcome = f"pruned {pruned} by {by}, ran {full} in full"
+    else:
+        outcome = "ran every one in full"
+    return f"searched {obs['candidates']} configurations{took}; {outcome}"
 
 
 def _summary(report: dict) -> Text:
