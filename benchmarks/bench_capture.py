@@ -118,9 +118,15 @@ def implementations(model, x_btd: np.ndarray, *, pytensor: bool, keras: bool, to
     source = InputSource(x_btd, "btd")
     x_tbd = np.ascontiguousarray(x_btd.transpose(1, 0, 2))
     B = x_btd.shape[0]
+    from lstm_doctor.scan import resolve_engine
+
+    default = resolve_engine(CaptureOptions().engine, model, x_btd.shape[1], B)
     impls = {
-        "lstm_doctor capture, full streaming statistics (default engine numpy)": lambda: capture(
+        f"lstm_doctor capture, full streaming statistics (default engine: {default})": lambda: capture(
             model, source, CaptureOptions()
+        ),
+        "lstm_doctor capture, full statistics, --engine numpy": lambda: capture(
+            model, source, CaptureOptions(engine="numpy")
         ),
         "lstm_doctor capture, h only": lambda: run_chunk(model, x_tbd, None, "numpy", CAPTURE_HIDDEN),
         "NumPy reference, all gates kept (no statistics)": lambda: run_direction(

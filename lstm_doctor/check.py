@@ -11,7 +11,7 @@ first, or ``--config FILE``)::
     baseline = "lstm-doctor-baseline.json" # fail only on findings new relative to it
     outputs = { json = "report.json", junit = "junit.xml", html = "report.html" }
     plots = "plots"                        # where the markdown output's PNGs go
-    engine = "numpy"
+    engine = "auto"
 
     [[tool.lstm-doctor.models]]            # ([[models]] in lstm-doctor.toml)
     model = "models/encoder"               # required; the rest as `diagnose`
@@ -88,7 +88,7 @@ class CheckConfig:
     outputs: dict[str, str] = field(default_factory=dict)  # format -> path
     baseline: str | None = None
     plots_dir: str | None = None
-    engine: str = "numpy"
+    engine: str = "auto"
     chunk_size: int = 64
     sample_size: int = 64
 
@@ -271,7 +271,7 @@ def load_config(path: Path, cwd: Path) -> CheckConfig:
         outputs={fmt: _relative(base, out, cwd) for fmt, out in outputs.items()},
         baseline=_relative(base, section["baseline"], cwd) if section.get("baseline") else None,
         plots_dir=_relative(base, section["plots"], cwd) if section.get("plots") else None,
-        engine=section.get("engine", "numpy"),
+        engine=section.get("engine", "auto"),
         chunk_size=section.get("chunk-size", 64),
         sample_size=section.get("sample-size", 64),
     )

@@ -36,13 +36,14 @@ class DiagnoseOptions:
     layer_prefix: str | None = None
     layer_name: str | None = None
     trust_pickle: bool = False
-    engine: str = "numpy"
+    engine: str = "auto"
     chunk_size: int = 256  # capped by the capture at ~192 MB per chunk
     sample_size: int = 64
     format: str = "text"
     output: str | None = None
     plots_dir: str | None = None  # markdown: where to write the PNGs
     what_if: bool = False  # also apply each proposed fix virtually (lstm_doctor.whatif)
+    what_if_sample: int | None = None  # sequences the experiment re-runs (None: whatif.DEFAULT_SAMPLE)
     fail_on: str = "error"
     exit_zero: bool = False
     select: tuple[str, ...] = ()

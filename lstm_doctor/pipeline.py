@@ -19,7 +19,7 @@ import numpy as np
 from .load.inputs import InputSource
 from .model import LSTMModel
 from .reference import CAPTURE_FULL, CAPTURE_STATS, StepRecord
-from .scan import DEFAULT_ENGINE, final_hidden, run_chunk
+from .scan import DEFAULT_ENGINE, STREAMING_ENGINES, final_hidden, resolve_engine, run_chunk
 from .stats import DirectionStats, EncodingStats, InputStats, StatsConfig, axis_correlations
 
 # Upper bound on a chunk's per-step arrays: the inputs (T, B, D) and each
@@ -63,6 +63,7 @@ class CaptureResult:
     sample_lengths: np.ndarray | None
     sample_encodings: np.ndarray  # (b, E)
     seconds: float
+    engine: str = ""  # the engine that ran ("numpy", "fused", "pytensor"): "auto" resolved
     observed: object | None = None  # observed.SearchResult (--observed), attached by run_diagnosis
     gradients: object | None = None  # gradients.GradientResult (--gradients), attached by run_diagnosis
 
@@ -94,7 +95,13 @@ def capture(
     sample_x: list[np.ndarray] = []
     sample_enc: list[np.ndarray] = []
     kept = kept_enc = 0
-    streaming = options.engine == "numpy"
+    engine = resolve_engine(options.engine, model, T, source.n_sequences)
+    streaming = engine in STREAMING_ENGINES
+    kernels = None
+    if engine == "fused":  # the input statistics in one compiled pass too
+        from .fused import kernels as fused_kernels
+
+        kernels = fused_kernels()
     for start, x, lengths in source.chunks(effective_chunk_size(model, T, options.chunk_size), model.dtype):
         B = x.shape[1]
         mask = None if lengths is None else (np.arange(T)[:, None] < lengths[None, :])
@@ -107,16 +114,16 @@ def capture(
                 for k, d, layer, params in model.units()
             }
             records = run_chunk(
-                model, x, lengths, options.engine, CAPTURE_STATS,
+                model, x, lengths, engine, CAPTURE_STATS,
                 observers=reducers, keep=take, keep_fields=options.sample_fields,
             )
             for reducer in reducers.values():
                 reducer.finish()
         else:
-            records = run_chunk(model, x, lengths, options.engine, CAPTURE_FULL)
+            records = run_chunk(model, x, lengths, engine, CAPTURE_FULL)
             for k, d, layer, params in model.units():
                 dirs[(k, d)].update(records[(k, d)], mask, layer, params.h0)
-        inputs.update(x, lengths)
+        inputs.update(x, lengths, kernels)
         enc = final_hidden(model, records)
         encoding.update(enc)
         if take:
@@ -146,6 +153,7 @@ def capture(
         sample_lengths=None if source.lengths is None else source.lengths[:kept],
         sample_encodings=np.concatenate(sample_enc, axis=0),
         seconds=time.perf_counter() - started,
+        engine=engine,
     )
 
 

@@ -28,6 +28,7 @@ modes compute the same values.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -181,6 +182,19 @@ class _OneBlasThread:
         return False
 
 
+def blas_threads_context(B: int, D: int, H: int):
+    """The BLAS threading to run a step's GEMMs (B, D + H) × (D + H, 4H) under:
+    one thread for small GEMMs (``SMALL_GEMM_FLOPS``) and on machines with at
+    most two CPUs, where a second OpenBLAS thread made even the 256-unit
+    GEMMs slower (0.32 s against 0.23 s for a 2048² GEMM on this project's
+    2-vCPU machines, and 4.4 s against 0.6 s for a capture's 300 step GEMMs);
+    the library's own choice otherwise."""
+    small = 2.0 * B * (D + H) * 4 * H < SMALL_GEMM_FLOPS
+    if small or (os.cpu_count() or 1) <= 2:
+        return _OneBlasThread()
+    return _Nothing()
+
+
 class _Nothing:
     def __enter__(self):
         return self
@@ -326,9 +340,7 @@ def run_direction(
 
     h = np.broadcast_to(params.h0, (B, H)).astype(dtype)
     c = np.broadcast_to(params.c0, (B, H)).astype(dtype)
-    # small GEMMs: one BLAS thread (see SMALL_GEMM_FLOPS)
-    small = 2.0 * B * (D + H) * H4 < SMALL_GEMM_FLOPS
-    with _OneBlasThread() if small else _Nothing():
+    with blas_threads_context(B, D, H):
         t0, h_start = 0, h
         for t in range(T):
             k = t - t0

@@ -6,8 +6,13 @@ Two engines compute the same instrumented step and return the same
 - ``pytensor``: the symbolic ``scan`` (``lstm_doctor.symbolic``), the engine of
   record. It runs on PyTensor, or on legacy Theano when only that is installed,
   and it is the one that differentiates (gradient flow).
-- ``numpy``: the NumPy reference loop. NumPy's vectorised ufuncs make it the
-  fastest capture on CPU (ENGINE.md); it passes the same parity tests.
+- ``numpy``: the NumPy reference loop. NumPy's vectorised ufuncs make it
+  faster than the scan on CPU (ENGINE.md); it passes the same parity tests.
+- ``fused`` (``lstm_doctor.fused``): the NumPy loop's GEMMs with the rest of
+  the step and every streaming statistic in one compiled (Numba) pass per
+  step; float32 capture "stats" only, anything else runs the NumPy loop.
+- ``auto`` (the default): ``fused`` for float32 workloads large enough to pay
+  for importing Numba, ``numpy`` otherwise (``resolve_engine``).
 
 The driver stacks layers (layer k+1 reads layer k's h, forward and backward
 concatenated) and runs the backward direction on per-sequence reversed inputs:
@@ -27,14 +32,36 @@ from .model import LSTMModel
 from .reference import CAPTURE_FULL, StepRecord
 from .reference import run_direction as numpy_run_direction
 
-ENGINES = ("numpy", "pytensor")
-DEFAULT_ENGINE = "numpy"
+ENGINES = ("auto", "numpy", "fused", "pytensor")
+DEFAULT_ENGINE = "auto"
+# engines that hand every step to the streaming reducers (capture "stats")
+STREAMING_ENGINES = ("numpy", "fused")
+
+
+def resolve_engine(name: str, model: LSTMModel, T: int, n_sequences: int) -> str:
+    """The engine that ``name`` stands for on this workload: "auto" becomes
+    "fused" when the model is float32, Numba imports, and the run computes at
+    least ``fused.FUSED_MIN_VALUES`` (step · sequence · unit) values, else
+    "numpy". Other names are returned as they are."""
+    if name != "auto":
+        return name
+    from . import fused
+
+    values = T * n_sequences * sum(layer.H for _, _, layer, _ in model.units())
+    if values >= fused.FUSED_MIN_VALUES and fused.supports(model.dtype) and fused.available():
+        return "fused"
+    return "numpy"
 
 
 def get_engine(name: str) -> Callable[..., StepRecord]:
-    """The ``run_direction`` function of an engine, imported lazily."""
-    if name == "numpy":
+    """The ``run_direction`` function of an engine, imported lazily ("auto" is
+    the NumPy loop: resolve it first to get the fused one)."""
+    if name in ("numpy", "auto"):
         return numpy_run_direction
+    if name == "fused":
+        from .fused import run_direction
+
+        return run_direction
     if name == "pytensor":
         from .symbolic import run_direction  # imports pytensor (or theano)
 
@@ -86,7 +113,7 @@ def run_chunk(
     run = get_engine(engine)
     extra = {}
     if observers is not None or keep:
-        if engine != "numpy":
+        if engine not in STREAMING_ENGINES + ("auto",):
             raise ConfigError(f"engine {engine!r} does not stream steps to observers")
         extra = {"keep": keep, "keep_fields": keep_fields}
     T = x.shape[0]

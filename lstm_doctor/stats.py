@@ -805,11 +805,22 @@ class InputStats(Mergeable):
             max_d=np.full(D, -np.inf),
         )
 
-    def update(self, x: np.ndarray, lengths: np.ndarray | None):
+    def update(self, x: np.ndarray, lengths: np.ndarray | None, kernels=None):
+        """Fold a chunk x (T, B, D) in. ``kernels``: the fused engine's compiled
+        module, which makes the moments one pass over x (float32 only)."""
         T, B, D = x.shape
         self.n += B
         self.count += T * B  # per feature (non-finite values count as 0)
         rows = x.reshape(T * B, D)
+        if kernels is not None and x.dtype == np.float32:
+            low, high = np.full(D, np.inf, np.float32), np.full(D, -np.inf, np.float32)
+            zeros, nonfinite = kernels.input_moments(rows, self.sum_d, self.sumsq_d, low, high)
+            self.min_d = np.minimum(self.min_d, low)
+            self.max_d = np.maximum(self.max_d, high)
+            self.zeros += int(zeros)
+            self.nonfinite += int(nonfinite)
+            self._trailing_zeros(x, lengths)
+            return
         # float64 accumulators fed straight from the float32 values (no copy);
         # their sums are finite exactly when every value is.
         s = np.add.reduce(rows, axis=0, dtype=np.float64)
@@ -828,6 +839,10 @@ class InputStats(Mergeable):
             self.min_d = np.minimum(self.min_d, np.where(finite, x, np.inf).min(axis=(0, 1)))
             self.max_d = np.maximum(self.max_d, np.where(finite, x, -np.inf).max(axis=(0, 1)))
         self.zeros += int(x.size - np.count_nonzero(x))
+        self._trailing_zeros(x, lengths)
+
+    def _trailing_zeros(self, x: np.ndarray, lengths: np.ndarray | None) -> None:
+        T, B, _ = x.shape
         if lengths is None:
             # Trailing steps whose features are all exactly zero, found from the
             # end: most sequences stop at their last step.

@@ -493,7 +493,7 @@ class WhatIfOptions:
 
     sample_size: int = DEFAULT_SAMPLE
     fixes: tuple[str, ...] | None = None
-    engine: str = "numpy"
+    engine: str = "auto"
     chunk_size: int | None = None  # None: as large as CHUNK_BUDGET_BYTES allows
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     min_severity: Severity = Severity.warning
@@ -514,7 +514,7 @@ class WhatIfOptions:
         return cls(
             sample_size=int(getattr(options, "what_if_sample", None) or DEFAULT_SAMPLE),
             fixes=parse_fix_ids(getattr(options, "what_if_fixes", None) or None),
-            engine=getattr(options, "engine", "numpy"),
+            engine=getattr(options, "engine", "auto"),
             analysis=config,
         )
 

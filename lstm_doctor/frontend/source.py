@@ -422,14 +422,17 @@ def text_source(
     tweet2vec importer declares btd, reading the conv output with its 256
     channels as time, as the original code did). ``model`` is the loaded
     model, when the caller has it (else it is loaded with ``load_options``).
-    ``engine`` runs the conv stack: "numpy" (reference) or "pytensor".
+    ``engine`` is the capture engine; the conv stack runs on "pytensor" when
+    it is "pytensor", else on the NumPy reference.
     The returned source's ``notes`` account for every skipped record.
     """
     from ..load import load_model
     from ..load.inputs import LAYOUTS, InputSource
 
-    if engine not in ("numpy", "pytensor"):
-        raise UserError(f"unknown engine {engine!r}; choose numpy or pytensor")
+    from ..scan import ENGINES
+
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if text_clean is not None and text_clean not in t2v.CLEANERS:
         raise UserError(f"unknown --text-clean {text_clean!r}; choose one of {', '.join(t2v.CLEANERS)}")
     if chunk_size < 1:
@@ -444,7 +447,8 @@ def text_source(
         array, notes = _plugin(records, model, layout, text_clean or "none", featurizer, chunk_size)
     else:
         array, notes = _builtin(
-            records, model, model_path, layout, engine, text_clean or "tweet2vec", load_options, chunk_size
+            records, model, model_path, layout, "pytensor" if engine == "pytensor" else "numpy",
+            text_clean or "tweet2vec", load_options, chunk_size
         )
     array.info["records"] = records.counts
     array.info["layout"] = layout

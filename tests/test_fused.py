@@ -1,0 +1,190 @@
+"""The fused engine computes what the NumPy engine computes.
+
+Every statistic of ``DirectionStats`` and the sample must agree between the two
+engines for every configuration the kernel handles (activations, peepholes,
+clip, lengths, two layers, bidirectional, non-finite values); integer fields
+exactly, float fields to float32 rounding (the kernel's σ and tanh are within
+2 ulp of NumPy's, its moments are summed in float64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from factory import model, normal_inputs, with_acts
+
+from lstm_doctor import fused
+from lstm_doctor.load.inputs import InputSource
+from lstm_doctor.pipeline import SAMPLE_FIELDS, CaptureOptions, capture
+from lstm_doctor.scan import resolve_engine
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is a dependency of pytensor")
+
+
+def _fields(st):
+    out = {}
+    for name, value in vars(st).items():
+        if isinstance(value, (np.ndarray, int, float)):
+            out[name] = value
+    for g, gs in st.gates.items():
+        for name, value in vars(gs).items():
+            out[f"{g}.{name}"] = value
+    for name, value in vars(st.terms).items():
+        out[f"terms.{name}"] = value
+    return out
+
+
+def _both(m, x, lengths=None, **options):
+    source = lambda: InputSource(x, "btd", lengths=lengths)  # noqa: E731
+    a = capture(m, source(), CaptureOptions(engine="numpy", **options))
+    b = capture(m, source(), CaptureOptions(engine="fused", **options))
+    assert (a.engine, b.engine) == ("numpy", "fused")
+    return a, b
+
+
+def _assert_same(a, b, rtol=2e-5, atol=2e-6):
+    """Integer statistics equal (up to ±1 per 1,000 for counts on a threshold,
+    where 2 ulp can tip a value over), floats to float32 rounding."""
+    for key in a.directions:
+        fa, fb = _fields(a.directions[key]), _fields(b.directions[key])
+        assert fa.keys() == fb.keys()
+        for name in fa:
+            va, vb = np.asarray(fa[name]), np.asarray(fb[name])
+            if va.dtype.kind in "iub":
+                np.testing.assert_allclose(vb, va, rtol=1e-3, atol=1, err_msg=f"{key} {name}")
+            else:
+                # second moments of values near 1 are the sums of squares of tiny deviations
+                np.testing.assert_allclose(vb, va, rtol=rtol, atol=atol * max(1.0, np.nanmax(np.abs(va), initial=0)),
+                                           err_msg=f"{key} {name}")
+        for name in a.sample[key]:
+            np.testing.assert_allclose(b.sample[key][name], a.sample[key][name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(b.sample_encodings, a.sample_encodings, rtol=1e-5, atol=1e-6)
+
+
+CONFIGS = {
+    "plain": dict(),
+    "two layers, bidirectional": dict(layers=2, bidirectional=True),
+    "peepholes": dict(peephole=True),
+    "hard sigmoid gates, sigmoid cell output": dict(acts=dict(gate="hard_sigmoid", cell_output="sigmoid")),
+    "keras 3 hard sigmoid, relu": dict(acts=dict(gate="hard_sigmoid6", candidate="relu", cell_output="relu")),
+    "identity cell output, softsign": dict(acts=dict(candidate="softsign", cell_output="identity")),
+    "softplus, tanh gates": dict(acts=dict(gate="tanh", cell_output="softplus")),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_statistics_match_the_numpy_engine(name):
+    kw = dict(CONFIGS[name])
+    acts = kw.pop("acts", None)
+    peephole = kw.pop("peephole", False)
+    m = model(7, 13, seed=4, peephole=np.full((3, 13), 0.3, np.float32) if peephole else None, **kw)
+    if acts:
+        m = with_acts(m, **acts)
+    x = normal_inputs(n=45, T=11, D=7, seed=2, scale=2.0)
+    a, b = _both(m, x, chunk_size=20, sample_size=9)
+    _assert_same(a, b)
+
+
+def test_fused_statistics_with_lengths_clip_and_the_sample():
+    m = model(5, 9, layers=2, bidirectional=True, seed=1)
+    from dataclasses import replace
+
+    m = replace(m, layers=tuple(replace(layer, clip=1.5) for layer in m.layers))
+    x = normal_inputs(n=40, T=12, D=5, seed=3, scale=3.0)
+    lengths = np.random.default_rng(5).integers(1, 13, 40)
+    a, b = _both(m, x, lengths, chunk_size=16, sample_size=7, sample_fields=SAMPLE_FIELDS)
+    _assert_same(a, b)
+    assert {"input_term", "recurrent_term", "preact", "c"} <= set(b.sample[(1, "rev")])
+
+
+def test_the_sample_record_of_a_peephole_model_keeps_every_term():
+    from lstm_doctor.reference import CAPTURE_STATS
+    from lstm_doctor.reference import run_direction as numpy_run
+    from lstm_doctor.stats import DirectionStats, StatsConfig
+
+    m = model(5, 6, seed=3, peephole=np.full((3, 6), -0.4, np.float32))
+    layer, params = m.layers[0], m.layers[0].forward
+    x = normal_inputs(n=12, T=7, D=5, seed=4).transpose(1, 0, 2).copy()
+    records = []
+    for run in (numpy_run, fused.run_direction):
+        stats = DirectionStats.empty(0, "fwd", 7, 6, StatsConfig())
+        reducer = stats.reducer(12, None, layer, params.h0, np.float32, params)
+        records.append(run(params, layer, x, None, CAPTURE_STATS, observer=reducer, keep=5).sample)
+    want, got = records
+    for name in ("input_term", "recurrent_term", "peephole_term", "preact", "i", "f", "g", "o", "c", "h"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.abs(got.peephole_term).max() > 0
+
+
+def test_saturated_gates_keep_their_tiny_cross_input_spread():
+    # CASE.md: gates pinned near 1 that differ across inputs by ~1e-8
+    m = model(6, 8, seed=2, forget_bias=12.0)
+    x = normal_inputs(n=30, T=10, D=6, seed=1, scale=0.01)
+    a, b = _both(m, x)
+    _assert_same(a, b)
+    sa, sb = a.directions[(0, "fwd")], b.directions[(0, "fwd")]
+    np.testing.assert_allclose(sb.gates["f"].right_tu, sa.gates["f"].right_tu)
+
+
+def test_non_finite_values_are_found_at_the_same_step():
+    m = model(4, 6, seed=0)
+    x = normal_inputs(n=10, T=8, D=4, seed=0)
+    x[5, 3, 1] = np.nan  # sequence 5, step 3
+    a, b = _both(m, x)
+    sa, sb = a.directions[(0, "fwd")], b.directions[(0, "fwd")]
+    assert sa.first_nonfinite_step == sb.first_nonfinite_step == 3
+    assert sa.nonfinite_count == sb.nonfinite_count > 0
+
+
+def test_tanh_is_within_two_ulp_of_numpy_everywhere():
+    from numba import njit
+
+    kernels = fused.kernels()
+
+    @njit(error_model="numpy")
+    def apply(x, out):
+        for i in range(x.size):
+            out[i] = kernels.tanh32(x[i])
+
+    x = np.concatenate([np.linspace(-20, 20, 400_001, dtype=np.float32), np.float32([np.nan, np.inf, -np.inf, 1e-30])])
+    out = np.empty_like(x)
+    apply(x, out)
+    want = np.tanh(x)
+    finite = np.isfinite(want)
+    assert np.all(np.abs(out[finite] - want[finite]) <= 2 * np.spacing(np.abs(want[finite])))
+    assert np.isnan(out[-4]) and out[-3] == 1.0 and out[-2] == -1.0 and out[-1] == np.float32(1e-30)
+
+
+def test_auto_picks_fused_only_where_it_pays():
+    small = model(8, 16)
+    assert resolve_engine("auto", small, T=30, n_sequences=64) == "numpy"
+    big = model(64, 256)
+    assert resolve_engine("auto", big, T=150, n_sequences=256) == "fused"
+    assert resolve_engine("auto", model(64, 256, dtype=np.float64), T=150, n_sequences=256) == "numpy"
+    assert resolve_engine("pytensor", small, T=30, n_sequences=64) == "pytensor"
+
+
+def test_float64_models_fall_back_to_the_numpy_loop():
+    m = model(4, 6, dtype=np.float64)
+    x = normal_inputs(n=10, T=5, D=4).astype(np.float64)
+    a, b = _both(m, x)
+    for key in a.directions:
+        fa, fb = _fields(a.directions[key]), _fields(b.directions[key])
+        for name in fa:
+            np.testing.assert_array_equal(fa[name], fb[name], err_msg=name)
+
+
+def test_input_statistics_match_with_the_compiled_pass():
+    from lstm_doctor.stats import InputStats
+
+    x = normal_inputs(n=20, T=9, D=5, seed=7).transpose(1, 0, 2).copy()
+    x[2, 3, 1] = 0.0
+    x[4, 5, 2] = np.nan
+    x[6, 7, 3] = -np.inf
+    a, b = InputStats.empty(9, 5), InputStats.empty(9, 5)
+    a.update(x, None)
+    b.update(x, None, fused.kernels())
+    for name in ("sum_d", "sumsq_d", "min_d", "max_d"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-12, err_msg=name)
+    assert (a.zeros, a.nonfinite, a.count, a.n) == (b.zeros, b.nonfinite, b.count, b.n) and b.nonfinite == 2
