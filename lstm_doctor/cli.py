@@ -84,8 +84,8 @@ def engine_option(f):
         default="auto",
         show_default=True,
         help="Capture engine: fused (NumPy GEMMs with one compiled pass for the step and its statistics, "
-        "float32), numpy (the NumPy loop), pytensor (the scan, engine of record); auto picks fused for "
-        "float32 runs of 5 million values or more, numpy below.",
+        "float32), numpy (the NumPy loop), pytensor (the scan, engine of record); auto picks fused when "
+        "the run is large enough to repay loading (or first compiling) its kernel, numpy otherwise.",
     )(f)
 
 

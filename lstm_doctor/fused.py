@@ -31,6 +31,8 @@ Numba is a dependency of PyTensor, so it is always installed; its import
 
 from __future__ import annotations
 
+import glob
+import os
 import warnings
 
 import numpy as np
@@ -58,10 +60,14 @@ ACTIVATION_CODES = {
     "softplus": 7,
 }
 
-# Below this many (step · sequence · unit) values per run the NumPy engine is
-# used: importing Numba and loading the cached kernel (about 1.5 s) would
-# cost more than the fused kernel saves (about 0.15 µs per value).
-FUSED_MIN_VALUES = 5_000_000
+# When "auto" picks this engine: when what it saves exceeds what it costs to
+# get it running in this process. Measured on this project's machines
+# (benchmarks/RESULTS.md): it saves about 40 ns per (step · sequence · unit)
+# value against the NumPy engine; loading Numba and the cached kernel costs
+# about 0.8 s, compiling the kernel the first time about 20 s.
+SAVED_SECONDS_PER_VALUE = 40e-9
+LOAD_SECONDS = 0.8
+COMPILE_SECONDS = 20.0
 
 _KERNELS = None
 
@@ -73,6 +79,42 @@ def available() -> bool:
     except Exception:
         return False
     return True
+
+
+def loaded() -> bool:
+    """Whether the kernels are already loaded in this process (no cost to use them)."""
+    return _KERNELS is not None
+
+
+def compiled() -> bool:
+    """Whether Numba's disk cache holds the compiled kernel, checked without
+    loading it: the cache index of ``fused_step`` in the directory Numba's own
+    locators pick for ``_fused_kernels.py`` (NUMBA_CACHE_DIR, next to the
+    module, or the user-wide cache when the install is read-only)."""
+    try:
+        from numba.core.caching import CacheImpl
+
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fused_kernels.py")
+        for locator_class in CacheImpl._locator_classes:
+            locator = locator_class.from_function(compiled, source)
+            if locator is not None:
+                pattern = os.path.join(locator.get_cache_path(), "_fused_kernels.fused_step-*.nbi")
+                return bool(glob.glob(pattern))
+    except Exception:  # another Numba version's layout: assume it must compile
+        pass
+    return False
+
+
+def worth_it(values: int) -> bool:
+    """Whether a run of ``values`` (step · sequence · unit) values is faster on
+    this engine than on the NumPy one, counting what it costs to load (or to
+    compile, the first time) the kernel in this process."""
+    saving = values * SAVED_SECONDS_PER_VALUE
+    if loaded():
+        return saving > 0
+    if saving <= LOAD_SECONDS:  # decided without importing Numba to look at its cache
+        return False
+    return saving > (LOAD_SECONDS if compiled() else COMPILE_SECONDS)
 
 
 def supports(dtype) -> bool:

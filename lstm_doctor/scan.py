@@ -12,7 +12,7 @@ Two engines compute the same instrumented step and return the same
   the step and every streaming statistic in one compiled (Numba) pass per
   step; float32 capture "stats" only, anything else runs the NumPy loop.
 - ``auto`` (the default): ``fused`` for float32 workloads large enough to pay
-  for importing Numba, ``numpy`` otherwise (``resolve_engine``).
+  for loading (or compiling) its kernel, ``numpy`` otherwise (``resolve_engine``).
 
 The driver stacks layers (layer k+1 reads layer k's h, forward and backward
 concatenated) and runs the backward direction on per-sequence reversed inputs:
@@ -40,15 +40,15 @@ STREAMING_ENGINES = ("numpy", "fused")
 
 def resolve_engine(name: str, model: LSTMModel, T: int, n_sequences: int) -> str:
     """The engine that ``name`` stands for on this workload: "auto" becomes
-    "fused" when the model is float32, Numba imports, and the run computes at
-    least ``fused.FUSED_MIN_VALUES`` (step · sequence · unit) values, else
-    "numpy". Other names are returned as they are."""
+    "fused" for a float32 model when Numba imports and the run is large enough
+    to repay loading (or, the first time, compiling) the kernel
+    (``fused.worth_it``), else "numpy". Other names are returned as they are."""
     if name != "auto":
         return name
     from . import fused
 
     values = T * n_sequences * sum(layer.H for _, _, layer, _ in model.units())
-    if values >= fused.FUSED_MIN_VALUES and fused.supports(model.dtype) and fused.available():
+    if fused.supports(model.dtype) and fused.worth_it(values) and fused.available():
         return "fused"
     return "numpy"
 

@@ -156,13 +156,30 @@ def test_tanh_is_within_two_ulp_of_numpy_everywhere():
     assert np.isnan(out[-4]) and out[-3] == 1.0 and out[-2] == -1.0 and out[-1] == np.float32(1e-30)
 
 
-def test_auto_picks_fused_only_where_it_pays():
-    small = model(8, 16)
+def test_auto_picks_fused_only_where_it_pays(monkeypatch):
+    # 256 units, 150 steps: 38,400 values per sequence
+    big, small = model(64, 256), model(8, 16)
+    monkeypatch.setattr(fused, "_KERNELS", None)  # not loaded in this process
+    monkeypatch.setattr(fused, "compiled", lambda: True)  # on disk: ~0.8 s to load
     assert resolve_engine("auto", small, T=30, n_sequences=64) == "numpy"
-    big = model(64, 256)
-    assert resolve_engine("auto", big, T=150, n_sequences=256) == "fused"
-    assert resolve_engine("auto", model(64, 256, dtype=np.float64), T=150, n_sequences=256) == "numpy"
+    assert resolve_engine("auto", big, T=150, n_sequences=256) == "numpy"  # saves ~0.4 s
+    assert resolve_engine("auto", big, T=150, n_sequences=4096) == "fused"  # saves ~6 s
+    monkeypatch.setattr(fused, "compiled", lambda: False)  # must compile first: ~20 s
+    assert resolve_engine("auto", big, T=150, n_sequences=4096) == "numpy"
+    assert resolve_engine("auto", big, T=150, n_sequences=40_000) == "fused"
+    monkeypatch.setattr(fused, "_KERNELS", object())  # already loaded: free
+    assert resolve_engine("auto", small, T=30, n_sequences=64) == "fused"
+    assert resolve_engine("auto", model(8, 16, dtype=np.float64), T=30, n_sequences=64) == "numpy"
     assert resolve_engine("pytensor", small, T=30, n_sequences=64) == "pytensor"
+
+
+def test_the_kernel_cache_is_found_where_numba_writes_it(tmp_path, monkeypatch):
+    fused.kernels()  # compiled (or loaded) by now, in the default cache location
+    assert fused.compiled()
+    from numba.core import config
+
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))  # NUMBA_CACHE_DIR: an empty directory
+    assert not fused.compiled()
 
 
 def test_float64_models_fall_back_to_the_numpy_loop():
