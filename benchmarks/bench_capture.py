@@ -118,13 +118,8 @@ def implementations(model, x_btd: np.ndarray, *, pytensor: bool, keras: bool, to
     source = InputSource(x_btd, "btd")
     x_tbd = np.ascontiguousarray(x_btd.transpose(1, 0, 2))
     B = x_btd.shape[0]
-    from lstm_doctor.scan import resolve_engine
-
-    default = resolve_engine(CaptureOptions().engine, model, x_btd.shape[1], B)
     impls = {
-        f"lstm_doctor capture, full streaming statistics (default engine: {default})": lambda: capture(
-            model, source, CaptureOptions()
-        ),
+        FUSED: lambda: capture(model, source, CaptureOptions(engine="fused")),
         "lstm_doctor capture, full statistics, --engine numpy": lambda: capture(
             model, source, CaptureOptions(engine="numpy")
         ),
@@ -165,6 +160,7 @@ def implementations(model, x_btd: np.ndarray, *, pytensor: bool, keras: bool, to
 
 
 TORCH = "PyTorch nn.LSTM forward (h only, fused)"
+FUSED = "lstm_doctor capture, full streaming statistics, --engine fused"
 
 
 def check_agreement(model, x_btd, torch_ok: bool) -> float | None:
@@ -278,7 +274,7 @@ def scaling(repeats: int, torch_ok: bool) -> list[dict]:
         model = make_model(D, H)
         x = np.random.default_rng(0).standard_normal((N, T, D), dtype=np.float32)
         source = InputSource(x, "btd")
-        run = lambda: capture(model, source, CaptureOptions())  # noqa: E731
+        run = lambda: capture(model, source, CaptureOptions(engine="fused"))  # noqa: E731
         impls = {"capture": run}
         if torch_ok:
             import torch
@@ -380,6 +376,16 @@ def main(argv=None) -> int:
             f"\nGEMM alone (this NumPy/BLAS): input projection {gemm['input_gemm_seconds']:.3f} s "
             f"({gemm['input_gemm_gflops']:.0f} GFLOP/s), {T} recurrent GEMMs {gemm['recurrent_gemms_seconds']:.3f} s "
             f"({gemm['recurrent_gemm_gflops']:.0f} GFLOP/s): GEMM bound {gemm['gemm_bound_seconds']:.3f} s"
+        )
+        from lstm_doctor import fused
+
+        values = T * B * H
+        per_sequence = T * H * fused.SAVED_SECONDS_PER_VALUE
+        print(
+            f"--engine auto in a fresh process with the kernel compiled: "
+            f"{'fused' if values * fused.SAVED_SECONDS_PER_VALUE > fused.LOAD_SECONDS else 'numpy'} at B={B} "
+            f"(fused saves ~{values * fused.SAVED_SECONDS_PER_VALUE:.2f} s, loading it costs ~{fused.LOAD_SECONDS} s); "
+            f"fused from about {int(fused.LOAD_SECONDS / per_sequence) + 1} sequences of this shape"
         )
         result.update({"workload": {"T": T, "B": B, "D": D, "H": H}, "rows": rows, "gemm": gemm,
                        "max_abs_diff_vs_torch": diff})

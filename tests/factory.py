@@ -120,3 +120,17 @@ def write_onnx_lstm(path, D: int, H: int, seed: int = 3) -> None:
         inits,
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+
+
+def stat_fields(st) -> dict:
+    """Every numeric field of a DirectionStats, its gates' and its terms', by name."""
+    out = {}
+    for name, value in vars(st).items():
+        if isinstance(value, (np.ndarray, int, float)):
+            out[name] = value
+    for g, gs in st.gates.items():
+        for name, value in vars(gs).items():
+            out[f"{g}.{name}"] = value
+    for name, value in vars(st.terms).items():
+        out[f"terms.{name}"] = value
+    return out

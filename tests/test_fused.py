@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factory import model, normal_inputs, with_acts
+from factory import model, normal_inputs, stat_fields, with_acts
 
 from lstm_doctor import fused
 from lstm_doctor.load.inputs import InputSource
@@ -20,19 +20,6 @@ from lstm_doctor.pipeline import SAMPLE_FIELDS, CaptureOptions, capture
 from lstm_doctor.scan import resolve_engine
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is a dependency of pytensor")
-
-
-def _fields(st):
-    out = {}
-    for name, value in vars(st).items():
-        if isinstance(value, (np.ndarray, int, float)):
-            out[name] = value
-    for g, gs in st.gates.items():
-        for name, value in vars(gs).items():
-            out[f"{g}.{name}"] = value
-    for name, value in vars(st.terms).items():
-        out[f"terms.{name}"] = value
-    return out
 
 
 def _both(m, x, lengths=None, **options):
@@ -47,7 +34,7 @@ def _assert_same(a, b, rtol=2e-5, atol=2e-6):
     """Integer statistics equal (up to ±1 per 1,000 for counts on a threshold,
     where 2 ulp can tip a value over), floats to float32 rounding."""
     for key in a.directions:
-        fa, fb = _fields(a.directions[key]), _fields(b.directions[key])
+        fa, fb = stat_fields(a.directions[key]), stat_fields(b.directions[key])
         assert fa.keys() == fb.keys()
         for name in fa:
             va, vb = np.asarray(fa[name]), np.asarray(fb[name])
@@ -187,7 +174,7 @@ def test_float64_models_fall_back_to_the_numpy_loop():
     x = normal_inputs(n=10, T=5, D=4).astype(np.float64)
     a, b = _both(m, x)
     for key in a.directions:
-        fa, fb = _fields(a.directions[key]), _fields(b.directions[key])
+        fa, fb = stat_fields(a.directions[key]), stat_fields(b.directions[key])
         for name in fa:
             np.testing.assert_array_equal(fa[name], fb[name], err_msg=name)
 

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from factory import model, normal_inputs
+from factory import model, normal_inputs, stat_fields
 
 from lstm_doctor.load.inputs import InputSource
 from lstm_doctor.model import reorder_gates
 from lstm_doctor.pipeline import CaptureOptions, capture
 from lstm_doctor.stats import EncodingStats, axis_correlations
-
-
-def _fields(st):
-    out = {}
-    for name, value in vars(st).items():
-        if isinstance(value, np.ndarray) or isinstance(value, (int, float)):
-            out[name] = value
-    for g, gs in st.gates.items():
-        for name, value in vars(gs).items():
-            out[f"{g}.{name}"] = value
-    for name, value in vars(st.terms).items():
-        out[f"terms.{name}"] = value
-    return out
 
 
 def test_chunk_size_does_not_change_the_statistics():
@@ -34,7 +21,7 @@ def test_chunk_size_does_not_change_the_statistics():
     one = capture(m, InputSource(x, "btd", lengths=lengths), CaptureOptions(chunk_size=37))
     many = capture(m, InputSource(x, "btd", lengths=lengths), CaptureOptions(chunk_size=5))
     for key in one.directions:
-        a, b = _fields(one.directions[key]), _fields(many.directions[key])
+        a, b = stat_fields(one.directions[key]), stat_fields(many.directions[key])
         for name in a:
             np.testing.assert_allclose(a[name], b[name], rtol=1e-9, atol=1e-9, err_msg=f"{key} {name}")
     assert one.encoding.mean_pairwise_cosine() == np.float64(many.encoding.mean_pairwise_cosine()) or np.isclose(
