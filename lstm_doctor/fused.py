@@ -15,18 +15,20 @@ so both engines give the same statistics to float rounding (tested in
 Shapes: T steps, B sequences, D input features, H units. Stacked arrays are
 in ``reference.STEP_ORDER`` (i, f, o, g), as the NumPy engine's.
 
-Precision. σ and tanh are computed to within 2 ulp of NumPy's (float32)
-with vectorisable code: tanh(x) is Cephes' odd polynomial for |x| < 0.625
-and 1 − 2/(e^{2|x|} + 1) above, with e^y = p(r)·2^n (r = y − n·ln 2, Cephes'
-degree-6 polynomial) and 2^n formed by an integer shift, since the CPU's
-vector units have no tanh and Numba's scalar libm call would not vectorise.
-σ(z) = 0.5·tanh(0.5·z) + 0.5, as ``activations._sigmoid``. Moments are
-accumulated in float64 (deviations from the step's first valid row, as in
-``DirectionReducer``). Only float32 models take this engine.
+Precision. σ and tanh are computed within 2 ulp of NumPy's (float32) with
+vectorisable code (``_fused_kernels.tanh32``, ``sigmoid32``): Cephes'
+polynomials, with 2^n made by an LLVM bit cast, because Numba's libm calls do
+not vectorise. σ(z) = 1/(1 + e^{−z}), which keeps the relative precision of
+small σ. Sums of squares and deviation moments are float32 within a step (as
+the NumPy engine's) and float64 across steps; deviations are taken from the
+step's first valid row, as in ``DirectionReducer``. The element-wise
+arithmetic is not contracted into FMAs, so c and h round as NumPy's do. Only
+float32 models take this engine.
 
-Numba is a dependency of PyTensor, so it is always installed; its import
-(about 1 s) and the kernel's one-time compile (cached on disk) are why
-``resolve_engine`` picks this engine only for workloads where it pays.
+Numba is a dependency of PyTensor, so it is always installed. Loading it with
+the cached kernel costs about 0.8 s, the first compile about 20 s (cached on
+disk); ``worth_it`` weighs that against what a run saves, and
+``scan.resolve_engine`` uses it for ``--engine auto``.
 """
 
 from __future__ import annotations
@@ -73,9 +75,10 @@ _KERNELS = None
 
 
 def available() -> bool:
-    """Whether Numba can be imported (it comes with PyTensor)."""
+    """Whether the kernels load: Numba imports (it comes with PyTensor) and it
+    found somewhere to cache them (else defining them raises)."""
     try:
-        import numba  # noqa: F401
+        kernels()
     except Exception:
         return False
     return True
@@ -127,8 +130,7 @@ def kernels():
     global _KERNELS
     if _KERNELS is None:
         with warnings.catch_warnings():
-            # a read-only install cannot cache: Numba warns and compiles in memory
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # Numba's deprecation notices are not the user's concern
             from . import _fused_kernels
 
             _KERNELS = _fused_kernels
@@ -149,12 +151,17 @@ def run_direction(
     """Like ``reference.run_direction``, with the step fused when it can be.
 
     The fused path needs capture "stats", a ``stats.DirectionReducer`` as the
-    observer and a float32 model; anything else runs the NumPy engine, which
-    computes the same values.
+    observer, a float32 model and kernels that load; anything else runs the
+    NumPy engine, which computes the same values.
     """
     from .stats import DirectionReducer
 
-    if capture != CAPTURE_STATS or not isinstance(observer, DirectionReducer) or not supports(params.dtype):
+    if (
+        capture != CAPTURE_STATS
+        or not isinstance(observer, DirectionReducer)
+        or not supports(params.dtype)
+        or not available()
+    ):
         return numpy_run_direction(
             params, layer, x, mask, capture, observer=observer, keep=keep, keep_fields=keep_fields
         )
