@@ -191,3 +191,24 @@ def test_input_statistics_match_with_the_compiled_pass():
     for name in ("sum_d", "sumsq_d", "min_d", "max_d"):
         np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-12, err_msg=name)
     assert (a.zeros, a.nonfinite, a.count, a.n) == (b.zeros, b.nonfinite, b.count, b.n) and b.nonfinite == 2
+
+
+def test_the_bundled_case_gives_the_same_findings_on_both_engines():
+    # CASE.md's encoder: every finding, its location and its severity agree;
+    # messages may differ in the last digits of float statistics only.
+    from pathlib import Path
+
+    from lstm_doctor.load import load_model
+
+    from factory import run
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "tweet2vec_like"
+    m = load_model(str(folder / "broken"))
+    x = np.load(folder / "conv_output.npy")
+    found = {}
+    for engine in ("numpy", "fused"):
+        analysis, cap = run(m, x, engine=engine)
+        assert cap.engine == engine
+        found[engine] = sorted((f.code, f.severity, str(f.location)) for f in analysis.findings)
+    assert found["fused"] == found["numpy"]
+    assert {"S301", "A201", "C401", "H601"} <= {code for code, _, _ in found["fused"]}
