@@ -1,6 +1,6 @@
 """The capture stage: run a whole model over one chunk of sequences.
 
-Two engines compute the same instrumented step and return the same
+The engines compute the same instrumented step and return the same
 ``StepRecord`` (see ``lstm_doctor.reference``):
 
 - ``pytensor``: the symbolic ``scan`` (``lstm_doctor.symbolic``), the engine of
@@ -42,10 +42,15 @@ def resolve_engine(name: str, model: LSTMModel, T: int, n_sequences: int) -> str
     """The engine that ``name`` stands for on this workload: "auto" becomes
     "fused" for a float32 model when Numba imports and the run is large enough
     to repay loading (or, the first time, compiling) the kernel
-    (``fused.worth_it``), else "numpy". Other names are returned as they are."""
-    if name != "auto":
+    (``fused.worth_it``), else "numpy". "fused" becomes "numpy" where it cannot
+    run (a float64 model, kernels that do not load), so that the report names
+    the engine that did. Other names are returned as they are."""
+    if name not in ("auto", "fused"):
         return name
     from . import fused
+
+    if name == "fused":
+        return "fused" if fused.supports(model.dtype) and fused.available() else "numpy"
 
     values = T * n_sequences * sum(layer.H for _, _, layer, _ in model.units())
     if fused.supports(model.dtype) and fused.worth_it(values) and fused.available():
