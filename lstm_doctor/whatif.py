@@ -104,6 +104,7 @@ from .load.inputs import InputSource
 from .model import SIGMOID_GATES, Layer, LSTMModel, make_direction
 
 DEFAULT_SAMPLE = 256  # sequences re-run for every fix
+EXPECTED_CAPTURES = 8  # captures of the sample in a typical experiment (the bundled example's)
 RECURRENT_TARGET = 1.0  # rescale-recurrent: spectral norm × cell-output bound per gate block
 FORGET_BIAS = 1.0  # forget-bias-1 (Gers et al. 2000; Jozefowicz et al. 2015)
 SCORE_TOLERANCE = 0.005  # a score must improve by more than this to count
@@ -674,6 +675,13 @@ def run_experiment(
         raise InputError(f"inputs have D={source.D} features but the model's W expects D={model.D}", source.path)
     sample = sample_source(source, options.sample_size)
     base_state = State(model, sample)
+    # One engine for every run: "auto" weighs the whole experiment (a baseline,
+    # each fix alone and the cumulative path, about EXPECTED_CAPTURES captures
+    # of the sample), not one capture, against the cost of loading a kernel.
+    from .scan import resolve_engine
+
+    engine = resolve_engine(options.engine, model, sample.T, sample.n_sequences * EXPECTED_CAPTURES)
+    options = replace(options, engine=engine)
     cache: dict[frozenset, Run | Outcome] = {}
 
     def run_set(fix_ids: Iterable[str]) -> Run | Outcome:
