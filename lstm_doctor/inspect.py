@@ -68,6 +68,7 @@ def describe(model: LSTMModel) -> dict:
                 "H": layer.H,
                 "bidirectional": layer.bidirectional,
                 "go_backwards": layer.go_backwards,
+                "output_reversed": layer.output_reversed,
                 "activations": {
                     "gate": layer.activations.gate,
                     "candidate": layer.activations.candidate,
@@ -129,6 +130,8 @@ def render_text(description: dict) -> str:
         kind = "bidirectional" if layer["bidirectional"] else (
             "go_backwards" if layer["go_backwards"] else "forward"
         )
+        if layer.get("output_reversed"):
+            kind += " (outputs handed on last step first)"
         lines.append("")
         lines.append(
             f"layer {layer['index']}: D={layer['D']} H={layer['H']} {kind}; "

@@ -209,6 +209,11 @@ class Layer:
     ``go_backwards`` (Keras' flag, ONNX ``direction="reverse"``): the layer has
     one direction, and it runs over the sequence from the end. It is then
     reported as direction "rev" and its weights live in ``forward``.
+
+    ``output_reversed`` (with ``go_backwards``): the layer hands its outputs to
+    the next layer in processing order, last input step first, as Keras does
+    for ``go_backwards=True``. Without it (ONNX, Lasagne) they are handed on in
+    input time order.
     """
 
     forward: DirectionParams
@@ -216,10 +221,13 @@ class Layer:
     activations: Activations = field(default_factory=Activations)
     clip: float | None = None
     go_backwards: bool = False
+    output_reversed: bool = False
 
     def __post_init__(self):
         if self.go_backwards and self.backward is not None:
             raise ModelError("a bidirectional layer cannot also be go_backwards")
+        if self.output_reversed and not self.go_backwards:
+            raise ModelError("only a go_backwards layer can hand its outputs on reversed")
 
     @property
     def bidirectional(self) -> bool:

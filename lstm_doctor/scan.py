@@ -132,7 +132,17 @@ def run_chunk(
                 extra["observer"] = observers.get((k, direction))
             if direction == "rev":
                 rec = run(params, layer, reverse_padded(layer_input, lengths), mask, capture, **extra)
-                outputs.append(reverse_padded(rec.h, lengths))
+                if layer.output_reversed and k + 1 < len(model.layers):
+                    # Keras go_backwards: the next layer reads the outputs in processing order
+                    if lengths is not None:
+                        raise ConfigError(
+                            f"layer {k} hands its outputs on reversed (Keras go_backwards) and feeds "
+                            "another layer: with sequence lengths Keras reverses the padding too, "
+                            "which is not modelled; run without lengths or choose one layer"
+                        )
+                    outputs.append(rec.h)
+                else:
+                    outputs.append(reverse_padded(rec.h, lengths))
             else:
                 rec = run(params, layer, layer_input, mask, capture, **extra)
                 outputs.append(rec.h)

@@ -300,7 +300,9 @@ def test_keras_go_backwards(keras, tmp_path):
     assert [d for d, _ in loaded.layers[0].directions()] == ["rev"]
 
 
-def test_keras_go_backwards_feeding_another_lstm_is_refused(keras, tmp_path):
+def test_keras_go_backwards_feeding_another_lstm(keras, tmp_path):
+    # Keras hands a go_backwards layer's sequence to the next layer last step
+    # first; the stack must read it in that order to match Keras' outputs.
     model = keras.Sequential(
         [
             keras.Input((6, 3)),
@@ -308,11 +310,15 @@ def test_keras_go_backwards_feeding_another_lstm_is_refused(keras, tmp_path):
             keras.layers.LSTM(2, return_sequences=True, name="top"),
         ]
     )
-    model.save(tmp_path / "gb.keras")
-    with pytest.raises(ModelError, match="go_backwards=True and feeds another LSTM"):
-        load_model(tmp_path / "gb.keras")
+    loaded = _keras_roundtrip(keras, tmp_path, model, name="gb")
+    assert loaded.layers[0].go_backwards and loaded.layers[0].output_reversed
+    assert not loaded.layers[1].go_backwards
     one = load_model(tmp_path / "gb.keras", options=LoadOptions(layer_name="back"))
     assert one.layers[0].go_backwards and len(one.layers) == 1
+    # with lengths Keras reverses the padding too: refused, not silently different
+    x = X_BTD.transpose(1, 0, 2)
+    with pytest.raises(ConfigError, match="hands its outputs on reversed"):
+        run_chunk(loaded, x, np.full(x.shape[1], x.shape[0] - 1))
 
 
 def test_keras_weights_file_needs_its_config(keras, tmp_path):

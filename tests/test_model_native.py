@@ -94,3 +94,33 @@ def test_spec_errors_name_the_key_or_line(tmp_path, spec, needle):
     with pytest.raises((ConfigError, ModelError)) as err:
         load_model(tmp_path)
     assert needle in str(err.value)
+
+
+def test_native_format_keeps_go_backwards_and_output_order(tmp_path):
+    from dataclasses import replace
+
+    m = model(3, 4, layers=2)
+    m = replace(m, layers=(replace(m.layers[0], go_backwards=True, output_reversed=True), m.layers[1]))
+    native.save(m, tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    assert [(layer.go_backwards, layer.output_reversed) for layer in back.layers] == [(True, True), (False, False)]
+    x = np.random.default_rng(0).standard_normal((5, 7, 3)).astype(np.float32)
+    want, got = run_chunk(m, x), run_chunk(back, x)
+    for key in want:
+        np.testing.assert_array_equal(got[key].h, want[key].h)
+    # reading the outputs in processing order changes what the next layer sees
+    plain = replace(m, layers=(replace(m.layers[0], output_reversed=False), m.layers[1]))
+    assert not np.allclose(run_chunk(plain, x)[(1, "fwd")].h, want[(1, "fwd")].h)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [('go_backwards = "yes"', "must be true or false"), ("output_reversed = true", "only a go_backwards layer")],
+)
+def test_native_layer_flags_are_checked(tmp_path, line, message):
+    native.save(model(3, 4), tmp_path / "m")
+    spec = tmp_path / "m" / "lstm.toml"
+    text = spec.read_text()
+    spec.write_text(text.replace("[layers.activations]", line + "\n[layers.activations]", 1))
+    with pytest.raises(ConfigError, match=message):
+        load_model(tmp_path / "m")

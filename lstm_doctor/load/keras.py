@@ -30,7 +30,8 @@ both the candidate and the cell output. ``hard_sigmoid`` is Keras 3's
 ``relu6(x + 3) / 6`` (``hard_sigmoid6``) in files of Keras ≥ 3, and the
 older ``clip(0.2·x + 0.5, 0, 1)`` (``hard_sigmoid``) before; the version comes
 from the file (or, when absent, from the style of the config, noted).
-``go_backwards`` layers become ``Layer(go_backwards=True)``; ``Bidirectional``
+``go_backwards`` layers become ``Layer(go_backwards=True, output_reversed=True)``
+(Keras hands their sequence on last step first); ``Bidirectional``
 wrappers a two-direction layer (``merge_mode="concat"`` when another LSTM
 follows). Several LSTM layers are stacked when each feeds the next directly
 (only inference-time identities such as ``Dropout`` between them); otherwise
@@ -610,7 +611,8 @@ def _layer(entry: Entry, source: Source, major, notes: list[str]) -> Layer:
             f"{entry.name}: Bidirectional merge_mode={entry.merge_mode!r}; lstm_doctor reports "
             "the two directions separately (their concatenation as the encoding)"
         )
-    return Layer(fwd, rev, acts, go_backwards=go_backwards)
+    # Keras returns a go_backwards layer's sequence in processing order
+    return Layer(fwd, rev, acts, go_backwards=go_backwards, output_reversed=go_backwards)
 
 
 def _stackable(entries: list[Entry], containers: dict[int, list[dict]]) -> bool:
@@ -674,12 +676,6 @@ def _load(path: Path, options) -> LSTMModel:
         for k, entry in enumerate(chosen):
             layer = _layer(entry, source, major, notes)
             if k < len(chosen) - 1:
-                if layer.go_backwards:
-                    raise ModelError(
-                        f"layer {entry.name!r} has go_backwards=True and feeds another LSTM: "
-                        "Keras passes its outputs on in reversed order, which lstm_doctor's "
-                        "stacking does not model yet; choose one layer with --layer-name"
-                    )
                 if entry.merge_mode not in (None, "concat"):
                     raise ModelError(
                         f"layer {entry.name!r} merges its directions with {entry.merge_mode!r} "

@@ -21,6 +21,8 @@ Example spec (all keys but ``weights`` are optional; defaults shown)::
     b = "b"                      # "peephole", "h0", "c0" when present
     # peephole = "peephole"      # (3, H): rows p_i, p_f, p_o
     # clip = 3.0                 # clip pre-activations to [-clip, clip]
+    # go_backwards = false       # one direction, run from the last step (reported "rev")
+    # output_reversed = false    # go_backwards: outputs handed on last step first (Keras)
     # [layers.rev]               # backward direction of a bidirectional layer
     # W = "W_rev"  ...
     # [layers.activations]       # override for this layer
@@ -133,7 +135,10 @@ def load(path: Path, options) -> LSTMModel:
     multi = len(layer_specs) > 1
     layers = []
     for k, lspec in enumerate(layer_specs):
-        _allowed(lspec, set(ROLES) | {"rev", "activations", "clip"}, f"layers[{k}].", spec_file)
+        _allowed(
+            lspec, set(ROLES) | {"rev", "activations", "clip", "go_backwards", "output_reversed"},
+            f"layers[{k}].", spec_file,
+        )
         acts = default_acts
         if "activations" in lspec:
             try:
@@ -150,7 +155,16 @@ def load(path: Path, options) -> LSTMModel:
                 rspec, f"l{k}.rev.", arrays, gate_order, dtype, f"layer {k} rev", weights_path
             )
         clip = lspec.get("clip")
-        layers.append(Layer(fwd, rev, acts, None if clip is None else float(clip)))
+        flags = {}
+        for key in ("go_backwards", "output_reversed"):
+            value = lspec.get(key, False)
+            if not isinstance(value, bool):
+                raise ConfigError(f"layers[{k}].{key} must be true or false, not {value!r}", spec_file)
+            flags[key] = value
+        try:
+            layers.append(Layer(fwd, rev, acts, None if clip is None else float(clip), **flags))
+        except ModelError as exc:
+            raise ConfigError(f"layers[{k}]: {exc}", spec_file) from None
     notes = meta.get("notes", [])
     return LSTMModel(
         layers=tuple(layers),
@@ -198,17 +212,25 @@ def save(model: LSTMModel, folder: Path, notes: tuple[str, ...] = ()) -> Path:
     ]
     for k, layer in enumerate(model.layers):
         lines.append("[[layers]]")
-        # Plain keys first: a sub-table header ends the layer's own keys.
-        for direction, params in layer.directions():
-            prefix = f"l{k}." + ("rev." if direction == "rev" else "")
+        # Plain keys first: a sub-table header ends the layer's own keys. The
+        # weights of a go_backwards layer live in ``forward`` (its direction is
+        # reported "rev"); [layers.rev] is a bidirectional layer's backward one.
+        for table, params in (("fwd", layer.forward), ("rev", layer.backward)):
+            if params is None:
+                continue
+            prefix = f"l{k}." + ("rev." if table == "rev" else "")
             role_lines = []
             for role, arr in params.arrays().items():
                 arrays[prefix + role] = arr
                 role_lines.append(f'{role} = "{prefix + role}"')
-            if direction == "fwd":
+            if table == "fwd":
                 lines += role_lines
                 if layer.clip is not None:
                     lines.append(f"clip = {layer.clip}")
+                if layer.go_backwards:
+                    lines.append("go_backwards = true")
+                if layer.output_reversed:
+                    lines.append("output_reversed = true")
                 lines.append("[layers.activations]")
                 for role in ("gate", "candidate", "cell_output"):
                     lines.append(f'{role} = "{getattr(layer.activations, role)}"')
