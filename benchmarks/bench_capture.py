@@ -108,10 +108,14 @@ def make_model(D: int, H: int, seed: int = 0):
 
 def implementations(model, x_btd: np.ndarray, *, pytensor: bool, keras: bool, torch_ok: bool) -> dict:
     """name -> zero-argument callable running the workload once."""
+    from lstm_doctor.capture.engines import run_chunk
+    from lstm_doctor.capture.numpy_loop import (
+        CAPTURE_FULL,
+        CAPTURE_HIDDEN,
+        run_direction,
+    )
+    from lstm_doctor.capture.pipeline import CaptureOptions, capture
     from lstm_doctor.load.inputs import InputSource
-    from lstm_doctor.pipeline import CaptureOptions, capture
-    from lstm_doctor.reference import CAPTURE_FULL, CAPTURE_HIDDEN, run_direction
-    from lstm_doctor.scan import run_chunk
 
     layer = model.layers[0]
     params = layer.forward
@@ -169,7 +173,7 @@ def check_agreement(model, x_btd, torch_ok: bool) -> float | None:
         return None
     import torch
 
-    from lstm_doctor.reference import CAPTURE_HIDDEN, run_direction
+    from lstm_doctor.capture.numpy_loop import CAPTURE_HIDDEN, run_direction
 
     params = model.layers[0].forward
     x_tbd = np.ascontiguousarray(x_btd.transpose(1, 0, 2))
@@ -256,8 +260,8 @@ def print_table(times: dict[str, list[float]], T, B, D, H) -> dict:
 
 def scaling(repeats: int, torch_ok: bool) -> list[dict]:
     """Time of the default capture against N (sequences), T and H, with the GEMM bound."""
+    from lstm_doctor.capture.pipeline import CaptureOptions, capture
     from lstm_doctor.load.inputs import InputSource
-    from lstm_doctor.pipeline import CaptureOptions, capture
 
     grid = []
     for N in (64, 128, 256, 512, 1024):
@@ -341,7 +345,7 @@ def main(argv=None) -> int:
         pytensor = False
         if not args.no_pytensor:
             try:
-                import lstm_doctor.symbolic  # noqa: F401
+                import lstm_doctor.capture.symbolic.scan  # noqa: F401
 
                 pytensor = True
                 import pytensor as pt_module
@@ -377,7 +381,7 @@ def main(argv=None) -> int:
             f"({gemm['input_gemm_gflops']:.0f} GFLOP/s), {T} recurrent GEMMs {gemm['recurrent_gemms_seconds']:.3f} s "
             f"({gemm['recurrent_gemm_gflops']:.0f} GFLOP/s): GEMM bound {gemm['gemm_bound_seconds']:.3f} s"
         )
-        from lstm_doctor import fused
+        from lstm_doctor.capture.fused import engine as fused
 
         values = T * B * H
         per_sequence = T * H * fused.SAVED_SECONDS_PER_VALUE

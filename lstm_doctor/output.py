@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
+from lstm_doctor.errors import UserError
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 
 from lstm_doctor.analyzers import AnalysisConfig, analyze
+from lstm_doctor.capture.pipeline import CaptureOptions, capture
 from lstm_doctor.load.inputs import InputSource
 from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
-from lstm_doctor.pipeline import CaptureOptions, capture
 
 
 def direction(D, H, *, init="torch", forget_bias=None, seed=0, peephole=None, dtype=np.float32):

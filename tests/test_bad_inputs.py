@@ -22,11 +22,10 @@ os.environ.setdefault("KERAS_BACKEND", "numpy")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-
 from factory import direction, normal_inputs, write_onnx_lstm  # noqa: E402
 
-from lstm_doctor import budget  # noqa: E402
-from lstm_doctor.cli import cli  # noqa: E402
+from lstm_doctor.capture import budget  # noqa: E402
+from lstm_doctor.cli.main import cli  # noqa: E402
 from lstm_doctor.load import native  # noqa: E402
 from lstm_doctor.model import Activations, Layer, LSTMModel  # noqa: E402
 
@@ -344,7 +343,7 @@ def test_max_memory_refuses_before_allocating(valid, tmp_path, monkeypatch):
     # (sparse), expensive once captured. The capture must never start.
     big = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(20_000, 500, D))
     del big
-    from lstm_doctor import pipeline
+    from lstm_doctor.capture import pipeline
 
     def no_capture(*a, **k):
         raise AssertionError("capture started despite the memory budget")

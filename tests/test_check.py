@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_reports import (
+    errors,  # the schema validator (report, check, baseline, compare)
+)
 
-from lstm_doctor.cli import cli
-from test_reports import errors  # the schema validator (report, check, baseline, compare)
+from lstm_doctor.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tweet2vec_like"

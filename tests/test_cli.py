@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from factory import direction, normal_inputs
 
 from lstm_doctor.analyzers import RULES
-from lstm_doctor.cli import cli
+from lstm_doctor.capture.engines import run_chunk
+from lstm_doctor.cli.main import cli
 from lstm_doctor.load import native
 from lstm_doctor.model import Activations, Layer, LSTMModel
-from lstm_doctor.scan import run_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tweet2vec_like"
@@ -52,7 +51,7 @@ def healthy_model(tmp_path_factory):
 
 def test_help_and_version_do_not_import_heavy_modules():
     code = (
-        "import sys; from lstm_doctor.cli import main; sys.argv=['lstm-doctor','--help'];\n"
+        "import sys; from lstm_doctor.cli.main import main; sys.argv=['lstm-doctor','--help'];\n"
         "try: main()\nexcept SystemExit: pass\n"
         "assert 'pytensor' not in sys.modules and 'matplotlib' not in sys.modules, "
         "[m for m in sys.modules if m.split('.')[0] in ('pytensor','matplotlib')]"

@@ -10,10 +10,9 @@ os.environ.setdefault("KERAS_BACKEND", "numpy")
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from factory import normal_inputs
 
-from lstm_doctor.cli import cli
+from lstm_doctor.cli.main import cli
 
 
 def invoke(*args):

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from factory import model, normal_inputs, stat_fields, with_acts
 
-from lstm_doctor import fused
+from lstm_doctor.capture.engines import resolve_engine
+from lstm_doctor.capture.fused import engine as fused
+from lstm_doctor.capture.pipeline import SAMPLE_FIELDS, CaptureOptions, capture
 from lstm_doctor.load.inputs import InputSource
-from lstm_doctor.pipeline import SAMPLE_FIELDS, CaptureOptions, capture
-from lstm_doctor.scan import resolve_engine
 
 
 def _both(m, x, lengths=None, **options):
@@ -84,8 +83,8 @@ def test_fused_statistics_with_lengths_clip_and_the_sample():
 
 
 def test_the_sample_record_of_a_peephole_model_keeps_every_term():
-    from lstm_doctor.reference import CAPTURE_STATS
-    from lstm_doctor.reference import run_direction as numpy_run
+    from lstm_doctor.capture.numpy_loop import CAPTURE_STATS
+    from lstm_doctor.capture.numpy_loop import run_direction as numpy_run
     from lstm_doctor.stats import DirectionStats, StatsConfig
 
     m = model(5, 6, seed=3, peephole=np.full((3, 6), -0.4, np.float32))
@@ -201,9 +200,9 @@ def test_the_bundled_case_gives_the_same_findings_on_both_engines():
     # messages may differ in the last digits of float statistics only.
     from pathlib import Path
 
-    from lstm_doctor.load import load_model
-
     from factory import run
+
+    from lstm_doctor.load import load_model
 
     folder = Path(__file__).resolve().parents[1] / "examples" / "tweet2vec_like"
     m = load_model(str(folder / "broken"))

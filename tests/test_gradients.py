@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from factory import case_like, conv_like, model, normal_inputs, run, with_weights
 
-from lstm_doctor import gradients, reference
 from lstm_doctor.analyzers import AnalysisConfig, analyze
+from lstm_doctor.capture import numpy_loop as reference
+from lstm_doctor.experiments import gradients
 from lstm_doctor.findings import Severity
 from lstm_doctor.model import make_direction
 

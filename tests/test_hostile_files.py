@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from lstm_doctor.cli import cli  # noqa: E402
+from lstm_doctor.cli.main import cli  # noqa: E402
 
 keras = pytest.importorskip("keras")
 h5py = pytest.importorskip("h5py")

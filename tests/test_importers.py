@@ -22,10 +22,10 @@ os.environ.setdefault("KERAS_BACKEND", "numpy")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from lstm_doctor.capture.engines import run_chunk, to_time_order  # noqa: E402
 from lstm_doctor.errors import ConfigError, ModelError  # noqa: E402
-from lstm_doctor.inspect import describe, render_text  # noqa: E402
+from lstm_doctor.jobs.inspect import describe, render_text  # noqa: E402
 from lstm_doctor.load import LoadOptions, detect_format, load_model  # noqa: E402
-from lstm_doctor.scan import run_chunk, to_time_order  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import make_fixtures  # noqa: E402

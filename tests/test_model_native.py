@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from factory import direction, model, normal_inputs
 
+from lstm_doctor.capture.engines import run_chunk
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.load import load_model, native
 from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
-from lstm_doctor.scan import run_chunk
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from factory import direction, normal_inputs
 
 from lstm_doctor import output as output_module
-from lstm_doctor.cli import cli
+from lstm_doctor.cli.main import cli
 from lstm_doctor.load import native
 from lstm_doctor.model import Activations, Layer, LSTMModel
 
@@ -101,7 +100,7 @@ def test_a_failure_at_rename_keeps_the_old_report(model, tmp_path, monkeypatch):
 
 
 def test_a_failure_while_rendering_keeps_the_old_report(model, tmp_path, monkeypatch):
-    from lstm_doctor import diagnose
+    from lstm_doctor.jobs import diagnose
 
     out = tmp_path / "report.json"
     out.write_text(OLD)
@@ -210,7 +209,8 @@ def test_check_reports_never_overwrite_an_input(model, tmp_path):
 
 
 def test_ctrl_c_during_the_capture(model, tmp_path, monkeypatch):
-    from lstm_doctor import pipeline, scan
+    from lstm_doctor.capture import engines as scan
+    from lstm_doctor.capture import pipeline
 
     calls = {"n": 0, "at": 2}
     real = scan.run_chunk

@@ -11,15 +11,14 @@ import jsonschema
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from factory import direction, normal_inputs
 
-from lstm_doctor.cli import cli
+from lstm_doctor.capture.engines import run_chunk
+from lstm_doctor.capture.pipeline import CaptureOptions, capture
+from lstm_doctor.cli.main import cli
 from lstm_doctor.load import native
 from lstm_doctor.load.inputs import InputSource
 from lstm_doctor.model import Activations, Layer, LSTMModel
-from lstm_doctor.pipeline import CaptureOptions, capture
-from lstm_doctor.scan import run_chunk
 
 
 def _model(dtype, D=4, H=6):

@@ -13,12 +13,12 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from factory import model, normal_inputs, run, with_acts, with_weights
 
-from lstm_doctor import observed, reference
 from lstm_doctor.analyzers import RULES, AnalysisConfig, analyze
-from lstm_doctor.cli import cli
+from lstm_doctor.capture import numpy_loop as reference
+from lstm_doctor.cli.main import cli
+from lstm_doctor.experiments import observed
 from lstm_doctor.findings import Severity
 
 H, D = 16, 8

@@ -23,16 +23,16 @@ os.environ.setdefault("KERAS_BACKEND", "numpy")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from factory import write_onnx_lstm  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from factory import write_onnx_lstm  # noqa: E402
 
 from lstm_doctor.analyzers import AnalysisConfig, analyze  # noqa: E402
+from lstm_doctor.capture.pipeline import CaptureOptions, capture  # noqa: E402
 from lstm_doctor.errors import UserError  # noqa: E402
 from lstm_doctor.load import LoadOptions, load_model, native  # noqa: E402
 from lstm_doctor.load.inputs import InputSource, load_inputs  # noqa: E402
 from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction  # noqa: E402
-from lstm_doctor.pipeline import CaptureOptions, capture  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import make_fixtures  # noqa: E402

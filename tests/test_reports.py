@@ -11,8 +11,8 @@ import base64
 import copy
 import html
 import io
-import os
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,10 +27,10 @@ import pytest
 from click.testing import CliRunner
 
 from lstm_doctor.analyzers import RULES
-from lstm_doctor.cli import cli
-from lstm_doctor.diagnose import DiagnoseOptions, run_diagnosis
+from lstm_doctor.cli.main import cli
+from lstm_doctor.experiments.observed import declared_config, simulate
+from lstm_doctor.jobs.diagnose import DiagnoseOptions, run_diagnosis
 from lstm_doctor.load import load_model
-from lstm_doctor.observed import declared_config, simulate
 from lstm_doctor.report import REPORTERS, RenderOptions, load_schema
 from lstm_doctor.report.build import HEATMAP_STEPS, HEATMAP_UNITS
 

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 from lstm_doctor.errors import ModelError
-from lstm_doctor.load import load_model
-from lstm_doctor.load import safepickle
+from lstm_doctor.load import load_model, safepickle
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import make_fixtures  # noqa: E402

@@ -1,6 +1,6 @@
 """Parity of the symbolic engine (PyTensor scan) with the NumPy reference.
 
-Both engines run through ``lstm_doctor.scan.run_chunk`` and must agree on every
+Both engines run through ``lstm_doctor.capture.engines.run_chunk`` and must agree on every
 field of every ``StepRecord``: max |diff| <= 1e-5 in float32 and <= 1e-10 in
 float64. Sizes are small (T <= 12, B <= 5, H <= 6); compiled functions are
 cached per graph configuration for the process, so each configuration below
@@ -12,16 +12,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstm_doctor.activations import ACTIVATIONS
+from lstm_doctor.capture.engines import run_chunk
+from lstm_doctor.capture.numpy_loop import (
+    CAPTURE_FULL,
+    CAPTURE_HIDDEN,
+    CAPTURE_STATS,
+    StepRecord,
+)
+from lstm_doctor.capture.numpy_loop import run_direction as reference_run_direction
 from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
-from lstm_doctor.reference import CAPTURE_FULL, CAPTURE_HIDDEN, CAPTURE_STATS, StepRecord
-from lstm_doctor.reference import run_direction as reference_run_direction
-from lstm_doctor.scan import run_chunk
+from lstm_doctor.model.activations import ACTIVATIONS
 
 # PyTensor, or Theano where only that is installed (LSTM_DOCTOR_BACKEND=theano).
-pytest.importorskip("lstm_doctor.backend")
+pytest.importorskip("lstm_doctor.capture.symbolic.backend")
 
-from lstm_doctor import symbolic  # noqa: E402
+from lstm_doctor.capture.symbolic import scan as symbolic  # noqa: E402
 
 FIELDS = (
     "h",

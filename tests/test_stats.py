@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-
 from factory import model, normal_inputs, stat_fields
 
+from lstm_doctor.capture.pipeline import CaptureOptions, capture
 from lstm_doctor.load.inputs import InputSource
 from lstm_doctor.model import reorder_gates
-from lstm_doctor.pipeline import CaptureOptions, capture
 from lstm_doctor.stats import EncodingStats, axis_correlations
 
 

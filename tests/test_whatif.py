@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from factory import model, normal_inputs
 from whatif_factory import (
     FIX_FOR,
@@ -23,11 +22,8 @@ from whatif_factory import (
 )
 
 from lstm_doctor.analyzers import RULES
-from lstm_doctor.cli import cli
-from lstm_doctor.load import LoadOptions, load_model, native
-from lstm_doctor.load.inputs import InputSource
-from lstm_doctor.model import GATES
-from lstm_doctor.whatif import (
+from lstm_doctor.cli.main import cli
+from lstm_doctor.experiments.whatif import (
     FIXES,
     State,
     WhatIfOptions,
@@ -39,6 +35,9 @@ from lstm_doctor.whatif import (
     run_experiment,
     sample_source,
 )
+from lstm_doctor.load import LoadOptions, load_model, native
+from lstm_doctor.load.inputs import InputSource
+from lstm_doctor.model import GATES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tweet2vec_like"
@@ -326,7 +325,7 @@ def test_write_fixed_centers_the_case_weights(tmp_path):
 
 
 def test_add_what_if_extends_a_diagnosis_report(saved):
-    from lstm_doctor.diagnose import DiagnoseOptions, run_diagnosis
+    from lstm_doctor.jobs.diagnose import DiagnoseOptions, run_diagnosis
     from lstm_doctor.load.inputs import load_inputs
     from lstm_doctor.report.whatif_text import render_text
 

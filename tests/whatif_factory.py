@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-
 from factory import case_like, conv_like, model, normal_inputs, with_acts, with_weights
 
 from lstm_doctor.load.inputs import InputSource

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..findings import Finding, Severity, is_selected
-from . import activation, cell, differential, hidden, inputs, saturation, weights  # noqa: F401  (register rules)
-from .registry import RULES, Context, Rule, with_explains
+from lstm_doctor.analyzers import (  # noqa: F401  (register rules)
+    activation,
+    cell,
+    differential,
+    hidden,
+    inputs,
+    saturation,
+    weights,
+)
+from lstm_doctor.analyzers.registry import RULES, Context, Rule, with_explains
+from lstm_doctor.findings import Finding, Severity, is_selected
 
 # What a root cause explains, on the same layer (CASE.md: W101 on U explains
 # S301, C401 and H601). Only error-level root causes claim explanations, and a

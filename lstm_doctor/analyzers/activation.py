@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..findings import Location
-from .registry import Context, Deferred, rule
+from lstm_doctor.analyzers.registry import Context, Deferred, rule
+from lstm_doctor.findings import Location
 
 np = Deferred("numpy")  # imported by the first check that runs
 
@@ -15,7 +15,7 @@ def hidden_fit(h: np.ndarray, o: np.ndarray, c: np.ndarray) -> dict[str, float]:
     negative and positive c. A hidden sequence that some code produced (the
     scan's own, or one a user observed) is compared with both hypotheses.
     """
-    from ..activations import get_activation
+    from lstm_doctor.model.activations import get_activation
 
     h, o, c = (np.asarray(a, dtype=np.float64) for a in (h, o, c))
     ok = np.isfinite(h) & np.isfinite(o) & np.isfinite(c)

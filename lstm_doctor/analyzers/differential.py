@@ -1,16 +1,16 @@
 """A204 (observed trace vs configuration), G701, G702 and H602 (gradient flow).
 
 The data comes from two optional stages that ``run_diagnosis`` runs after the
-capture and attaches to it: ``capture.observed`` (``lstm_doctor.observed.search``
+capture and attaches to it: ``capture.observed`` (``lstm_doctor.experiments.observed.search``
 on ``--observed FILE``) and ``capture.gradients``
-(``lstm_doctor.gradients.analyze_gradients``, with ``--gradients``). Without
+(``lstm_doctor.experiments.gradients.analyze_gradients``, with ``--gradients``). Without
 them these rules record why they were not evaluated.
 """
 
 from __future__ import annotations
 
-from ..findings import Location, Severity
-from .registry import Context, Deferred, rule
+from lstm_doctor.analyzers.registry import Context, Deferred, rule
+from lstm_doctor.findings import Location, Severity
 
 np = Deferred("numpy")
 
@@ -71,7 +71,7 @@ def check_observed(ctx: Context):
     if result is None:
         ctx.skip("A204", "needs an observed trace (--observed FILE)")
         return
-    from ..observed import describe_difference, equation, rank
+    from lstm_doctor.experiments.observed import describe_difference, equation, rank
 
     declared_cfg = result.declared.config
     limit = ctx.th("A204", "tolerance") * max(result.scale, 1e-12)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..findings import Location
-from .registry import Context, Deferred, rule
+from lstm_doctor.analyzers.registry import Context, Deferred, rule
+from lstm_doctor.findings import Location
 
 np = Deferred("numpy")  # imported by the first check that runs
 

@@ -7,8 +7,8 @@ run on probes too.
 
 from __future__ import annotations
 
-from ..findings import Location, Severity
-from .registry import Context, Deferred, rule
+from lstm_doctor.analyzers.registry import Context, Deferred, rule
+from lstm_doctor.findings import Location, Severity
 
 np = Deferred("numpy")  # imported by the first check that runs
 GATES = ("i", "f", "g", "o")  # lstm_doctor.model.GATES, without importing NumPy

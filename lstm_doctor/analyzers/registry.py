@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
-from ..errors import ConfigError
-from ..findings import Finding, Location, Severity
+from lstm_doctor.errors import ConfigError
+from lstm_doctor.findings import Finding, Location, Severity
 
 # |z| beyond which σ(z) is within 0.01 of 0 or 1 (RULES.md). The same value as
 # ``lstm_doctor.stats.LINEAR_RANGE``, repeated here so that registering the

@@ -11,15 +11,15 @@ saturation; saturation that switches with the input is reported as info.
 
 from __future__ import annotations
 
-from ..findings import Location, Severity
-from .registry import Context, Deferred, rule
+from lstm_doctor.analyzers.registry import Context, Deferred, rule
+from lstm_doctor.findings import Location, Severity
 
 np = Deferred("numpy")  # imported by the first check that runs
 SIGMOID_GATES = ("i", "f", "o")  # lstm_doctor.model.SIGMOID_GATES, without importing NumPy
 
 
 def cross_input_std(sum_tu, sumsq_tu, valid_t):
-    from ..stats import cross_input_std
+    from lstm_doctor.stats import cross_input_std
 
     return cross_input_std(sum_tu, sumsq_tu, valid_t)
 

@@ -7,8 +7,8 @@ tanh and σ) stands in, which is what a weight-only check can honestly say.
 
 from __future__ import annotations
 
-from ..findings import Location, Severity
-from .registry import LINEAR_RANGE, Context, Deferred, rule
+from lstm_doctor.analyzers.registry import LINEAR_RANGE, Context, Deferred, rule
+from lstm_doctor.findings import Location, Severity
 
 np = Deferred("numpy")  # imported by the first check that runs
 # lstm_doctor.model.GATES and PEEPHOLE_GATES, without importing NumPy

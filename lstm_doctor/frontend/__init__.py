@@ -16,6 +16,13 @@ when a symbolic conv stack is first compiled.
 
 from __future__ import annotations
 
-from .source import TEXT_SUFFIXES, FeatureArray, frontend_stats, is_text_inputs, stats_lines, text_source
+from lstm_doctor.frontend.source import (
+    TEXT_SUFFIXES,
+    FeatureArray,
+    frontend_stats,
+    is_text_inputs,
+    stats_lines,
+    text_source,
+)
 
 __all__ = ["TEXT_SUFFIXES", "FeatureArray", "frontend_stats", "is_text_inputs", "stats_lines", "text_source"]

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from lstm_doctor.errors import UserError
 
 GROUP = "lstm_doctor.featurizers"
 LAYOUT_SHAPES = {"btd": "(n texts, T, D)", "tbd": "(T, n texts, D)", "bct": "(n texts, D, T)"}

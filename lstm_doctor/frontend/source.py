@@ -26,10 +26,15 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InputError, UserError
-from . import plugins
-from . import tweet2vec as t2v
-from .text import TEXT_SUFFIXES, TextRecords, is_text_inputs, read_texts
+from lstm_doctor.errors import InputError, UserError
+from lstm_doctor.frontend import plugins
+from lstm_doctor.frontend import tweet2vec as t2v
+from lstm_doctor.frontend.text import (
+    TEXT_SUFFIXES,
+    TextRecords,
+    is_text_inputs,
+    read_texts,
+)
 
 __all__ = [
     "CACHE_BYTES",
@@ -292,7 +297,7 @@ class FeatureArray:
 
 
 def _builtin(records: TextRecords, model, model_path, layout, engine, clean, load_options, chunk):
-    from ..load import tweet2vec as t2v_load
+    from lstm_doctor.load import tweet2vec as t2v_load
 
     if model.source_format != "tweet2vec":
         raise InputError(
@@ -426,10 +431,9 @@ def text_source(
     it is "pytensor", else on the NumPy reference.
     The returned source's ``notes`` account for every skipped record.
     """
-    from ..load import load_model
-    from ..load.inputs import LAYOUTS, InputSource
-
-    from ..scan import ENGINES
+    from lstm_doctor.choices import ENGINES
+    from lstm_doctor.load import load_model
+    from lstm_doctor.load.inputs import LAYOUTS, InputSource
 
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")

@@ -27,8 +27,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
-from ..load import check_readable_file
+from lstm_doctor.errors import InputError
+from lstm_doctor.load import check_readable_file
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json")
 REASONS = {

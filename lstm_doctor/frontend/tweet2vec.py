@@ -61,7 +61,7 @@ channels-first, which the original code feeds the LSTM with axis 1 as time.
 
 ``conv_stack_numpy`` is the reference (a loop over the kernel taps with the
 flipped index written out); ``conv_stack_symbolic`` is the same stack as a
-graph on ``lstm_doctor.backend`` (PyTensor or Theano), written as im2col + one
+graph on ``lstm_doctor.capture.symbolic.backend`` (PyTensor or Theano), written as im2col + one
 ``tensordot`` per layer with the kernel reversed, compiled once per process
 with ``backend.compile_mode()``. The two formulations are tested to agree.
 """
@@ -74,7 +74,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from lstm_doctor.errors import InputError
 
 ALPHABET = "Pabcdefghijklmnopqrstuvwxyz0123456789-,;.!?:~'\"/\\|_@#$%^&*+-=<>()[]{}BESHU"
 N_ALPHABET = len(ALPHABET)  # 74
@@ -264,7 +264,7 @@ def conv_stack_numpy(x: np.ndarray, conv_params: ConvParams, dtype=np.float32, p
 
 
 # ---------------------------------------------------------------------------
-# Conv stack: symbolic (lstm_doctor.backend)
+# Conv stack: symbolic (lstm_doctor.capture.symbolic.backend)
 # ---------------------------------------------------------------------------
 
 _COMPILED: dict[tuple, object] = {}
@@ -272,7 +272,7 @@ _COMPILED: dict[tuple, object] = {}
 
 def _symbolic_stack(widths: tuple[int, ...], pools: tuple, dtype: str):
     """(inputs, output) of the stack's graph; ``widths`` fix the im2col slices."""
-    from .. import backend
+    from lstm_doctor.capture.symbolic import backend
 
     pt = backend.tensor
     x = pt.tensor3(name="x", dtype=dtype)
@@ -299,7 +299,7 @@ def _symbolic_stack(widths: tuple[int, ...], pools: tuple, dtype: str):
 
 def compiled_stack(widths: tuple[int, ...], dtype: str = "float32", pools=POOLS):
     """The compiled stack for these kernel widths and pools (cached for the process)."""
-    from .. import backend
+    from lstm_doctor.capture.symbolic import backend
 
     pools = tuple(pools[: len(widths)])
     key = (widths, pools, dtype, backend.NAME)

@@ -14,11 +14,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelError, UserError
-from ..model import LSTMModel
+from lstm_doctor.choices import MODEL_FORMATS
+from lstm_doctor.errors import ModelError, UserError
+from lstm_doctor.model import LSTMModel
 
 # Detection order matters: the most specific content checks first.
-FORMATS = ("native", "tweet2vec", "lasagne", "torch", "keras", "onnx")
+
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def _importer(fmt: str):
 def available_formats() -> list[str]:
     """Formats whose importer module exists in this installation."""
     out = []
-    for fmt in FORMATS:
+    for fmt in MODEL_FORMATS:
         try:
             _importer(fmt)
         except ModuleNotFoundError as exc:

@@ -22,10 +22,10 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import InputError
-from . import check_readable_file
+from lstm_doctor.choices import LAYOUTS
+from lstm_doctor.errors import InputError
+from lstm_doctor.load import check_readable_file
 
-LAYOUTS = ("btd", "tbd", "bct")
 PROBES = ("normal", "uniform", "zeros")
 
 

@@ -51,9 +51,15 @@ from typing import Any
 
 import numpy as np
 
-from ..activations import get_activation
-from ..errors import ConfigError, ModelError
-from ..model import Activations, Layer, LSTMModel, make_direction, reorder_gates
+from lstm_doctor.errors import ConfigError, ModelError
+from lstm_doctor.model import (
+    Activations,
+    Layer,
+    LSTMModel,
+    make_direction,
+    reorder_gates,
+)
+from lstm_doctor.model.activations import get_activation
 
 MAX_DATASET_BYTES = 2 << 30
 MAX_MEMBER_BYTES = 16 << 30

@@ -45,11 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..activations import get_activation
-from ..errors import ConfigError, ModelError
-from ..model import Activations, Layer, LSTMModel, make_direction
-from . import safepickle
-from .tweet2vec import preset_activations
+from lstm_doctor.errors import ConfigError, ModelError
+from lstm_doctor.load import safepickle
+from lstm_doctor.load.tweet2vec import preset_activations
+from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
+from lstm_doctor.model.activations import get_activation
 
 GATES = ("ingate", "forgetgate", "cell", "outgate")
 PEEPHOLES = ("W_cell_to_ingate", "W_cell_to_forgetgate", "W_cell_to_outgate")

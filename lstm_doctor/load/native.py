@@ -39,8 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
-from ..model import Activations, Layer, LSTMModel, make_direction, reorder_gates
+from lstm_doctor.errors import ConfigError, ModelError
+from lstm_doctor.model import (
+    Activations,
+    Layer,
+    LSTMModel,
+    make_direction,
+    reorder_gates,
+)
 
 SPEC_NAME = "lstm.toml"
 ROLES = ("W", "U", "b", "peephole", "h0", "c0")

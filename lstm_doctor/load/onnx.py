@@ -34,9 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..activations import get_activation
-from ..errors import ConfigError, ModelError
-from ..model import Activations, Layer, LSTMModel, make_direction, reorder_gates
+from lstm_doctor.errors import ConfigError, ModelError
+from lstm_doctor.model import (
+    Activations,
+    Layer,
+    LSTMModel,
+    make_direction,
+    reorder_gates,
+)
+from lstm_doctor.model.activations import get_activation
 
 ONNX_ORDER = "iofc"
 PASS_THROUGH = ("Squeeze", "Transpose", "Reshape", "Identity", "Cast")

@@ -49,7 +49,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ModelError
+from lstm_doctor.errors import ModelError
 
 # Refuse single arrays and decompressed streams beyond these sizes (bytes): a
 # malformed or hostile header must not make us allocate without bound.

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
-from ..model import Activations, Layer, LSTMModel, make_direction
-from . import safepickle
+from lstm_doctor.errors import ConfigError, ModelError
+from lstm_doctor.load import safepickle
+from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 MAX_STORAGE_BYTES = safepickle.MAX_ARRAY_BYTES

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
-from ..model import Activations, Layer, LSTMModel, make_direction
-from . import safepickle
+from lstm_doctor.errors import ConfigError, ModelError
+from lstm_doctor.load import safepickle
+from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
 
 GATE_WORDS = ("input", "forget", "cell", "output")
 LSTM_NAMES = ("h_beg", "cell_beg", "W_pci", "W_pcf", "W_pco") + tuple(

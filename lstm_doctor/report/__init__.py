@@ -3,7 +3,7 @@
 ``REPORTERS`` maps each ``--format`` name to ``render(report, options) -> str | bytes``,
 where ``report`` is the JSON-able dict built by ``build_report`` and
 ``options`` is a ``RenderOptions``. Adding a format means adding one entry here
-(and its name to ``lstm_doctor.cli.REPORT_FORMATS``).
+(and its name to ``lstm_doctor.choices.REPORT_FORMATS``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .build import SCHEMA_VERSION, build_report, to_json
+from lstm_doctor.report.build import SCHEMA_VERSION, build_report, to_json
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def _text(report: dict, options: RenderOptions) -> str:
 
     from rich.console import Console
 
-    from .text import render
+    from lstm_doctor.report.text import render
 
     buffer = io.StringIO()
     console = Console(
@@ -42,25 +42,27 @@ def _text(report: dict, options: RenderOptions) -> str:
 
 
 def _html(report: dict, options: RenderOptions) -> str:
-    from .html import render  # matplotlib is imported only when a plot is drawn
+    from lstm_doctor.report.html import (
+        render,  # matplotlib is imported only when a plot is drawn
+    )
 
     return render(report, options)
 
 
 def _markdown(report: dict, options: RenderOptions) -> str:
-    from .markdown import render
+    from lstm_doctor.report.markdown import render
 
     return render(report, options)
 
 
 def _junit(report: dict, options: RenderOptions) -> str:
-    from .junit import render
+    from lstm_doctor.report.junit import render
 
     return render(report, options)
 
 
 def _github(report: dict, options: RenderOptions) -> str:
-    from .github import render
+    from lstm_doctor.report.github import render
 
     return render(report, options)
 
@@ -81,13 +83,13 @@ MULTI = {"html": "html", "markdown": "markdown", "junit": "junit", "github": "gi
 
 
 def render_many(fmt: str, reports: list[dict], options: RenderOptions) -> str | bytes:
-    """Several reports in one output of format ``fmt`` (not json: see ``lstm_doctor.check``)."""
+    """Several reports in one output of format ``fmt`` (not json: see ``lstm_doctor.jobs.check``)."""
     import importlib
 
     if fmt in MULTI:
         return importlib.import_module(f"{__name__}.{MULTI[fmt]}").render_many(reports, options)
     if fmt == "json":
-        raise ValueError("several reports in JSON: use lstm_doctor.check.check_document")
+        raise ValueError("several reports in JSON: use lstm_doctor.jobs.check.check_document")
     return "".join(REPORTERS[fmt](report, options) for report in reports)
 
 

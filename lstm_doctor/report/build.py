@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..analyzers import RULES, Analysis, AnalysisConfig
-from ..findings import Severity
-from ..model import GATES, SIGMOID_GATES, LSTMModel
+from lstm_doctor import __version__
+from lstm_doctor.analyzers import RULES, Analysis, AnalysisConfig
+from lstm_doctor.findings import Severity
+from lstm_doctor.model import GATES, SIGMOID_GATES, LSTMModel
 
 SCHEMA_VERSION = "1.0"
 PER_STEP_LIMIT = 512  # per-step series longer than this are not stored in full
@@ -141,7 +141,7 @@ def describe_model(model: LSTMModel) -> dict[str, Any]:
 
 
 def describe_inputs(capture) -> dict[str, Any]:
-    from ..frontend import frontend_stats
+    from lstm_doctor.frontend import frontend_stats
 
     src = capture.source
     st = capture.inputs
@@ -229,7 +229,7 @@ def energy_shares(terms, bias: np.ndarray, H: int) -> dict[str, dict[str, float]
 
 def layer_statistics(capture) -> list[dict[str, Any]]:
     """Per (layer, direction): what the summaries and plots are drawn from."""
-    from ..analyzers.inputs import input_energy_share, input_variance_share
+    from lstm_doctor.analyzers.inputs import input_energy_share, input_variance_share
 
     out = []
     for (k, d), st in capture.directions.items():
@@ -332,7 +332,7 @@ def engine_name(capture) -> str:
     library under the scan (pytensor, or theano when that is what ran)."""
     engine = getattr(capture, "engine", "") or capture.options.engine
     if engine == "pytensor":
-        from ..backend import NAME
+        from lstm_doctor.capture.symbolic.backend import NAME
 
         return NAME
     return engine
@@ -349,7 +349,7 @@ def build_report(
     created: str | None = None,
 ) -> dict[str, Any]:
     """The whole diagnosis as a JSON-able dict (schema ``SCHEMA_VERSION``)."""
-    from ..pipeline import headline_metrics
+    from lstm_doctor.capture.pipeline import headline_metrics
 
     config = config or AnalysisConfig()
     timings = stage_timings(capture) if capture is not None else {}
@@ -409,7 +409,7 @@ def differential_statistics(capture) -> dict[str, Any]:
     out: dict[str, Any] = {}
     g = getattr(capture, "gradients", None)
     if g is not None:
-        from ..gradients import statistics
+        from lstm_doctor.experiments.gradients import statistics
 
         out["gradients"] = statistics(g)
     r = getattr(capture, "observed", None)

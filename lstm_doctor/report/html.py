@@ -92,7 +92,7 @@ def _where(loc: dict) -> str:
 
 
 def _rule_names() -> dict[str, str]:
-    from ..analyzers import RULES
+    from lstm_doctor.analyzers import RULES
 
     return {code: r.name for code, r in RULES.items()}
 
@@ -281,7 +281,7 @@ def _saturation_table(report: dict) -> str:
 
 
 def _plots(report: dict, prefix: str) -> str:
-    from .plots import report_plots
+    from lstm_doctor.report.plots import report_plots
 
     sections = report_plots(report, prefix)
     if not sections:
@@ -299,8 +299,8 @@ def _plots(report: dict, prefix: str) -> str:
 
 
 def _rules(cited: set[str]) -> str:
-    from ..analyzers import all_rules
-    from ..analyzers.registry import FAMILIES
+    from lstm_doctor.analyzers import all_rules
+    from lstm_doctor.analyzers.registry import FAMILIES
 
     out = [
         '<h2 id="rules">Rules</h2>',

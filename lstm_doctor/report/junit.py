@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from .html import _where
+from lstm_doctor.report.html import _where
 
 RANK = {"info": 1, "warning": 2, "error": 3}
 
 
 def _in_scope(code: str, config: dict) -> bool:
-    from ..findings import is_selected
+    from lstm_doctor.findings import is_selected
 
     return is_selected(code, config.get("select") or ("",), config.get("ignore") or ())
 
@@ -78,7 +78,7 @@ def _suite(report: dict, rules: dict) -> ET.Element:
 
 
 def render_many(reports: list[dict], options=None) -> str:
-    from ..analyzers import RULES
+    from lstm_doctor.analyzers import RULES
 
     rules = {code: r.name for code, r in RULES.items()}
     root = ET.Element("testsuites", name="lstm-doctor")

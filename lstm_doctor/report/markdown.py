@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .html import HEADLINE_LABELS, _fmt, _where
+from lstm_doctor.report.html import HEADLINE_LABELS, _fmt, _where
 
 
 def _cell(text) -> str:
@@ -96,8 +96,8 @@ def _findings(report: dict, names: dict[str, str]) -> list[str]:
 def _plots(report: dict, options, prefix: str) -> list[str]:
     if not options or not options.plots_dir:
         return []
-    from ..output import write_atomic
-    from .plots import report_plots, slug
+    from lstm_doctor.output import write_atomic
+    from lstm_doctor.report.plots import report_plots, slug
 
     sections = report_plots(report, prefix=f"{prefix}{slug(report['model']['name'])}-")
     if not sections:
@@ -117,7 +117,7 @@ def _plots(report: dict, options, prefix: str) -> list[str]:
 
 
 def _rules(cited: set[str]) -> list[str]:
-    from ..analyzers import RULES
+    from lstm_doctor.analyzers import RULES
 
     if not cited:
         return []
@@ -144,7 +144,7 @@ def _rules(cited: set[str]) -> list[str]:
 
 
 def _names() -> dict[str, str]:
-    from ..analyzers import RULES
+    from lstm_doctor.analyzers import RULES
 
     return {code: r.name for code, r in RULES.items()}
 

@@ -13,7 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..analyzers.registry import FAMILIES, RULES
+from lstm_doctor.analyzers.registry import FAMILIES, RULES
 
 RULE_NAMES = {code: r.name for code, r in RULES.items()}
 
@@ -240,7 +240,7 @@ def render(report: dict, console: Console) -> None:
     for part in (_saturation(report), _per_step(report), _differential(report)):
         if part is not None:
             console.print(part)
-    from .whatif_text import render_what_if
+    from lstm_doctor.report.whatif_text import render_what_if
 
     render_what_if(report, console)  # prints nothing without a what-if section
     console.print(_summary(report))

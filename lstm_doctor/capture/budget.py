@@ -1,0 +1,123 @@
+"""Memory budget: refuse, before allocating, a run that would need more memory than allowed.
+
+A file can declare sizes (sequences, steps, units) that look harmless on disk
+(a memory-mapped ``.npy`` of zeros, a small model with a huge H) but would need
+tens of gigabytes once the scan keeps its per-step arrays. ``estimate_*`` gives
+an upper-bound estimate in bytes from the model's sizes, the chunk size, T and
+the sample size; ``check`` refuses with a one-line ``UserError`` when it is over
+``--max-memory`` (default: ``DEFAULT_FRACTION`` of the physical memory).
+
+The estimates are deliberately generous (every array the capture may hold at
+once, counted at its dtype, plus float64 statistics) so that a run under the
+budget does not swap; they are not exact accounting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from lstm_doctor.errors import UserError
+
+DEFAULT_FRACTION = 0.5  # of physical memory, when --max-memory is not given
+FALLBACK_BYTES = 4 << 30  # when the physical memory cannot be read
+
+# Per sequence and step, in units of H values, for one direction:
+CHUNK_VALUES_PER_H = 26  # i f g o c h (6H) + preact, input/recurrent/peephole terms (4 × 4H) + temporaries (4H)
+SAMPLE_VALUES_PER_H = 18  # SAMPLE_FIELDS kept: input_term, recurrent_term, preact (3 × 4H) + i f g o c h (6H)
+TRACE_VALUES_PER_H = 10  # h c i f g o (6H) + preact (4H)
+STATS_FLOAT64_PER_TH = 24  # streaming reducers: float64 arrays of shape (T, H)
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_limit() -> int:
+    total = physical_memory()
+    return int(total * DEFAULT_FRACTION) if total else FALLBACK_BYTES
+
+
+def parse_size(text: str | int | None) -> int:
+    """``"2GB"``, ``"512M"``, ``"1.5 GiB"``, ``"100000"`` (bytes) → bytes; None → the default limit."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return default_limit()
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", text.upper())
+    if not m or float(m.group(1)) <= 0:
+        raise UserError(f"--max-memory {text!r}: expected a size such as 2GB, 512MB or 1.5G")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def _directions(model):
+    for layer in model.layers:
+        for _name, params in layer.directions():
+            yield layer, params
+
+
+def estimate_capture(model, T: int, n_sequences: int, D: int, chunk_size: int, sample_size: int) -> int:
+    """Bytes ``pipeline.capture`` may hold at once (diagnose, check, what-if)."""
+    item = model.dtype.itemsize
+    chunk = min(chunk_size, n_sequences)
+    sample = min(sample_size, n_sequences)
+    total = T * chunk * D * (item + 8)  # the chunk of inputs, and a float64 copy for input statistics
+    total += T * sample * D * item  # the input sample
+    for layer, _params in _directions(model):
+        H = layer.H
+        total += T * chunk * H * CHUNK_VALUES_PER_H * item
+        total += T * sample * H * SAMPLE_VALUES_PER_H * item
+        total += T * H * STATS_FLOAT64_PER_TH * 8
+        total += (layer.D + H + 1) * 4 * H * item  # weights
+    total += 256 * model.output_size * 8  # encoding sample
+    return int(total)
+
+
+def estimate_trace(model, T: int, n_sequences: int, D: int, chunk_size: int) -> int:
+    """Bytes ``trace`` may hold: every sequence's per-step arrays, twice (parts, then the concatenation)."""
+    item = model.dtype.itemsize
+    total = estimate_capture(model, T, min(chunk_size, n_sequences), D, chunk_size, 0)
+    for layer, _params in _directions(model):
+        total += 2 * T * n_sequences * layer.H * TRACE_VALUES_PER_H * item
+    return int(total)
+
+
+def check(estimate: int, max_memory: str | int | None, what: str, path: str | None = None) -> None:
+    """Refuse (``UserError``) when ``estimate`` bytes exceed the ``--max-memory`` limit."""
+    limit = parse_size(max_memory)
+    if estimate > limit:
+        source = "--max-memory" if max_memory else f"default --max-memory ({DEFAULT_FRACTION:.0%} of physical memory)"
+        raise UserError(
+            f"{what} would need about {human(estimate)}, over the {human(limit)} allowed by {source}; "
+            "use fewer sequences or steps, a smaller --chunk-size or --sample-size, or raise --max-memory",
+            path,
+        )
+
+
+def check_capture(model, source, chunk_size: int, sample_size: int, max_memory=None) -> int:
+    """``source``: an ``InputSource``, or a (T, n_sequences, D) tuple for inputs not yet made (probes)."""
+    T, n, D = source if isinstance(source, tuple) else (source.T, source.n_sequences, source.D)
+    estimate = estimate_capture(model, T, n, D, chunk_size, sample_size)
+    if isinstance(source, tuple):
+        estimate += T * n * D * 8  # the probe array itself (float64)
+    check(estimate, max_memory, f"the capture of {n}×{T} steps", getattr(source, "path", None))
+    return estimate
+
+
+def check_trace(model, source, chunk_size: int, max_memory=None) -> int:
+    estimate = estimate_trace(model, source.T, source.n_sequences, source.D, chunk_size)
+    check(estimate, max_memory, f"the trace of {source.n_sequences}×{source.T} steps", source.path)
+    return estimate

@@ -1,0 +1,330 @@
+"""The "fused" capture engine: one compiled pass per step for the element-wise
+part of the LSTM step and every streaming statistic.
+
+The NumPy engine (``lstm_doctor.capture.numpy_loop`` + ``stats.DirectionReducer``)
+makes about twenty passes over each step's (B, 4H) arrays: one per ufunc.
+Here the two GEMMs of a step (x_t·W and h_{t-1}·U) still run in NumPy's
+BLAS, and a Numba kernel then walks the B rows once. For each row it forms
+the pre-activation z = x_t·W + h_{t-1}·U + b (+ peepholes, clip), the gates,
+c_t and h_t, and folds the row into the statistics while it is in L1 cache.
+The kernel writes the same chunk tables that ``DirectionReducer.block``
+writes, and ``DirectionReducer.finish`` folds them into ``DirectionStats``,
+so both engines give the same statistics to float rounding (tested in
+``tests/test_fused.py``).
+
+Shapes: T steps, B sequences, D input features, H units. Stacked arrays are
+in ``reference.STEP_ORDER`` (i, f, o, g), as the NumPy engine's.
+
+Precision. σ and tanh are computed within 2 ulp of NumPy's (float32) with
+vectorisable code (``kernels.tanh32``, ``sigmoid32``): Cephes'
+polynomials, with 2^n made by an LLVM bit cast, because Numba's libm calls do
+not vectorise. σ(z) = 1/(1 + e^{−z}), which keeps the relative precision of
+small σ. Sums of squares and deviation moments are float32 within a step (as
+the NumPy engine's) and float64 across steps; deviations are taken from the
+step's first valid row, as in ``DirectionReducer``. The element-wise
+arithmetic is not contracted into FMAs, so c and h round as NumPy's do. Only
+float32 models take this engine.
+
+Numba is a dependency of PyTensor, so it is always installed. Loading it with
+the cached kernel costs about 0.8 s, the first compile about 20 s (cached on
+disk); ``worth_it`` weighs that against what a run saves, and
+``scan.resolve_engine`` uses it for ``--engine auto``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+
+import numpy as np
+
+from lstm_doctor.capture.numpy_loop import (
+    CAPTURE_STATS,
+    STEP_ORDER,
+    StepRecord,
+    _to_canonical,
+    blas_threads_context,
+    step_permutation,
+)
+from lstm_doctor.capture.numpy_loop import run_direction as numpy_run_direction
+from lstm_doctor.model import DirectionParams, Layer
+
+# Activation codes understood by the kernel.
+ACTIVATION_CODES = {
+    "sigmoid": 0,
+    "hard_sigmoid": 1,
+    "hard_sigmoid6": 2,
+    "tanh": 3,
+    "softsign": 4,
+    "identity": 5,
+    "relu": 6,
+    "softplus": 7,
+}
+
+# When "auto" picks this engine: when what it saves exceeds what it costs to
+# get it running in this process. Measured on this project's machines
+# (benchmarks/RESULTS.md): it saves about 40 ns per (step · sequence · unit)
+# value against the NumPy engine; loading Numba and the cached kernel costs
+# about 0.8 s, compiling the kernel the first time about 20 s.
+SAVED_SECONDS_PER_VALUE = 40e-9
+LOAD_SECONDS = 0.8
+COMPILE_SECONDS = 20.0
+
+_KERNELS = None
+
+
+def available() -> bool:
+    """Whether the kernels load: Numba imports (it comes with PyTensor) and it
+    found somewhere to cache them (else defining them raises)."""
+    try:
+        kernels()
+    except Exception:
+        return False
+    return True
+
+
+def loaded() -> bool:
+    """Whether the kernels are already loaded in this process (no cost to use them)."""
+    return _KERNELS is not None
+
+
+def compiled() -> bool:
+    """Whether Numba's disk cache holds the compiled kernel, checked without
+    loading it: the cache index of ``fused_step`` in the directory Numba's own
+    locators pick for ``kernels.py`` (NUMBA_CACHE_DIR, next to the
+    module, or the user-wide cache when the install is read-only)."""
+    try:
+        from numba.core.caching import CacheImpl
+
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.py")
+        for locator_class in CacheImpl._locator_classes:
+            locator = locator_class.from_function(compiled, source)
+            if locator is not None:
+                pattern = os.path.join(locator.get_cache_path(), "kernels.fused_step-*.nbi")
+                return bool(glob.glob(pattern))
+    except Exception:  # another Numba version's layout: assume it must compile
+        pass
+    return False
+
+
+def worth_it(values: int) -> bool:
+    """Whether a run of ``values`` (step · sequence · unit) values is faster on
+    this engine than on the NumPy one, counting what it costs to load (or to
+    compile, the first time) the kernel in this process."""
+    saving = values * SAVED_SECONDS_PER_VALUE
+    if loaded():
+        return saving > 0
+    if saving <= LOAD_SECONDS:  # decided without importing Numba to look at its cache
+        return False
+    return saving > (LOAD_SECONDS if compiled() else COMPILE_SECONDS)
+
+
+def supports(dtype) -> bool:
+    """Whether this engine computes models of ``dtype`` (float32 only)."""
+    return np.dtype(dtype) == np.float32
+
+
+def kernels():
+    """The compiled kernels, built (or loaded from Numba's disk cache) on first use."""
+    global _KERNELS
+    if _KERNELS is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Numba's deprecation notices are not the user's concern
+            from lstm_doctor.capture.fused import kernels as _fused_kernels
+
+            _KERNELS = _fused_kernels
+    return _KERNELS
+
+
+def run_direction(
+    params: DirectionParams,
+    layer: Layer,
+    x: np.ndarray,
+    mask: np.ndarray | None = None,
+    capture: str = CAPTURE_STATS,
+    *,
+    observer=None,
+    keep: int = 0,
+    keep_fields: tuple[str, ...] | None = None,
+) -> StepRecord:
+    """Like ``reference.run_direction``, with the step fused when it can be.
+
+    The fused path needs capture "stats", a ``stats.DirectionReducer`` as the
+    observer, a float32 model and kernels that load; anything else runs the
+    NumPy engine, which computes the same values.
+    """
+    from lstm_doctor.stats import DirectionReducer
+
+    if (
+        capture != CAPTURE_STATS
+        or not isinstance(observer, DirectionReducer)
+        or not supports(params.dtype)
+        or not available()
+    ):
+        return numpy_run_direction(
+            params, layer, x, mask, capture, observer=observer, keep=keep, keep_fields=keep_fields
+        )
+    return _run_fused(params, layer, np.asarray(x, dtype=params.dtype), mask, observer, keep, keep_fields)
+
+
+def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord:
+    k = kernels()
+    dtype = np.float32
+    T, B, D = x.shape
+    H = params.H
+    H4 = 4 * H
+    perm = step_permutation(H)
+    W = np.ascontiguousarray(params.W[:, perm], dtype)
+    U = np.ascontiguousarray(params.U[:, perm], dtype)
+    bias = np.ascontiguousarray(params.b[perm], dtype)
+    acts = layer.activations
+    codes = np.array(
+        [ACTIVATION_CODES[acts.get(role).name] for role in ("gate", "candidate", "cell_output")], np.int64
+    )
+    has_peep = params.peephole is not None
+    peep = np.ascontiguousarray(params.peephole if has_peep else np.zeros((3, H)), dtype)
+    clip = layer.clip
+    keep = min(int(keep), B)
+    valid = np.ones((T, B), bool) if mask is None else np.ascontiguousarray(mask, bool)
+
+    r = reducer
+    if has_peep and "peephole" not in r.term_sumsq:  # as DirectionReducer.block adds them
+        r.terms.append("peephole")
+        r.term_sumsq["peephole"] = np.zeros((T, H4))
+        r.term_sum["peephole"] = np.zeros((T, H4))
+    # float32 thresholds, compared in float32 as NumPy compares a float32
+    # array with a Python float
+    cfg = r.cfg
+    limits = np.array(
+        [
+            cfg.sat_low,
+            cfg.sat_high,
+            cfg.preact_limit,
+            r.g_limit if r.g_limit is not None else np.inf,
+            r.actc_limit if r.out_bounded else np.inf,
+            r.h_low if r.out_bounded else -np.inf,
+            r.h_high if r.out_bounded else np.inf,
+            clip if clip is not None else np.inf,
+        ],
+        dtype,
+    )
+    flags = np.array(
+        [
+            mask is not None,
+            has_peep,
+            clip is not None,
+            r.g_limit is not None,
+            r.out_bounded,
+            bool(r.term_sum),  # sums of the terms wanted (else they follow by linearity)
+        ],
+        np.bool_,
+    )
+
+    # term tables stacked as input, recurrent, total, peephole
+    term_sq = np.zeros((4, T, H4))
+    term_sum = np.zeros((4, T, H4))
+    over = np.zeros((2, T, H4), np.int64)
+    counts = np.zeros((T, k.N_COUNTS), np.int64)  # columns kernels.COUNT_*
+    extrema = np.full((2,), np.inf)
+    extrema[1] = -np.inf
+    c_sums = np.zeros((T, 3))  # Σc, Σ|c|, max|c|
+    state = np.zeros((B, 3 * H), np.int8)
+    switch = np.zeros(3 * H, np.int64)
+
+    xw = np.empty((B, H4), dtype)
+    rec = np.empty((B, H4), dtype)
+    h_seq = np.empty((T, B, H), dtype)
+    cells = np.empty((2, B, H), dtype)
+    h = np.ascontiguousarray(np.broadcast_to(params.h0, (B, H)), dtype)
+    c = np.ascontiguousarray(np.broadcast_to(params.c0, (B, H)), dtype)
+
+    # the sample: the first ``keep`` sequences' intermediates, written by the kernel
+    wanted = set(("input_term", "recurrent_term", "preact", "peephole_term", "i", "f", "g", "o", "c"))
+    if keep_fields is not None:
+        wanted &= set(keep_fields)
+    if not has_peep:
+        wanted.discard("peephole_term")
+    if not keep:
+        wanted = set()
+
+    def sample_buffer(needed: bool, width: int) -> tuple[int, np.ndarray]:
+        if needed:
+            return keep, np.zeros((T, keep, width), dtype)
+        return 0, np.empty((1, 1, width), dtype)
+
+    keep_z, z_keep = sample_buffer("preact" in wanted, H4)
+    keep_act, act_keep = sample_buffer(bool(wanted & set("ifgo")), H4)
+    keep_pt, pt_keep = sample_buffer("peephole_term" in wanted, H4)
+    keep_c, c_keep = sample_buffer("c" in wanted, H)
+    keep_counts = np.array([keep_z, keep_act, keep_pt, keep_c], np.int64)
+    terms_keep = {name: np.empty((T, keep, H4), dtype) for name in ("input_term", "recurrent_term") if name in wanted}
+
+    x_sum = getattr(r, "x_sum", None)
+    if x_sum is not None:
+        x_sum[:] = np.add.reduce(x, axis=1)  # float32 per step, as the NumPy engine
+
+    with blas_threads_context(B, D, H):
+        for t in range(T):
+            np.matmul(x[t], W, out=xw)
+            np.matmul(h, U, out=rec)
+            c_new, h_new = cells[t % 2], h_seq[t]
+            k.fused_step(
+                t, xw, rec, bias, peep, codes, limits, flags, valid,
+                c, h, c_new, h_new,
+                r.ref, r.dev_sum, r.dev_sumsq, r.left, r.right, state, switch,
+                term_sq, term_sum, over, counts, c_sums, extrema, r.dh2,
+                keep_counts, z_keep, act_keep, pt_keep, c_keep,
+            )
+            for name, buf in (("input_term", xw), ("recurrent_term", rec)):
+                if name in terms_keep:
+                    terms_keep[name][t] = buf[:keep]
+            c, h = c_new, h_new
+
+    _fold_into_reducer(r, term_sq, term_sum, over, counts, c_sums, extrema, switch, h_seq, cells, mask, T)
+    out = StepRecord(h=h_seq, c=None, bias=params.b)
+    if keep:
+        record = {}
+        stacked = dict(terms_keep, preact=z_keep, peephole_term=pt_keep)
+        for name, buf in stacked.items():
+            if name in wanted:  # gate blocks back to the canonical order i, f, g, o
+                record[name] = np.empty_like(buf)
+                _to_canonical(record[name], buf, H)
+        for j, name in enumerate(STEP_ORDER):
+            if name in wanted:
+                record[name] = act_keep[:, :, j * H : (j + 1) * H]
+        if "c" in wanted:
+            record["c"] = c_keep
+        out.sample = StepRecord(h=h_seq[:, :keep].copy(), bias=params.b, **record)
+    return out
+
+
+def _fold_into_reducer(r, term_sq, term_sum, over, counts, c_sums, extrema, switch, h_seq, cells, mask, T) -> None:
+    """Write the kernel's tables into the reducer's, so that its ``finish`` folds them."""
+    from lstm_doctor.capture.fused import kernels as K
+
+    for j, name in enumerate(("input", "recurrent", "total", "peephole")):
+        if name in r.term_sumsq:
+            r.term_sumsq[name][:] = term_sq[j]
+        if name in r.term_sum:
+            r.term_sum[name][:] = term_sum[j]
+    r.over["input"][:] = over[0]
+    r.over["total"][:] = over[1]
+    r.c_sum[:] = c_sums[:, 0]
+    r.c_abs_sum[:] = c_sums[:, 1]
+    r.max_abs_c[:] = c_sums[:, 2]
+    r.g_bound[:] = counts[:, K.COUNT_G_BOUND]
+    r.actc_bound[:] = counts[:, K.COUNT_ACTC_BOUND]
+    r.h_bound[:] = counts[:, K.COUNT_H_BOUND]
+    r.c_negative += int(counts[:, K.COUNT_C_NEG].sum())
+    r.c_positive += int(counts[:, K.COUNT_C_POS].sum())
+    r.transitions += int(counts[:, K.COUNT_TRANSITIONS].sum())
+    r.switch += switch
+    if counts[:, K.COUNT_VALID_ROWS].any():
+        r.min_h = min(r.min_h, float(extrema[0]))
+        r.max_h = max(r.max_h, float(extrema[1]))
+        r.seen_valid = True
+    bad = np.flatnonzero(counts[:, K.COUNT_NONFINITE_STEP])
+    if bad.size:
+        r.first_nonfinite = int(bad[0]) if r.first_nonfinite < 0 else r.first_nonfinite
+        r.nonfinite += int(counts[:, K.COUNT_NONFINITE].sum())

@@ -1,0 +1,560 @@
+"""``check``: the CI entry point. A config file names the models; flags override it.
+
+The configuration is ``[tool.lstm-doctor]`` in ``pyproject.toml`` or the top
+level of ``lstm-doctor.toml`` (in the working directory, ``lstm-doctor.toml``
+first, or ``--config FILE``)::
+
+    fail-on = "error"                      # error | warning | info
+    select = ["W", "S", "H"]               # code prefixes (a string "W,S" works too)
+    ignore = ["I503"]
+    thresholds = { S301 = { share = 0.6 } }
+    baseline = "lstm-doctor-baseline.json" # fail only on findings new relative to it
+    outputs = { json = "report.json", junit = "junit.xml", html = "report.html" }
+    plots = "plots"                        # where the markdown output's PNGs go
+    engine = "auto"
+
+    [[tool.lstm-doctor.models]]            # ([[models]] in lstm-doctor.toml)
+    model = "models/encoder"               # required; the rest as `diagnose`
+    inputs = "data/sample.npy"
+    layout = "bct"
+    lengths = "data/lengths.npy"
+    preset = "tweet2vec"
+    model-format = "native"                # and layer-prefix, layer-name, probe, ... as `diagnose`
+    name = "encoder"                       # the id baselines match on (default: model)
+
+Paths are relative to the config file. Every model is diagnosed as
+``diagnose`` would; the exit code covers them all (0, 1; 2 for a usage or
+input error). With a baseline, a finding fails only if its key
+(model id, code, layer, direction, gate) is not in the baseline: messages and
+numbers may change without failing the build. ``--write-baseline FILE``
+records the current findings' keys (no timestamp, sorted: it belongs in
+version control) and exits 0.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lstm_doctor.choices import LAYOUTS
+from lstm_doctor.errors import ConfigError, UserError
+from lstm_doctor.findings import Severity
+
+CONFIG_FILES = ("lstm-doctor.toml", "pyproject.toml")
+TOOL_KEY = "lstm-doctor"
+TOP_KEYS = {
+    "models", "select", "ignore", "thresholds", "fail-on", "outputs", "baseline", "plots", "engine",
+    "chunk-size", "sample-size",
+}  # fmt: skip
+MODEL_KEYS = {
+    "model", "name", "inputs", "layout", "lengths", "preset", "model-format", "layer-prefix", "layer-name",
+    "probe", "probe-steps", "probe-sequences", "probe-scale",
+}  # fmt: skip
+BASELINE_KIND = "lstm-doctor-baseline"
+CHECK_KIND = "lstm-doctor-check"
+ANY_MODEL = "*"  # baseline keys read from a plain diagnose report match every model
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    model: str
+    inputs: str | None = None
+    layout: str | None = None
+    lengths: str | None = None
+    preset: str | None = None
+    model_format: str | None = None
+    layer_prefix: str | None = None
+    layer_name: str | None = None
+    probe: str = "normal"
+    probe_steps: int = 50
+    probe_sequences: int = 64
+    probe_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    source: str | None
+    models: tuple[ModelEntry, ...]
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    thresholds: tuple[str, ...] = ()  # CODE.param=value
+    fail_on: str = "error"
+    outputs: dict[str, str] = field(default_factory=dict)  # format -> path
+    baseline: str | None = None
+    plots_dir: str | None = None
+    engine: str = "auto"
+    chunk_size: int = 64
+    sample_size: int = 64
+
+
+@dataclass
+class CheckOptions:
+    """The command line; ``None`` means "not given: use the config"."""
+
+    config: str | None = None
+    select: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] | None = None
+    thresholds: tuple[str, ...] = ()  # added on top of the config's
+    fail_on: str | None = None
+    baseline: str | None = None
+    no_baseline: bool = False
+    write_baseline: str | None = None
+    reports: tuple[str, ...] = ()  # FORMAT=FILE, added to / replacing the config's outputs
+    plots_dir: str | None = None
+    format: str = "text"  # what goes to stdout
+    engine: str | None = None
+    exit_zero: bool = False
+    color: str = "auto"
+    created: str | None = None  # fixed timestamp (tests)
+    cwd: str | None = None  # where to look for the config (default: the working directory)
+
+
+# -- configuration -------------------------------------------------------------------
+
+
+def find_config(cwd: Path) -> Path:
+    for name in CONFIG_FILES:
+        path = cwd / name
+        if path.is_file() and (name != "pyproject.toml" or TOOL_KEY in _read_toml(path).get("tool", {})):
+            return path
+    raise ConfigError(
+        f"no lstm-doctor.toml and no [tool.{TOOL_KEY}] in pyproject.toml in {cwd}; "
+        "write one (see `lstm-doctor check --help`) or pass --config FILE"
+    )
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("config file not found", path) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the config: {exc}", path) from None
+
+
+def _section(path: Path) -> dict:
+    doc = _read_toml(path)
+    tool = doc.get("tool", {})
+    if isinstance(tool, dict) and TOOL_KEY in tool:
+        return tool[TOOL_KEY]
+    if path.name == "pyproject.toml":
+        raise ConfigError(f"no [tool.{TOOL_KEY}] table", path)
+    return doc
+
+
+def _norm(key: str) -> str:
+    return str(key).replace("_", "-")
+
+
+def _prefixes(value, key: str, path: Path) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key} must be a list of code prefixes", path)
+    return tuple(p.strip() for v in value for p in v.split(",") if p.strip())
+
+
+def _relative(base: Path, value: str, cwd: Path) -> str:
+    """A config path (relative to the config's folder) as a path relative to ``cwd`` when possible."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    try:
+        return os.path.relpath(base / p, cwd)
+    except ValueError:  # another drive (Windows)
+        return str(base / p)
+
+
+def _model_entry(raw: Any, k: int, base: Path, cwd: Path, path: Path) -> ModelEntry:
+    where = f"models[{k}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table with at least `model = PATH`", path)
+    raw = {_norm(key): v for key, v in raw.items()}
+    unknown = sorted(set(raw) - MODEL_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(MODEL_KEYS))}", path)
+    if not isinstance(raw.get("model"), str) or not raw["model"]:
+        raise ConfigError(f"{where}: `model = PATH` is required", path)
+    for key in ("name", "inputs", "layout", "lengths", "preset", "model-format", "layer-prefix", "layer-name", "probe"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}: {key} must be a string", path)
+    if raw.get("layout") is not None and raw["layout"] not in LAYOUTS:
+        raise ConfigError(f"{where}: layout {raw['layout']!r}; choose one of {', '.join(LAYOUTS)}", path)
+    for key in ("probe-steps", "probe-sequences"):
+        if key in raw and (not isinstance(raw[key], int) or raw[key] < 1):
+            raise ConfigError(f"{where}: {key} must be a positive integer", path)
+    if "probe-scale" in raw and not isinstance(raw["probe-scale"], (int, float)):
+        raise ConfigError(f"{where}: probe-scale must be a number", path)
+    rel = lambda key: _relative(base, raw[key], cwd) if raw.get(key) else None  # noqa: E731
+    return ModelEntry(
+        id=raw.get("name") or Path(raw["model"]).as_posix(),
+        model=rel("model"),
+        inputs=rel("inputs"),
+        layout=raw.get("layout"),
+        lengths=rel("lengths"),
+        preset=raw.get("preset"),
+        model_format=raw.get("model-format"),
+        layer_prefix=raw.get("layer-prefix"),
+        layer_name=raw.get("layer-name"),
+        probe=raw.get("probe", "normal"),
+        probe_steps=raw.get("probe-steps", 50),
+        probe_sequences=raw.get("probe-sequences", 64),
+        probe_scale=float(raw.get("probe-scale", 1.0)),
+    )
+
+
+def _thresholds(value, path: Path) -> tuple[str, ...]:
+    """``{CODE = {param = value}}`` as ``CODE.param=value`` items (validated later, with the CLI's)."""
+    if not isinstance(value, dict):
+        raise ConfigError("thresholds must be a table: thresholds = { S301 = { share = 0.6 } }", path)
+    out = []
+    for code, params in value.items():
+        if not isinstance(params, dict):
+            raise ConfigError(f"thresholds.{code} must be a table of parameter = number", path)
+        for param, number in params.items():
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise ConfigError(f"thresholds.{code}.{param} must be a number", path)
+            out.append(f"{code}.{param}={number!r}")
+    return tuple(out)
+
+
+def load_config(path: Path, cwd: Path) -> CheckConfig:
+    """Read and validate a config file; paths come back relative to ``cwd``."""
+    from lstm_doctor.report import REPORTERS
+
+    section = _section(path)
+    if not isinstance(section, dict):
+        raise ConfigError(f"[tool.{TOOL_KEY}] must be a table", path)
+    section = {_norm(k): v for k, v in section.items()}
+    unknown = sorted(set(section) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(TOP_KEYS))}", path)
+    base = path.resolve().parent
+    models = section.get("models")
+    if not isinstance(models, list) or not models:
+        table = f"[[tool.{TOOL_KEY}.models]]" if path.name == "pyproject.toml" else "[[models]]"
+        raise ConfigError(f"no models: add a {table} table with `model = PATH` (and `inputs = PATH`)", path)
+    entries = tuple(_model_entry(raw, k, base, cwd, path) for k, raw in enumerate(models))
+    ids = [e.id for e in entries]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"two models have the id {duplicates[0]!r}: give them distinct `name`s", path)
+    outputs = section.get("outputs", {})
+    if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
+        raise ConfigError('outputs must be a table of format = "file", e.g. { junit = "junit.xml" }', path)
+    for fmt in outputs:
+        if fmt not in REPORTERS:
+            raise ConfigError(f"outputs: unknown format {fmt!r}; choose from {', '.join(REPORTERS)}", path)
+    fail_on = section.get("fail-on", "error")
+    if fail_on not in ("error", "warning", "info"):
+        raise ConfigError(f"fail-on {fail_on!r}: choose error, warning or info", path)
+    for key in ("baseline", "plots", "engine"):
+        if key in section and not isinstance(section[key], str):
+            raise ConfigError(f"{key} must be a string", path)
+    for key in ("chunk-size", "sample-size"):
+        if key in section and (not isinstance(section[key], int) or section[key] < 1):
+            raise ConfigError(f"{key} must be a positive integer", path)
+    return CheckConfig(
+        source=os.path.relpath(path, cwd),
+        models=entries,
+        select=_prefixes(section.get("select", []), "select", path),
+        ignore=_prefixes(section.get("ignore", []), "ignore", path),
+        thresholds=_thresholds(section.get("thresholds", {}), path),
+        fail_on=fail_on,
+        outputs={fmt: _relative(base, out, cwd) for fmt, out in outputs.items()},
+        baseline=_relative(base, section["baseline"], cwd) if section.get("baseline") else None,
+        plots_dir=_relative(base, section["plots"], cwd) if section.get("plots") else None,
+        engine=section.get("engine", "auto"),
+        chunk_size=section.get("chunk-size", 64),
+        sample_size=section.get("sample-size", 64),
+    )
+
+
+def resolve(options: CheckOptions) -> CheckConfig:
+    """The config file, then the command line on top of it."""
+    from lstm_doctor.report import REPORTERS
+
+    cwd = Path(options.cwd or os.getcwd())
+    path = Path(options.config) if options.config else find_config(cwd)
+    if options.config and not path.is_absolute():
+        path = cwd / path
+    config = load_config(path, cwd)
+    outputs = dict(config.outputs)
+    for item in options.reports:
+        fmt, sep, out = str(item).partition("=")
+        if not sep or not out:
+            raise ConfigError(f"--report {item!r}: expected FORMAT=FILE, e.g. junit=junit.xml")
+        if fmt not in REPORTERS:
+            raise ConfigError(f"--report {item!r}: unknown format {fmt!r}; choose from {', '.join(REPORTERS)}")
+        outputs[fmt] = out
+    return replace(
+        config,
+        select=config.select if options.select is None else options.select,
+        ignore=config.ignore if options.ignore is None else options.ignore,
+        thresholds=config.thresholds + tuple(options.thresholds),
+        fail_on=options.fail_on or config.fail_on,
+        outputs=outputs,
+        baseline=None if options.no_baseline else (options.baseline or config.baseline),
+        plots_dir=options.plots_dir or config.plots_dir,
+        engine=options.engine or config.engine,
+    )
+
+
+# -- baselines -------------------------------------------------------------------------
+
+
+def finding_key(model_id: str, finding: dict) -> tuple:
+    loc = finding["location"]
+    return (model_id, finding["code"], loc.get("layer"), loc.get("direction"), loc.get("gate"))
+
+
+def load_baseline(path: str) -> set[tuple]:
+    """Keys of a baseline, a ``check`` JSON output, or a ``diagnose`` JSON report (any model)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError("baseline not found (write one with --write-baseline)", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read the baseline: {exc}", path) from None
+    if not isinstance(data, dict):
+        raise UserError("not an lstm-doctor baseline, check output or report", path)
+    kind = data.get("kind")
+    try:
+        if kind == BASELINE_KIND:
+            return {
+                (f["model"], f["code"], f.get("layer"), f.get("direction"), f.get("gate")) for f in data["findings"]
+            }
+        if kind == CHECK_KIND:
+            return {finding_key(m["id"], f) for m in data["models"] for f in m["report"]["findings"]}
+        if "findings" in data and "model" in data:
+            return {finding_key(ANY_MODEL, f) for f in data["findings"]}
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"malformed baseline (missing {exc})", path) from None
+    raise UserError("not an lstm-doctor baseline, check output or report", path)
+
+
+def baseline_document(results: list[tuple[str, dict]]) -> dict:
+    from lstm_doctor import __version__
+    from lstm_doctor.report.build import SCHEMA_VERSION
+
+    keys: dict[tuple, str] = {}
+    for model_id, report in results:
+        for f in report["findings"]:
+            key = finding_key(model_id, f)
+            if key not in keys or Severity[f["severity"]] > Severity[keys[key]]:
+                keys[key] = f["severity"]
+    order = lambda k: (k[0], k[1], -1 if k[2] is None else k[2], k[3] or "", k[4] or "")  # noqa: E731
+    return {
+        "kind": BASELINE_KIND,
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "lstm-doctor", "version": __version__},
+        "findings": [
+            {"model": k[0], "code": k[1], "layer": k[2], "direction": k[3], "gate": k[4], "severity": keys[k]}
+            for k in sorted(keys, key=order)
+        ],
+    }
+
+
+def apply_baseline(
+    model_id: str, report: dict, known: set[tuple] | None, baseline: str | None, exit_zero: bool
+) -> None:
+    """Mark each finding new/known and make ``summary.exit_code`` count new findings only."""
+    fail_on = Severity[report["config"]["fail_on"]]
+    if known is None:
+        report["check"] = {"model_id": model_id, "baseline": None, "new": None, "known": None}
+        return
+    new = 0
+    failing = False
+    for f in report["findings"]:
+        key = finding_key(model_id, f)
+        is_known = key in known or (ANY_MODEL, *key[1:]) in known
+        f["baseline"] = "known" if is_known else "new"
+        if not is_known:
+            new += 1
+            failing |= Severity[f["severity"]] >= fail_on
+    report["check"] = {"model_id": model_id, "baseline": baseline, "new": new, "known": len(report["findings"]) - new}
+    report["summary"]["exit_code"] = 0 if exit_zero else int(failing)
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+def check_document(results: list[tuple[str, dict]], config: CheckConfig, created: str, exit_code: int) -> dict:
+    from lstm_doctor import __version__
+    from lstm_doctor.report.build import SCHEMA_VERSION
+
+    reports = [r for _, r in results]
+    new = [r["check"]["new"] for r in reports]
+    return {
+        "kind": CHECK_KIND,
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "lstm-doctor", "version": __version__},
+        "created": created,
+        "config_file": config.source,
+        "baseline": config.baseline,
+        "models": [{"id": model_id, "report": report} for model_id, report in results],
+        "summary": {
+            "models": len(reports),
+            **{sev: sum(r["summary"][sev] for r in reports) for sev in ("error", "warning", "info")},
+            "new": None if config.baseline is None else sum(new),
+            "exit_code": exit_code,
+        },
+    }
+
+
+def diagnose_options(entry: ModelEntry, config: CheckConfig, options: CheckOptions):
+    from lstm_doctor.jobs.diagnose import DiagnoseOptions
+
+    return DiagnoseOptions(
+        model=entry.model,
+        inputs=entry.inputs,
+        layout=entry.layout,
+        lengths=entry.lengths,
+        preset=entry.preset,
+        model_format=entry.model_format,
+        layer_prefix=entry.layer_prefix,
+        layer_name=entry.layer_name,
+        probe=entry.probe,
+        probe_steps=entry.probe_steps,
+        probe_sequences=entry.probe_sequences,
+        probe_scale=entry.probe_scale,
+        engine=config.engine,
+        chunk_size=config.chunk_size,
+        sample_size=config.sample_size,
+        fail_on=config.fail_on,
+        exit_zero=options.exit_zero,
+        select=config.select,
+        ignore=config.ignore,
+        thresholds=config.thresholds,
+        created=options.created,
+    )
+
+
+def render_outputs(fmt: str, results: list[tuple[str, dict]], document: dict, options) -> str | bytes:
+    from lstm_doctor.report import render_many, to_json
+
+    if fmt == "json":
+        return to_json(document)
+    return render_many(fmt, [r for _, r in results], options)
+
+
+def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
+    """Diagnose every model, apply the baseline, write the outputs; return (exit code, document, config)."""
+    from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
+    from lstm_doctor.jobs.diagnose import check_plots_dir, run_diagnosis
+    from lstm_doctor.output import check_output_path, write_atomic
+    from lstm_doctor.report import RenderOptions
+
+    config = resolve(options)
+    # Options common to every model are checked once, before any model runs.
+    validate_prefixes(config.select, "select")
+    validate_prefixes(config.ignore, "ignore")
+    parse_thresholds(config.thresholds)
+    protected = [p for e in config.models for p in (e.model, e.inputs, e.lengths)]
+    for out in config.outputs.values():
+        check_output_path(out, protected)
+    if options.write_baseline:
+        check_output_path(options.write_baseline, protected)
+    if config.plots_dir:
+        check_plots_dir(config.plots_dir, "markdown")
+    known = load_baseline(config.baseline) if config.baseline else None
+    results: list[tuple[str, dict]] = []
+    for entry in config.models:
+        try:
+            report = run_diagnosis(diagnose_options(entry, config, options))
+        except UserError as exc:
+            raise UserError(f"model {entry.id!r}: {exc}") from None
+        apply_baseline(entry.id, report, known, config.baseline, options.exit_zero)
+        results.append((entry.id, report))
+    code = 0 if options.exit_zero else max(r["summary"]["exit_code"] for _, r in results)
+    if options.write_baseline:
+        code = 0
+    created = options.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    document = check_document(results, config, created, code)
+    for fmt, out in config.outputs.items():
+        render_options = RenderOptions(output=out, plots_dir=config.plots_dir if fmt == "markdown" else None)
+        write_atomic(out, render_outputs(fmt, results, document, render_options))
+    if options.write_baseline:
+        from lstm_doctor.report import to_json
+
+        write_atomic(options.write_baseline, to_json(baseline_document(results)))
+    return code, document, config
+
+
+def summary_text(document: dict, config: CheckConfig, written: list[str], color: bool, width: int) -> str:
+    """The closing table of ``check``: one row per model, then the verdict."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from lstm_doctor.report.html import _where
+
+    baseline = config.baseline is not None
+    table = Table(title=f"lstm-doctor check ({config.source}, fail-on {config.fail_on})", title_justify="left")
+    for col in ("model", "errors", "warnings", "info") + (("new",) if baseline else ()) + ("exit",):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    new_lines = []
+    for m in document["models"]:
+        s = m["report"]["summary"]
+        row = [m["id"], str(s["error"]), str(s["warning"]), str(s["info"])]
+        if baseline:
+            row.append(str(m["report"]["check"]["new"]))
+            new_lines += [
+                f"  new: {f['severity']} {f['code']} {m['id']} ({_where(f['location'])})"
+                for f in m["report"]["findings"]
+                if f.get("baseline") == "new"
+            ]
+        row.append(str(s["exit_code"]))
+        table.add_row(*row)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
+    console.print(table)
+    if baseline:
+        console.print(f"Baseline {config.baseline}: only findings new relative to it fail.")
+        for line in new_lines:
+            console.print(line, markup=False)
+    for line in written:
+        console.print(f"wrote {line}", markup=False)
+    code = document["summary"]["exit_code"]
+    console.print(
+        f"exit {code}: " + ("no failing finding" if code == 0 else "failing findings (see above)"), markup=False
+    )
+    return buffer.getvalue()
+
+
+def execute(options: CheckOptions) -> int:
+    import sys
+
+    from lstm_doctor.jobs.diagnose import _width, use_color
+    from lstm_doctor.output import emit
+    from lstm_doctor.report import REPORTERS, RenderOptions
+
+    if options.format not in REPORTERS:
+        raise UserError(f"unknown format {options.format!r}; choose one of {', '.join(REPORTERS)}")
+    code, document, config = run_check(options)
+    results = [(m["id"], m["report"]) for m in document["models"]]
+    color = use_color(options.color, True)
+    width = _width(True)
+    if options.format == "text":
+        render_options = RenderOptions(color=color, width=width)
+        text = "".join(REPORTERS["text"](r, render_options) for _, r in results)
+        written = [f"{fmt} report: {out}" for fmt, out in config.outputs.items()]
+        if options.write_baseline:
+            written.append(
+                f"baseline: {options.write_baseline} ({sum(len(r['findings']) for _, r in results)} findings)"
+            )
+        emit(text + summary_text(document, config, written, color, width), None)
+    else:
+        render_options = RenderOptions(color=color, width=width, plots_dir=config.plots_dir)
+        emit(render_outputs(options.format, results, document, render_options), None)
+        if options.write_baseline:
+            print(f"lstm-doctor: wrote baseline {options.write_baseline}", file=sys.stderr)
+    return code

@@ -1,0 +1,287 @@
+"""The ``diagnose`` job, apart from its command line: typed options → ``execute`` → exit code.
+
+``run_diagnosis`` does load → capture → analyze → build the report and returns
+the report dict; ``execute`` adds output (text or JSON, stdout or an atomic
+``--output``) and the exit code. The CLI only fills ``DiagnoseOptions``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from lstm_doctor.errors import UserError
+from lstm_doctor.findings import Severity, exit_code
+
+TEXT_WIDTH = 110
+
+
+@dataclass
+class DiagnoseOptions:
+    model: str
+    inputs: str | None = None
+    layout: str | None = None  # None: the model's declared layout
+    lengths: str | None = None
+    probe: str = "normal"
+    probe_scale: float = 1.0
+    probe_steps: int = 50
+    probe_sequences: int = 64
+    model_format: str | None = None
+    preset: str | None = None
+    text_field: str = "text"  # text inputs (.txt/.jsonl/.json): the field of an object
+    text_clean: str | None = None  # tweet2vec | none; None: tweet2vec built-in, none for a plug-in
+    featurizer: str | None = None  # module:function, file.py:function or an entry point name
+    layer_prefix: str | None = None
+    layer_name: str | None = None
+    trust_pickle: bool = False
+    engine: str = "auto"
+    chunk_size: int = 256  # capped by the capture at ~192 MB per chunk
+    sample_size: int = 64
+    format: str = "text"
+    output: str | None = None
+    plots_dir: str | None = None  # markdown: where to write the PNGs
+    what_if: bool = False  # also apply each proposed fix virtually (lstm_doctor.experiments.whatif)
+    what_if_sample: int | None = None  # sequences the experiment re-runs (None: whatif.DEFAULT_SAMPLE)
+    fail_on: str = "error"
+    exit_zero: bool = False
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    thresholds: tuple[str, ...] = ()
+    color: str = "auto"
+    progress: bool = True
+    seed: int = 0
+    created: str | None = None  # fixed timestamp (tests, reproducible reports)
+    extra_protected: tuple[str, ...] = field(default_factory=tuple)
+    max_memory: str | None = None  # e.g. "2GB"; None: a fraction of physical memory (lstm_doctor.capture.budget)
+    observed: str | None = None  # --observed FILE: a trace the user's code printed (A204, lstm_doctor.experiments.observed)
+    gradients: bool = False  # --gradients: autodiff gradient flow (G701, G702, H602); opt-in, costs a compile
+
+
+def analysis_config(options: DiagnoseOptions):
+    from lstm_doctor.analyzers import AnalysisConfig
+    from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
+
+    return AnalysisConfig(
+        select=tuple(validate_prefixes(options.select or ("",), "--select")),
+        ignore=tuple(validate_prefixes(options.ignore, "--ignore")),
+        thresholds=parse_thresholds(options.thresholds),
+    )
+
+
+def open_model(options):
+    """Load the model named by any options object with the model-selection fields
+    (model, model_format, preset, layer_prefix, layer_name, trust_pickle)."""
+    from lstm_doctor.load import LoadOptions, load_model
+
+    return load_model(
+        options.model,
+        options.model_format,
+        LoadOptions(
+            preset=options.preset,
+            layer_prefix=options.layer_prefix,
+            layer_name=options.layer_name,
+            trust_pickle=options.trust_pickle,
+        ),
+    )
+
+
+def open_text_source(options, model):
+    """Texts (.txt, .jsonl, .json) through the model's front end, as an ``InputSource``.
+
+    ``options`` carries model, inputs, text_field, text_clean, featurizer,
+    layout, engine, trust_pickle and chunk_size (diagnose and featurize share it).
+    """
+    from lstm_doctor.frontend import text_source
+    from lstm_doctor.load import LoadOptions
+
+    return text_source(
+        options.model,
+        options.inputs,
+        text_field=options.text_field,
+        text_clean=options.text_clean,
+        featurizer=options.featurizer,
+        layout=options.layout,
+        engine=options.engine,
+        model=model,
+        load_options=LoadOptions(trust_pickle=options.trust_pickle),
+        chunk_size=options.chunk_size,
+    )
+
+
+def open_inputs(options, model):
+    """``--inputs``: an array file, or texts (.txt/.jsonl/.json) through a front end."""
+    from lstm_doctor.frontend import is_text_inputs
+    from lstm_doctor.load.inputs import load_inputs
+
+    if is_text_inputs(options.inputs):
+        if options.lengths:
+            raise UserError("--lengths does not apply to text inputs: the front end gives every text its full length")
+        return open_text_source(options, model)
+    if options.featurizer or options.text_clean:
+        raise UserError("--featurizer and --text-clean need text --inputs (.txt, .jsonl or .json)")
+    return load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
+
+
+def run_diagnosis(options: DiagnoseOptions) -> dict:
+    """Load, capture, analyze; return the report dict (nothing is printed)."""
+    from lstm_doctor.analyzers import analyze
+    from lstm_doctor.capture import budget
+    from lstm_doctor.capture.pipeline import CaptureOptions, capture
+    from lstm_doctor.choices import ENGINES
+    from lstm_doctor.load.inputs import check_against_model, load_inputs, make_probe
+    from lstm_doctor.report import build_report
+
+    if options.engine not in ENGINES:
+        raise UserError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
+    fail_on = Severity.parse(options.fail_on)
+    config = analysis_config(options)
+    model = open_model(options)
+    if options.inputs:
+        source = open_inputs(options, model)
+    else:
+        if options.lengths:
+            raise UserError("--lengths needs --inputs")
+        budget.check_capture(
+            model, (options.probe_steps, options.probe_sequences, model.D), options.chunk_size, options.sample_size,
+            getattr(options, "max_memory", None),
+        )
+        source = make_probe(
+            options.probe, options.probe_sequences, options.probe_steps, model.D, options.probe_scale, options.seed
+        )
+    check_against_model(source, model.D)
+    budget.check_capture(model, source, options.chunk_size, options.sample_size, getattr(options, "max_memory", None))
+    with _progress(options.progress) as progress:
+        result = capture(
+            model,
+            source,
+            CaptureOptions(engine=options.engine, chunk_size=options.chunk_size, sample_size=options.sample_size),
+            progress=progress,
+        )
+    attach_differential(options, model, result)
+    analysis = analyze(model, result, config)
+    code = exit_code(analysis.findings, fail_on, options.exit_zero)
+    report = build_report(
+        model,
+        analysis,
+        capture=result,
+        config=config,
+        fail_on=fail_on,
+        exit_code=code,
+        created=options.created,
+    )
+    if options.what_if:
+        from lstm_doctor.experiments.whatif import add_what_if
+
+        report = add_what_if(report, model, source, options)
+    return report
+
+
+def attach_differential(options: DiagnoseOptions, model, result) -> None:
+    """``--observed``: rank configurations against the trace; ``--gradients``: gradient flow.
+    Both run on the capture's bounded sample and are attached to it for the rules."""
+    if getattr(options, "observed", None):
+        from lstm_doctor.experiments.observed import load_observation, search_capture
+
+        if not options.inputs:
+            raise UserError("--observed needs --inputs: the inputs your code produced the trace from")
+
+        observation = load_observation(options.observed, model, result.n_sequences, result.T)
+        result.observed = search_capture(result, observation)
+    if getattr(options, "gradients", False):
+        from lstm_doctor.experiments.gradients import analyze_gradients
+
+        result.gradients = analyze_gradients(result)
+
+
+def render(
+    report: dict,
+    fmt: str,
+    color: str = "auto",
+    to_terminal: bool = True,
+    output: str | None = None,
+    plots_dir: str | None = None,
+) -> str | bytes:
+    """The report in ``fmt`` (a name in ``lstm_doctor.report.REPORTERS``)."""
+    from lstm_doctor.report import REPORTERS, RenderOptions
+
+    if fmt not in REPORTERS:
+        raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(REPORTERS)}")
+    options = RenderOptions(
+        color=use_color(color, to_terminal), width=_width(to_terminal), output=output, plots_dir=plots_dir
+    )
+    return REPORTERS[fmt](report, options)
+
+
+def use_color(color: str, to_terminal: bool) -> bool:
+    if color == "always":
+        return True
+    if color == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return to_terminal and sys.stdout.isatty()
+
+
+def _width(to_terminal: bool) -> int:
+    if to_terminal and sys.stdout.isatty():
+        try:
+            return min(os.get_terminal_size().columns, 160)
+        except OSError:
+            pass
+    return int(os.environ.get("COLUMNS", TEXT_WIDTH))
+
+
+def execute(options: DiagnoseOptions) -> int:
+    from lstm_doctor.output import check_output_path, emit
+
+    protected = [options.model, options.inputs, options.lengths, options.observed, *options.extra_protected]
+    if options.output:
+        check_output_path(options.output, protected)
+    if options.plots_dir:
+        check_plots_dir(options.plots_dir, options.format)
+    report = run_diagnosis(options)
+    emit(
+        render(report, options.format, options.color, options.output is None, options.output, options.plots_dir),
+        options.output,
+    )
+    return report["summary"]["exit_code"]
+
+
+def check_plots_dir(plots_dir: str, fmt: str) -> None:
+    """``--plots DIR`` goes with ``--format markdown`` (html embeds its plots); DIR may not be a file."""
+    from pathlib import Path
+
+    if fmt != "markdown":
+        raise UserError(f"--plots writes the PNGs of --format markdown (html embeds them), not of --format {fmt}")
+    if Path(plots_dir).exists() and not Path(plots_dir).is_dir():
+        raise UserError("--plots: not a folder", plots_dir)
+
+
+class _progress:
+    """A rich progress bar on stderr, shown only for runs longer than ~1 s on a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+        self.started = time.perf_counter()
+
+    def __enter__(self):
+        return self.update if self.enabled else None
+
+    def update(self, done: int, total: int):
+        if self.bar is None:
+            if time.perf_counter() - self.started < 1.0 or done >= total:
+                return
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.bar = Progress(console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("scanning sequences", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+

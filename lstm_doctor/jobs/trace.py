@@ -1,0 +1,119 @@
+"""``trace``: write the captured per-step arrays of every sequence to an ``.npz``.
+
+Arrays are shaped (B, T, H) (``preact`` (B, T, 4H), gate blocks i, f, g, o),
+in input time order: a backward direction is flipped back, as PyTorch and ONNX
+return it. Keys are ``h``, ``c``, ``i``, ``f``, ``g``, ``o``, ``preact`` for a
+single-layer, single-direction model, else prefixed ``l{k}.`` and
+``l{k}.rev.`` (layer k, backward direction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lstm_doctor.errors import UserError
+
+TRACE_FIELDS = ("h", "c", "i", "f", "g", "o", "preact")
+
+
+@dataclass
+class TraceOptions:
+    model: str
+    inputs: str
+    out: str
+    layout: str | None = None
+    lengths: str | None = None
+    steps: str | None = None  # "A:B"
+    units: str | None = None  # "0,3,5-9"
+    model_format: str | None = None
+    preset: str | None = None
+    layer_prefix: str | None = None
+    layer_name: str | None = None
+    trust_pickle: bool = False
+    engine: str = "auto"
+    chunk_size: int = 64
+    max_memory: str | None = None  # e.g. "2GB"; None: a fraction of physical memory (lstm_doctor.capture.budget)
+
+
+def parse_steps(text: str | None, T: int) -> slice:
+    if not text:
+        return slice(0, T)
+    a, sep, b = text.partition(":")
+    try:
+        start = int(a) if a.strip() else 0
+        stop = int(b) if b.strip() else T
+    except ValueError:
+        raise UserError(f"--steps {text!r}: expected A:B with integers") from None
+    if not sep or not (0 <= start < stop <= T):
+        raise UserError(f"--steps {text!r}: need 0 <= A < B <= T={T}")
+    return slice(start, stop)
+
+
+def parse_units(text: str | None, H: int) -> np.ndarray | None:
+    if not text:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, sep, b = part.partition("-")
+            out.extend(range(int(a), int(b) + 1) if sep else [int(a)])
+    except ValueError:
+        raise UserError(f"--units {text!r}: expected a list such as 0,3,5-9") from None
+    units = np.array(sorted(set(out)))
+    if units.size == 0 or units.min() < 0 or units.max() >= H:
+        raise UserError(f"--units {text!r}: units must be in 0..{H - 1}")
+    return units
+
+
+def collect_trace(model, source, engine="numpy", chunk_size=64, steps=None, units=None) -> dict[str, np.ndarray]:
+    """Run every sequence and gather the per-step arrays as (B, T, ·), time order."""
+    from lstm_doctor.capture.engines import run_chunk, to_time_order
+    from lstm_doctor.model import location_name
+
+    steps = steps or slice(0, source.T)
+    parts: dict[str, list[np.ndarray]] = {}
+    for _, x, lengths in source.chunks(chunk_size, model.dtype):
+        records = run_chunk(model, x, lengths, engine)
+        for (k, d), rec in records.items():
+            layer = model.layers[k]
+            prefix = location_name(k, d, len(model.layers), layer.bidirectional or layer.go_backwards)
+            for name in TRACE_FIELDS:
+                arr = getattr(rec, name)
+                arr = to_time_order(arr, d, lengths)[steps].transpose(1, 0, 2)
+                if units is not None:
+                    if name == "preact":
+                        H = layer.H
+                        arr = arr[..., np.concatenate([units + j * H for j in range(4)])]
+                    else:
+                        arr = arr[..., units]
+                parts.setdefault(prefix + name, []).append(arr)
+    return {key: np.concatenate(v, axis=0) for key, v in parts.items()}
+
+
+def execute(options: TraceOptions) -> int:
+    from lstm_doctor.jobs.diagnose import open_model
+    from lstm_doctor.load.inputs import check_against_model, load_inputs
+    from lstm_doctor.output import atomic_path, check_output_path
+
+    out = options.out if options.out.endswith(".npz") else options.out + ".npz"
+    check_output_path(out, [options.model, options.inputs, options.lengths])
+    model = open_model(options)
+    source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
+    check_against_model(source, model.D)
+    from lstm_doctor.capture.budget import check_trace
+
+    check_trace(model, source, options.chunk_size, options.max_memory)
+    arrays = collect_trace(
+        model,
+        source,
+        options.engine,
+        options.chunk_size,
+        parse_steps(options.steps, source.T),
+        parse_units(options.units, min(layer.H for layer in model.layers)),
+    )
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return 0
