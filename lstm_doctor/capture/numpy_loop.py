@@ -1,10 +1,11 @@
-"""Plain NumPy implementation of the instrumented LSTM step: the reference.
+"""The "numpy" capture engine: the LSTM step as an optimised NumPy loop.
 
-It computes exactly the equations of ``lstm_doctor.model`` and returns every
-intermediate, time-major. The PyTensor scan (``lstm_doctor.capture.engines``) is tested
-against it, and it doubles as the fast capture engine ("numpy"), because
-NumPy's vectorised ufuncs beat compiled scalar loops on the element-wise part
-of the step (see ENGINE.md).
+It computes the equations of ``lstm_doctor.capture.step`` (the readable
+oracle, which ``tests/test_step_oracle.py`` holds it to) and returns every
+intermediate, time-major. NumPy's vectorised ufuncs beat compiled scalar
+loops on the element-wise part of the step (``docs/engines.md``), so this
+loop is fast where the oracle is clear: preallocated buffers, the three σ
+gates contiguous, statistics handed to an observer while in cache.
 
 Shapes: T steps, B sequences, D input features, H units.
 
