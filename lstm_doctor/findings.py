@@ -104,6 +104,17 @@ def worst(findings: Iterable[Finding]) -> Severity | None:
     return max(severities) if severities else None
 
 
+IDENTITY_FIELDS = ("layer", "direction", "gate")
+"""A finding's identity beyond its code: baselines, compare and grouping match on
+(code, layer, direction, gate), never on message text (its numbers change)."""
+
+
+def finding_identity(finding: dict) -> tuple:
+    """(code, layer, direction, gate) of a finding as it is in a JSON report."""
+    loc = finding["location"]
+    return (finding["code"], *(loc.get(name) for name in IDENTITY_FIELDS))
+
+
 def exit_code(findings: Iterable[Finding], fail_on: Severity, exit_zero: bool = False) -> int:
     """0 when no finding is at or above ``fail_on``, else 1 (always 0 with exit_zero)."""
     if exit_zero:

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "numpy")

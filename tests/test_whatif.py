@@ -333,7 +333,7 @@ def test_add_what_if_extends_a_diagnosis_report(saved):
     options = DiagnoseOptions(model=str(folder), inputs=str(x), progress=False, created="2026-01-01T00:00:00+00:00")
     report = run_diagnosis(options)
     m = load_model(folder, None, LoadOptions())
-    extended = add_what_if(report, m, load_inputs(x, "btd"), options)
+    extended = add_what_if(report, m, load_inputs(x, "btd"))
     assert "what_if" not in report  # the input report is not modified
     assert {k: v for k, v in extended.items() if not k.startswith("what_if")} == report
     assert extended["what_if"][0]["fix"] == "none"

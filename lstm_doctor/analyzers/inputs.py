@@ -11,22 +11,8 @@ from lstm_doctor.analyzers.registry import Context, Deferred, rule
 from lstm_doctor.findings import Location, Severity
 
 np = Deferred("numpy")  # imported by the first check that runs
+stats = Deferred("lstm_doctor.stats")
 GATES = ("i", "f", "g", "o")  # lstm_doctor.model.GATES, without importing NumPy
-
-
-def input_variance_share(terms) -> np.ndarray:
-    """(4,) per gate block: Var(x·W) / (Var(x·W) + Var(h·U) + Var(p·c))."""
-    parts = [terms.variance(t) for t in ("input", "recurrent", "peephole")]
-    total = sum(parts)
-    return np.where(total > 0, parts[0] / np.where(total > 0, total, 1), 1.0)
-
-
-def input_energy_share(terms, bias: np.ndarray, H: int) -> np.ndarray:
-    """(4,) per gate block: E[(x·W)²] / (E[(x·W)²] + E[(h·U)²] + E[(p·c)²] + mean b²)."""
-    b2 = (np.asarray(bias, dtype=np.float64).reshape(4, H) ** 2).mean(axis=1)
-    parts = [terms.mean_square(t) for t in ("input", "recurrent", "peephole")]
-    total = sum(parts) + b2
-    return np.where(total > 0, parts[0] / np.where(total > 0, total, 1), 1.0)
 
 
 @rule(
@@ -55,8 +41,8 @@ def check_input_negligible(ctx: Context):
     cap = ctx.capture
     for (k, d), st in cap.directions.items():
         params = dict(ctx.model.layers[k].directions())[d]
-        var_share = input_variance_share(st.terms)
-        energy_share = input_energy_share(st.terms, params.b, st.H)
+        var_share = stats.input_variance_share(st.terms)
+        energy_share = stats.input_energy_share(st.terms, params.b, st.H)
         share = np.maximum(var_share, energy_share)
         if not np.isfinite(share).all():
             ctx.skip("I501", "non-finite pre-activations (see I505, W105, C402)")
@@ -71,7 +57,7 @@ def check_input_negligible(ctx: Context):
             f"the input term x·W carries at most {float(share.max()):.2%} of any gate's "
             f"pre-activation (gate {GATES[best]}); RMS of x·W is {float(rms_in.mean()):.3g} "
             f"against {float(rms_rec.mean()):.3g} for h·U: the output cannot depend on the input"
-            + (f" (at the probe's scale)" if cap.source.probe else "")
+            + (" (at the probe's scale)" if cap.source.probe else "")
             + ".",
             location=Location(k, d, None),
             evidence={

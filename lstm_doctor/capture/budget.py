@@ -121,3 +121,25 @@ def check_trace(model, source, chunk_size: int, max_memory=None) -> int:
     estimate = estimate_trace(model, source.T, source.n_sequences, source.D, chunk_size)
     check(estimate, max_memory, f"the trace of {source.n_sequences}×{source.T} steps", source.path)
     return estimate
+
+
+# -- chunk sizing: how many sequences one chunk may hold -----------------------------
+
+STREAMING_VALUES_PER_H = 3  # a streaming capture keeps h, c and one temporary per unit and step
+FULL_RECORD_VALUES_PER_H = 23  # a full record: i f g o c h (6H) + preact, input, recurrent, peephole terms (16H) + h
+STREAMING_CHUNK_BYTES = 192 * 2**20  # diagnose, check, trace: a chunk of streamed sequences
+FULL_RECORD_CHUNK_BYTES = 256 * 2**20  # what-if: a chunk of full per-step records
+
+
+def sequence_bytes(model, T: int, values_per_h: int, with_inputs: bool = False) -> int:
+    """Bytes one sequence of T steps takes when every direction of every layer holds
+    ``values_per_h`` values per unit and step (plus its D input features)."""
+    per_step = sum(values_per_h * layer.H for layer, _params in _directions(model))
+    if with_inputs:
+        per_step += model.D
+    return int(T * per_step * model.dtype.itemsize)
+
+
+def sequences_within(budget_bytes: int, per_sequence: int, requested: int) -> int:
+    """``requested`` sequences, or fewer (at least 1) when they would pass ``budget_bytes``."""
+    return int(max(1, min(requested, budget_bytes // max(per_sequence, 1))))

@@ -24,6 +24,7 @@ from lstm_doctor.capture.engines import (
 )
 from lstm_doctor.capture.numpy_loop import CAPTURE_FULL, CAPTURE_STATS, StepRecord
 from lstm_doctor.choices import DEFAULT_ENGINE
+from lstm_doctor.capture import budget
 from lstm_doctor.load.inputs import InputSource
 from lstm_doctor.model import LSTMModel
 from lstm_doctor.stats import (
@@ -32,11 +33,11 @@ from lstm_doctor.stats import (
     InputStats,
     StatsConfig,
     axis_correlations,
+    input_variance_share,
 )
 
 # Upper bound on a chunk's per-step arrays: the inputs (T, B, D) and each
 # layer's states (T, B, H) and outputs. Keeps peak memory flat whatever N.
-CHUNK_BUDGET_BYTES = 192 * 1024 * 1024
 
 SAMPLE_FIELDS = ("input_term", "recurrent_term", "preact", "i", "f", "g", "o", "c", "h")
 # What the analyzers and reports read from the sample. The (T, b, 4H) terms are
@@ -49,7 +50,7 @@ DEFAULT_SAMPLE_FIELDS = ("i", "f", "g", "o", "c", "h")
 class CaptureOptions:
     engine: str = DEFAULT_ENGINE
     # Sequences per chunk; fewer when a chunk's (T, B, ·) arrays would pass
-    # CHUNK_BUDGET_BYTES. Larger chunks mean larger GEMMs and fewer NumPy
+    # budget.STREAMING_CHUNK_BYTES. Larger chunks mean larger GEMMs and fewer NumPy
     # calls per sequence (benchmarks/RESULTS.md).
     chunk_size: int = 256
     sample_size: int = 64  # sequences whose full per-step arrays are kept
@@ -185,10 +186,9 @@ def _keep(sample, records: dict[tuple[int, str], StepRecord], take: int, fields=
 
 
 def effective_chunk_size(model: LSTMModel, T: int, requested: int) -> int:
-    """``requested``, or fewer sequences when a chunk would pass CHUNK_BUDGET_BYTES."""
-    states = sum(layer.output_size for layer in model.layers)
-    per_sequence = T * model.dtype.itemsize * (model.D + 3 * states)
-    return int(max(1, min(requested, CHUNK_BUDGET_BYTES // max(per_sequence, 1))))
+    """``requested``, or fewer sequences when a chunk would pass budget.STREAMING_CHUNK_BYTES."""
+    per_sequence = budget.sequence_bytes(model, T, budget.STREAMING_VALUES_PER_H, with_inputs=True)
+    return budget.sequences_within(budget.STREAMING_CHUNK_BYTES, per_sequence, requested)
 
 
 def _release_pages(array: np.ndarray) -> None:
@@ -225,10 +225,6 @@ def headline_metrics(result: CaptureResult) -> dict[str, float]:
     mean_pairwise_cosine, cross_input_std: of the final encodings
     input_variance_share: layer 0's input share of pre-activation variance, mean over gates
     """
-    from lstm_doctor.analyzers.inputs import (
-        input_variance_share,  # analyzers import pipeline lazily
-    )
-
     saturated = values = at_bound = 0
     for st in result.directions.values():
         n = st.n_values * st.H

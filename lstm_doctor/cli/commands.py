@@ -290,7 +290,8 @@ def demo(engine, fmt, output, color):
 
 
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
+              help="markdown: the full rule reference (docs/rules.md).")
 def rules(fmt):
     """List every rule code with its name, family and default severity."""
     from lstm_doctor.jobs.rules import list_rules

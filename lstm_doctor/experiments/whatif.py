@@ -98,6 +98,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from lstm_doctor.analyzers import AnalysisConfig, analyze
+from lstm_doctor.capture import budget
 from lstm_doctor.errors import ConfigError, InputError
 from lstm_doctor.findings import Finding, Severity
 from lstm_doctor.load.inputs import InputSource
@@ -108,7 +109,6 @@ EXPECTED_CAPTURES = 8  # captures of the sample in a typical experiment (the bun
 RECURRENT_TARGET = 1.0  # rescale-recurrent: spectral norm × cell-output bound per gate block
 FORGET_BIAS = 1.0  # forget-bias-1 (Gers et al. 2000; Jozefowicz et al. 2015)
 SCORE_TOLERANCE = 0.005  # a score must improve by more than this to count
-CHUNK_BUDGET_BYTES = 256 * 2**20  # full per-step records of one chunk
 
 
 # -- state and fixes ---------------------------------------------------------------------------
@@ -495,29 +495,9 @@ class WhatIfOptions:
     sample_size: int = DEFAULT_SAMPLE
     fixes: tuple[str, ...] | None = None
     engine: str = "auto"
-    chunk_size: int | None = None  # None: as large as CHUNK_BUDGET_BYTES allows
+    chunk_size: int | None = None  # None: as large as budget.FULL_RECORD_CHUNK_BYTES allows
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     min_severity: Severity = Severity.warning
-
-    @classmethod
-    def from_any(cls, options: Any) -> "WhatIfOptions":
-        """Accept a ``WhatIfOptions``, a ``DiagnoseOptions`` (its engine and rule
-        selection are reused) or None."""
-        if options is None:
-            return cls()
-        if isinstance(options, cls):
-            return options
-        config = AnalysisConfig()
-        if hasattr(options, "select") and hasattr(options, "thresholds"):
-            from lstm_doctor.jobs.diagnose import analysis_config
-
-            config = analysis_config(options)
-        return cls(
-            sample_size=int(getattr(options, "what_if_sample", None) or DEFAULT_SAMPLE),
-            fixes=parse_fix_ids(getattr(options, "what_if_fixes", None) or None),
-            engine=getattr(options, "engine", "auto"),
-            analysis=config,
-        )
 
 
 @dataclass
@@ -600,9 +580,8 @@ def run_metrics(cap) -> dict[str, Any]:
 def _chunk_size(state: State, options: WhatIfOptions) -> int:
     if options.chunk_size:
         return options.chunk_size
-    per_step = sum(23 * layer.H * (2 if layer.bidirectional else 1) for layer in state.model.layers)
-    per_sequence = state.source.T * per_step * state.model.dtype.itemsize
-    return int(max(1, min(state.source.n_sequences, CHUNK_BUDGET_BYTES // max(per_sequence, 1))))
+    per_sequence = budget.sequence_bytes(state.model, state.source.T, budget.FULL_RECORD_VALUES_PER_H)
+    return budget.sequences_within(budget.FULL_RECORD_CHUNK_BYTES, per_sequence, state.source.n_sequences)
 
 
 def measure(state: State, fixes: tuple[str, ...], descriptions: tuple[str, ...], options: WhatIfOptions) -> Run:
@@ -1183,11 +1162,10 @@ def experiment_dict(exp: Experiment) -> dict[str, Any]:
 
 
 
-def add_what_if(report: dict, model: LSTMModel, source: InputSource, options: Any = None) -> dict:
+def add_what_if(report: dict, model: LSTMModel, source: InputSource, options: WhatIfOptions | None = None) -> dict:
     """A copy of ``report`` (from ``build_report``) with the ``what_if`` and
-    ``what_if_ranking`` sections added. ``options``: ``WhatIfOptions``, a
-    ``DiagnoseOptions`` (engine and rule selection reused) or None."""
-    exp = run_experiment(model, source, WhatIfOptions.from_any(options))
+    ``what_if_ranking`` sections added."""
+    exp = run_experiment(model, source, options or WhatIfOptions())
     return {**report, **experiment_dict(exp)}
 
 

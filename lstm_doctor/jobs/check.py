@@ -43,7 +43,7 @@ from typing import Any
 
 from lstm_doctor.choices import LAYOUTS
 from lstm_doctor.errors import ConfigError, UserError
-from lstm_doctor.findings import Severity
+from lstm_doctor.findings import IDENTITY_FIELDS, Severity, finding_identity
 
 CONFIG_FILES = ("lstm-doctor.toml", "pyproject.toml")
 TOOL_KEY = "lstm-doctor"
@@ -311,8 +311,7 @@ def resolve(options: CheckOptions) -> CheckConfig:
 
 
 def finding_key(model_id: str, finding: dict) -> tuple:
-    loc = finding["location"]
-    return (model_id, finding["code"], loc.get("layer"), loc.get("direction"), loc.get("gate"))
+    return (model_id, *finding_identity(finding))
 
 
 def load_baseline(path: str) -> set[tuple]:
@@ -329,7 +328,7 @@ def load_baseline(path: str) -> set[tuple]:
     try:
         if kind == BASELINE_KIND:
             return {
-                (f["model"], f["code"], f.get("layer"), f.get("direction"), f.get("gate")) for f in data["findings"]
+                (f["model"], f["code"], *(f.get(name) for name in IDENTITY_FIELDS)) for f in data["findings"]
             }
         if kind == CHECK_KIND:
             return {finding_key(m["id"], f) for m in data["models"] for f in m["report"]["findings"]}
@@ -341,8 +340,7 @@ def load_baseline(path: str) -> set[tuple]:
 
 
 def baseline_document(results: list[tuple[str, dict]]) -> dict:
-    from lstm_doctor import __version__
-    from lstm_doctor.report.build import SCHEMA_VERSION
+    from lstm_doctor.report.build import envelope
 
     keys: dict[tuple, str] = {}
     for model_id, report in results:
@@ -352,9 +350,7 @@ def baseline_document(results: list[tuple[str, dict]]) -> dict:
                 keys[key] = f["severity"]
     order = lambda k: (k[0], k[1], -1 if k[2] is None else k[2], k[3] or "", k[4] or "")  # noqa: E731
     return {
-        "kind": BASELINE_KIND,
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "lstm-doctor", "version": __version__},
+        **envelope(None, kind=BASELINE_KIND),
         "findings": [
             {"model": k[0], "code": k[1], "layer": k[2], "direction": k[3], "gate": k[4], "severity": keys[k]}
             for k in sorted(keys, key=order)
@@ -387,16 +383,12 @@ def apply_baseline(
 
 
 def check_document(results: list[tuple[str, dict]], config: CheckConfig, created: str, exit_code: int) -> dict:
-    from lstm_doctor import __version__
-    from lstm_doctor.report.build import SCHEMA_VERSION
+    from lstm_doctor.report.build import envelope
 
     reports = [r for _, r in results]
     new = [r["check"]["new"] for r in reports]
     return {
-        "kind": CHECK_KIND,
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "lstm-doctor", "version": __version__},
-        "created": created,
+        **envelope(created, kind=CHECK_KIND),
         "config_file": config.source,
         "baseline": config.baseline,
         "models": [{"id": model_id, "report": report} for model_id, report in results],
@@ -533,16 +525,16 @@ def summary_text(document: dict, config: CheckConfig, written: list[str], color:
 def execute(options: CheckOptions) -> int:
     import sys
 
-    from lstm_doctor.jobs.diagnose import _width, use_color
     from lstm_doctor.output import emit
     from lstm_doctor.report import REPORTERS, RenderOptions
+    from lstm_doctor.report.terminal import text_width, use_color
 
     if options.format not in REPORTERS:
         raise UserError(f"unknown format {options.format!r}; choose one of {', '.join(REPORTERS)}")
     code, document, config = run_check(options)
     results = [(m["id"], m["report"]) for m in document["models"]]
     color = use_color(options.color, True)
-    width = _width(True)
+    width = text_width(True)
     if options.format == "text":
         render_options = RenderOptions(color=color, width=width)
         text = "".join(REPORTERS["text"](r, render_options) for _, r in results)

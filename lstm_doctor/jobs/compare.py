@@ -11,13 +11,14 @@ report dicts.
 
 from __future__ import annotations
 
+from lstm_doctor.findings import Severity, finding_identity
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from lstm_doctor.errors import UserError
 
-RANK = {"info": 1, "warning": 2, "error": 3}
 
 
 @dataclass
@@ -39,13 +40,10 @@ class CompareOptions:
     created: str | None = None
 
 
-def _key(f: dict) -> tuple:
-    loc = f["location"]
-    return (f["code"], loc.get("layer"), loc.get("direction"), loc.get("gate"))
 
 
 def _entry(f: dict) -> dict:
-    code, layer, direction, gate = _key(f)
+    code, layer, direction, gate = finding_identity(f)
     return {
         "code": code,
         "layer": layer,
@@ -69,20 +67,19 @@ def _label(report: dict, source: str) -> dict:
 
 def compare_reports(a: dict, b: dict, source_a: str = "A", source_b: str = "B") -> dict:
     """The comparison document (schema: ``$defs/compare`` of ``report/schema.json``)."""
-    from lstm_doctor import __version__
-    from lstm_doctor.report.build import SCHEMA_VERSION, clean
+    from lstm_doctor.report.build import clean, envelope
 
     groups_a: dict[tuple, list[dict]] = {}
     groups_b: dict[tuple, list[dict]] = {}
     for f in a["findings"]:
-        groups_a.setdefault(_key(f), []).append(f)
+        groups_a.setdefault(finding_identity(f), []).append(f)
     for f in b["findings"]:
-        groups_b.setdefault(_key(f), []).append(f)
+        groups_b.setdefault(finding_identity(f), []).append(f)
     resolved, appeared, changed = [], [], []
     unchanged = 0
     for key in sorted(set(groups_a) | set(groups_b), key=_order):
-        fa = sorted(groups_a.get(key, []), key=lambda f: -RANK[f["severity"]])
-        fb = sorted(groups_b.get(key, []), key=lambda f: -RANK[f["severity"]])
+        fa = sorted(groups_a.get(key, []), key=lambda f: -Severity.parse(f["severity"]))
+        fb = sorted(groups_b.get(key, []), key=lambda f: -Severity.parse(f["severity"]))
         for x, y in zip(fa, fb):
             if x["severity"] == y["severity"]:
                 unchanged += 1
@@ -106,9 +103,7 @@ def compare_reports(a: dict, b: dict, source_a: str = "A", source_b: str = "B") 
         headline.append({"metric": metric, "a": va, "b": vb, "delta": None if va is None or vb is None else vb - va})
     return clean(
         {
-            "kind": "lstm-doctor-compare",
-            "schema_version": SCHEMA_VERSION,
-            "tool": {"name": "lstm-doctor", "version": __version__},
+            **envelope(None, kind="lstm-doctor-compare"),
             "a": _label(a, source_a),
             "b": _label(b, source_b),
             "resolved": resolved,
@@ -227,7 +222,7 @@ def render_text(doc: dict, color: bool, width: int) -> str:
             Text("appeared", style="bold red"), f["code"], name(f["code"]), where(f), sev(None), sev(f["severity"])
         )
     for f in doc["changed"]:
-        better = RANK[f["to"]] < RANK[f["from"]]
+        better = Severity.parse(f["to"]) < Severity.parse(f["from"])
         table.add_row(
             Text("less severe" if better else "more severe", style="green" if better else "bold red"),
             f["code"],
@@ -256,9 +251,9 @@ def render_text(doc: dict, color: bool, width: int) -> str:
 
 
 def execute(options: CompareOptions) -> int:
-    from lstm_doctor.jobs.diagnose import _width, use_color
     from lstm_doctor.output import check_output_path, emit
     from lstm_doctor.report import to_json
+    from lstm_doctor.report.terminal import text_width, use_color
 
     if options.format not in ("text", "json"):
         raise UserError(f"unknown format {options.format!r}; choose text or json")
@@ -269,5 +264,5 @@ def execute(options: CompareOptions) -> int:
         emit(to_json(doc), options.output)
     else:
         to_terminal = options.output is None
-        emit(render_text(doc, use_color(options.color, to_terminal), _width(to_terminal)), options.output)
+        emit(render_text(doc, use_color(options.color, to_terminal), text_width(to_terminal)), options.output)
     return 0

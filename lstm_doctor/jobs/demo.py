@@ -98,7 +98,7 @@ def comparison(broken: dict, fixed: dict, color: str, to_terminal: bool) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    from lstm_doctor.jobs.diagnose import _width, use_color
+    from lstm_doctor.report.terminal import text_width, use_color
 
     table = Table(title="Broken encoder vs its fixed twin (all four CASE.md defects repaired)", title_justify="left")
     table.add_column("metric")
@@ -113,7 +113,7 @@ def comparison(broken: dict, fixed: dict, color: str, to_terminal: bool) -> str:
     buffer = io.StringIO()
     console = Console(
         file=buffer,
-        width=_width(to_terminal),
+        width=text_width(to_terminal),
         force_terminal=use_color(color, to_terminal),
         no_color=not use_color(color, to_terminal),
     )

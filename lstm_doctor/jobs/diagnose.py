@@ -7,15 +7,13 @@ the report dict; ``execute`` adds output (text or JSON, stdout or an atomic
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 
 from lstm_doctor.errors import UserError
 from lstm_doctor.findings import Severity, exit_code
-
-TEXT_WIDTH = 110
+from lstm_doctor.report.terminal import text_width, use_color
 
 
 @dataclass
@@ -130,7 +128,7 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
     from lstm_doctor.capture import budget
     from lstm_doctor.capture.pipeline import CaptureOptions, capture
     from lstm_doctor.choices import ENGINES
-    from lstm_doctor.load.inputs import check_against_model, load_inputs, make_probe
+    from lstm_doctor.load.inputs import check_against_model, make_probe
     from lstm_doctor.report import build_report
 
     if options.engine not in ENGINES:
@@ -145,13 +143,13 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
             raise UserError("--lengths needs --inputs")
         budget.check_capture(
             model, (options.probe_steps, options.probe_sequences, model.D), options.chunk_size, options.sample_size,
-            getattr(options, "max_memory", None),
+            options.max_memory,
         )
         source = make_probe(
             options.probe, options.probe_sequences, options.probe_steps, model.D, options.probe_scale, options.seed
         )
     check_against_model(source, model.D)
-    budget.check_capture(model, source, options.chunk_size, options.sample_size, getattr(options, "max_memory", None))
+    budget.check_capture(model, source, options.chunk_size, options.sample_size, options.max_memory)
     with _progress(options.progress) as progress:
         result = capture(
             model,
@@ -172,16 +170,22 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         created=options.created,
     )
     if options.what_if:
-        from lstm_doctor.experiments.whatif import add_what_if
+        from lstm_doctor.experiments.whatif import (
+            DEFAULT_SAMPLE,
+            WhatIfOptions,
+            add_what_if,
+        )
 
-        report = add_what_if(report, model, source, options)
+        report = add_what_if(report, model, source, WhatIfOptions(
+            sample_size=options.what_if_sample or DEFAULT_SAMPLE, engine=options.engine, analysis=config,
+        ))
     return report
 
 
 def attach_differential(options: DiagnoseOptions, model, result) -> None:
     """``--observed``: rank configurations against the trace; ``--gradients``: gradient flow.
     Both run on the capture's bounded sample and are attached to it for the rules."""
-    if getattr(options, "observed", None):
+    if options.observed:
         from lstm_doctor.experiments.observed import load_observation, search_capture
 
         if not options.inputs:
@@ -189,7 +193,7 @@ def attach_differential(options: DiagnoseOptions, model, result) -> None:
 
         observation = load_observation(options.observed, model, result.n_sequences, result.T)
         result.observed = search_capture(result, observation)
-    if getattr(options, "gradients", False):
+    if options.gradients:
         from lstm_doctor.experiments.gradients import analyze_gradients
 
         result.gradients = analyze_gradients(result)
@@ -209,26 +213,9 @@ def render(
     if fmt not in REPORTERS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(REPORTERS)}")
     options = RenderOptions(
-        color=use_color(color, to_terminal), width=_width(to_terminal), output=output, plots_dir=plots_dir
+        color=use_color(color, to_terminal), width=text_width(to_terminal), output=output, plots_dir=plots_dir
     )
     return REPORTERS[fmt](report, options)
-
-
-def use_color(color: str, to_terminal: bool) -> bool:
-    if color == "always":
-        return True
-    if color == "never" or os.environ.get("NO_COLOR"):
-        return False
-    return to_terminal and sys.stdout.isatty()
-
-
-def _width(to_terminal: bool) -> int:
-    if to_terminal and sys.stdout.isatty():
-        try:
-            return min(os.get_terminal_size().columns, 160)
-        except OSError:
-            pass
-    return int(os.environ.get("COLUMNS", TEXT_WIDTH))
 
 
 def execute(options: DiagnoseOptions) -> int:

@@ -12,6 +12,9 @@ def list_rules(fmt: str) -> int:
     from lstm_doctor.analyzers.registry import FAMILIES
 
     rules = all_rules()
+    if fmt == "markdown":
+        print(rules_markdown(), end="")
+        return 0
     if fmt == "json":
         print(json.dumps([r.summary() for r in rules], indent=2, ensure_ascii=False))
         return 0
@@ -26,7 +29,8 @@ def list_rules(fmt: str) -> int:
     return 0
 
 
-def explain_rule(code: str) -> int:
+def rule_text(code: str, heading: str = "") -> str:
+    """One rule's documentation, as ``explain`` prints it (``heading``: a markdown prefix for the title)."""
     from lstm_doctor.analyzers import RULES
     from lstm_doctor.analyzers.registry import FAMILIES
 
@@ -35,14 +39,51 @@ def explain_rule(code: str) -> int:
         raise UserError(f"unknown rule {code!r}; known codes: {', '.join(sorted(RULES))}")
     r = RULES[key]
     thresholds = ", ".join(f"{k}={v:g}" for k, v in r.thresholds.items()) or "none"
-    print(f"{r.code} {r.name} ({FAMILIES[r.family]}; default severity {r.severity.name})\n")
-    print(f"Statistic: {r.statistic}")
-    print(f"Thresholds: {thresholds}  (override with --threshold {r.code}.NAME=VALUE)\n")
+    lines = [
+        f"{heading}{r.code} {r.name} ({FAMILIES[r.family]}; default severity {r.severity.name})",
+        "",
+        f"Statistic: {r.statistic}",
+        f"Thresholds: {thresholds}  (override with --threshold {r.code}.NAME=VALUE)",
+        "",
+    ]
+    sub = "#" * (len(heading.strip()) + 1) + " " if heading else "## "
     for title, text in (
         ("What it does", r.doc.what),
         ("Why it matters", r.doc.why),
         ("Example", r.doc.example),
         ("Fix", r.doc.fix),
     ):
-        print(f"## {title}\n{text}\n")
+        lines += [f"{sub}{title}", text, ""]
+    return "\n".join(lines)
+
+
+def explain_rule(code: str) -> int:
+    print(rule_text(code))
     return 0
+
+
+def rules_markdown() -> str:
+    """The rule reference (``docs/rules.md``), generated from the registry so that it cannot drift."""
+    from lstm_doctor.analyzers import all_rules
+    from lstm_doctor.analyzers.registry import FAMILIES
+
+    rules = all_rules()
+    out = [
+        "# Rule reference",
+        "",
+        "Generated from lstm_doctor's rule registry by `lstm-doctor rules --format markdown`;",
+        "`tests/test_docs.py` fails when this file and the registry differ. The codes are a",
+        "public contract: they are never renumbered or reused.",
+        "",
+        "| code | name | family | default severity | needs inputs |",
+        "|---|---|---|---|---|",
+    ]
+    out += [
+        f"| [{r.code}](#{r.code.lower()}) | {r.name} | {FAMILIES[r.family]} | {r.severity.name} | "
+        f"{'yes' if r.needs_inputs else 'no'} |"
+        for r in rules
+    ]
+    out.append("")
+    for r in rules:
+        out += [f'<a id="{r.code.lower()}"></a>', "", rule_text(r.code, heading="## ")]
+    return "\n".join(out).rstrip() + "\n"

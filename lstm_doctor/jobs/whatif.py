@@ -98,24 +98,18 @@ def write_fixed(folder: Path, model, notes: tuple[str, ...], arrays: dict) -> Pa
 
 def build_output(options: WhatIfCommandOptions, model, source, exp) -> dict:
     """The JSON document of the ``what-if`` command."""
-    import datetime as _dt
-
-    from lstm_doctor import __version__
     from lstm_doctor.experiments.whatif import experiment_dict
     from lstm_doctor.findings import Severity, exit_code
     from lstm_doctor.report.build import (
-        SCHEMA_VERSION,
         clean,
         describe_model,
+        envelope,
         file_identity,
     )
 
     code = exit_code(exp.baseline.findings, Severity.parse(options.fail_on), options.exit_zero)
     doc = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "lstm-doctor", "version": __version__},
-        "created": options.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "what-if",
+        **envelope(options.created or "now", command="what-if"),
         "model": describe_model(model),
         "inputs": {
             "source": source.label,
@@ -197,13 +191,13 @@ def render(doc: dict, options: WhatIfCommandOptions) -> str:
     from rich.console import Console
     from rich.text import Text
 
-    from lstm_doctor.jobs.diagnose import _width, use_color
+    from lstm_doctor.report.terminal import text_width, use_color
     from lstm_doctor.report.whatif_text import render_what_if
 
     to_terminal = options.output is None
     color = use_color(options.color, to_terminal)
     buffer = io.StringIO()
-    console = Console(file=buffer, width=_width(to_terminal), force_terminal=color, no_color=not color, highlight=False)
+    console = Console(file=buffer, width=text_width(to_terminal), force_terminal=color, no_color=not color, highlight=False)
     m, inp = doc["model"], doc["inputs"]
     shape = ", ".join(f"L{l['index']}: D={l['D']} H={l['H']}" for l in m["layers"])
     console.print(Text.assemble(("what-if  ", "bold"), f"{m['name']} ({m['format']}) · {shape} · {m['layers'][0]['equation']}"))

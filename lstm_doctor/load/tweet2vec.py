@@ -197,7 +197,7 @@ def check_conv(arrays: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
 def conv_stack(path: str | Path, options=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The four conv layers' (W, b) of a 25-array file, W (filters, in_channels, width)."""
     path = Path(path)
-    arrays = read_arrays(path, trust=bool(getattr(options, "trust_pickle", False)))
+    arrays = read_arrays(path, trust=options.trust_pickle if options is not None else False)
     if len(arrays) != N_LSTM + N_CONV:
         raise ModelError(
             f"this file holds {len(arrays)} arrays (an LSTM alone); the conv stack is in "

@@ -32,6 +32,16 @@ from lstm_doctor.findings import Severity
 from lstm_doctor.model import GATES, SIGMOID_GATES, LSTMModel
 
 SCHEMA_VERSION = "1.0"
+
+
+def envelope(created: str | None = "now", **head: Any) -> dict[str, Any]:
+    """The head every JSON document of lstm-doctor starts with: ``head`` (e.g. its
+    ``kind`` or ``command``), the schema version, the tool, and when it was made
+    (``created``: an ISO timestamp, "now", or None for a document without one)."""
+    doc = {**head, "schema_version": SCHEMA_VERSION, "tool": {"name": "lstm-doctor", "version": __version__}}
+    if created is not None:
+        doc["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds") if created == "now" else created
+    return doc
 PER_STEP_LIMIT = 512  # per-step series longer than this are not stored in full
 HEATMAP_UNITS = 64  # saturation heatmaps: at most this many unit bins ...
 HEATMAP_STEPS = 128  # ... and step bins (bins average adjacent units / steps)
@@ -229,7 +239,7 @@ def energy_shares(terms, bias: np.ndarray, H: int) -> dict[str, dict[str, float]
 
 def layer_statistics(capture) -> list[dict[str, Any]]:
     """Per (layer, direction): what the summaries and plots are drawn from."""
-    from lstm_doctor.analyzers.inputs import input_energy_share, input_variance_share
+    from lstm_doctor.stats import input_energy_share, input_variance_share
 
     out = []
     for (k, d), st in capture.directions.items():
@@ -356,9 +366,7 @@ def build_report(
     counts = {s.name: sum(f.severity == s for f in analysis.findings) for s in reversed(Severity)}
     worst = max((f.severity for f in analysis.findings), default=None)
     report = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "lstm-doctor", "version": __version__},
-        "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **envelope(created or "now"),
         **({"timings": timings} if timings else {}),
         "model": describe_model(model),
         "inputs": describe_inputs(capture) if capture is not None else None,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from lstm_doctor.findings import Severity
 from lstm_doctor.report.html import _where
 
-RANK = {"info": 1, "warning": 2, "error": 3}
 
 
 def _in_scope(code: str, config: dict) -> bool:
@@ -33,7 +33,7 @@ def _describe(f: dict) -> str:
 
 
 def _suite(report: dict, rules: dict) -> ET.Element:
-    fail_on = RANK[report["config"]["fail_on"]]
+    fail_on = Severity.parse(report["config"]["fail_on"])
     model = report["model"]["name"]
     label = (report.get("check") or {}).get("model_id") or model
     suite = ET.Element("testsuite", name=f"lstm-doctor: {label}", timestamp=report["created"], time="0")
@@ -59,10 +59,10 @@ def _suite(report: dict, rules: dict) -> ET.Element:
             suite, "testcase", name=f"{code} {rules[code]}", classname=f"lstm_doctor.{label}", time="0"
         )
         found = by_code.get(code, [])
-        failing = [f for f in found if RANK[f["severity"]] >= fail_on and f.get("baseline") != "known"]
+        failing = [f for f in found if Severity.parse(f["severity"]) >= fail_on and f.get("baseline") != "known"]
         if failing:
             failures += 1
-            worst = max(failing, key=lambda f: RANK[f["severity"]])
+            worst = max(failing, key=lambda f: Severity.parse(f["severity"]))
             failure = ET.SubElement(case, "failure", message=worst["message"], type=worst["severity"])
             failure.text = "\n".join(_describe(f) for f in found)
         elif code in skipped_reasons:

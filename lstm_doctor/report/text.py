@@ -8,6 +8,8 @@ saturation summary, and the per-step mean h and mean c for the first steps
 
 from __future__ import annotations
 
+from lstm_doctor.findings import Severity
+
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -18,7 +20,6 @@ from lstm_doctor.analyzers.registry import FAMILIES, RULES
 RULE_NAMES = {code: r.name for code, r in RULES.items()}
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-RANK = {"error": 3, "warning": 2, "info": 1}
 FIRST_STEPS = 8
 
 
@@ -84,14 +85,14 @@ def _findings(report: dict) -> list:
         order = list(FAMILIES)
         families = sorted(
             {f["code"][0] for f in group},
-            key=lambda fam: (-max(RANK[f["severity"]] for f in group if f["code"][0] == fam), order.index(fam)),
+            key=lambda fam: (-max(Severity.parse(f["severity"]) for f in group if f["code"][0] == fam), order.index(fam)),
         )
         for n, fam in enumerate(families):
             rows = [f for f in group if f["code"][0] == fam]
             if n:
                 table.add_section()
             table.add_row("", Text(FAMILIES[fam], style="bold"), "", "")
-            rows.sort(key=lambda f: (-RANK[f["severity"]], f["code"]))
+            rows.sort(key=lambda f: (-Severity.parse(f["severity"]), f["code"]))
             for f in rows:
                 body = Text(f["message"])
                 if f["fix"]:

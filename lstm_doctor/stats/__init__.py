@@ -909,3 +909,18 @@ def axis_correlations(x: np.ndarray) -> tuple[float, float]:
         ok = denom > 0
         feat = float((cross[ok] / denom[ok]).mean()) if ok.any() else float("nan")
     return step, feat
+
+
+def input_variance_share(terms) -> np.ndarray:
+    """(4,) per gate block: Var(x·W) / (Var(x·W) + Var(h·U) + Var(p·c))."""
+    parts = [terms.variance(t) for t in ("input", "recurrent", "peephole")]
+    total = sum(parts)
+    return np.where(total > 0, parts[0] / np.where(total > 0, total, 1), 1.0)
+
+
+def input_energy_share(terms, bias: np.ndarray, H: int) -> np.ndarray:
+    """(4,) per gate block: E[(x·W)²] / (E[(x·W)²] + E[(h·U)²] + E[(p·c)²] + mean b²)."""
+    b2 = (np.asarray(bias, dtype=np.float64).reshape(4, H) ** 2).mean(axis=1)
+    parts = [terms.mean_square(t) for t in ("input", "recurrent", "peephole")]
+    total = sum(parts) + b2
+    return np.where(total > 0, parts[0] / np.where(total > 0, total, 1), 1.0)
