@@ -553,12 +553,36 @@ def _by_role(named, role, use_bias, where):
     return kernel, recurrent, by.get("bias") if use_bias else None
 
 
-def _direction(kernel, recurrent, bias, where: str):
+def cudnn_to_keras(kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray):
+    """CuDNNLSTM weights → the plain ``LSTM`` layout, as Keras converts them on load.
+
+    CuDNNLSTM hands each gate's (D, H) kernel block to cuDNN flattened in C
+    order, and cuDNN reads that buffer as a row-major (H, D) matrix W_g with
+    z_g = W_g·x. In the plain layout z_g = x·K_g, so K_g = W_g.T, i.e. the
+    block transposed and reshaped back to (D, H) in Fortran order. The (H, H)
+    recurrent block is read as R_g with z_g = R_g·h: K_g = R_g.T, a transpose.
+    The 8H bias is [input biases | recurrent biases] (each i, f, c, o): summed.
+    """
+    H = recurrent.shape[0]
+    kernel = np.hstack([k.T.reshape(k.shape, order="F") for k in np.hsplit(kernel, 4)])
+    recurrent = np.hstack([k.T for k in np.hsplit(recurrent, 4)])
+    return kernel, recurrent, bias[: 4 * H] + bias[4 * H :]
+
+
+def _direction(kernel, recurrent, bias, where: str, notes: list[str] | None = None):
     if recurrent.ndim != 2 or kernel.ndim != 2:
         raise ModelError(f"{where}: kernel {kernel.shape} and recurrent kernel {recurrent.shape} must be matrices")
     H = recurrent.shape[0]
-    if bias is not None and bias.shape == (8 * H,):  # CuDNNLSTM: input and recurrent biases
-        bias = bias[: 4 * H] + bias[4 * H :]
+    if bias is not None and bias.shape == (8 * H,) and kernel.shape[-1] == 4 * H and recurrent.shape[-1] == 4 * H:
+        # cuDNN layout (CuDNNLSTM, or an LSTM saved from one): Keras decides it
+        # from the 8H bias alone and converts kernels and biases together.
+        kernel, recurrent, bias = cudnn_to_keras(kernel, recurrent, bias)
+        if notes is not None:
+            notes.append(
+                f"{where}: cuDNN weight layout (8H bias): kernels converted per gate "
+                "(input kernel transposed in Fortran order, recurrent kernel transposed) "
+                "and the two biases summed, as Keras does when it loads them"
+            )
     for role, arr, axis_len in (("kernel", kernel, 4 * H), ("recurrent kernel", recurrent, 4 * H)):
         if arr.shape[-1] != axis_len:
             raise ModelError(f"{where}: {role} has shape {arr.shape}, expected (…, {axis_len}) for H={H}")
@@ -604,8 +628,8 @@ def _layer(entry: Entry, source: Source, major, notes: list[str]) -> Layer:
             parts = [_triple(_vars_v3(source.weights, entry.v3_path, entry.name, where), use_bias, where)]
     else:
         parts = _split_legacy(_vars_legacy(source.weights, entry.name, where), bidirectional, use_bias, where)
-    fwd = _direction(*parts[0], where)
-    rev = _direction(*parts[1], where + " rev") if bidirectional else None
+    fwd = _direction(*parts[0], where, notes)
+    rev = _direction(*parts[1], where + " rev", notes) if bidirectional else None
     go_backwards = bool(cfg.get("go_backwards")) and not bidirectional
     if go_backwards:
         notes.append(
