@@ -22,9 +22,12 @@ External tensor data is read only from plain file names beside the model.
 
 Several LSTM nodes: ``--layer-name`` picks one by node name (or output name).
 Without it they are stacked when each node's X comes from the previous
-node's Y through only ``Squeeze``/``Transpose``/``Reshape``/``Identity`` (the
-pattern exporters write to merge the direction axis), else the error lists
-them.
+node's Y through only ``Squeeze``/``Transpose``/``Reshape``/``Identity``/``Cast``
+(the pattern exporters write to merge the direction axis) *and* those ops,
+applied to Y's axes (T, dirs, B, H) symbolically, provably give the next node
+(T, B, D) with D = [forward H | backward H] (``join_reason``). A Reshape of Y
+straight to (T, B, 2H) mixes batch and direction: it is refused with the
+reason, and each node can be diagnosed on its own with ``--layer-name``.
 """
 
 from __future__ import annotations
@@ -309,17 +312,172 @@ def node_layer(graph: Graph, node, notes: list[str]) -> tuple[Layer, str]:
 # Choosing and stacking nodes
 
 
-def _feeds(graph: Graph, prev, nxt) -> bool:
-    """Whether ``nxt``'s X is ``prev``'s Y through pass-through ops only."""
-    name = nxt.input[0]
+class _Unproven(Exception):
+    """The ops between two LSTM nodes do not provably give (T, B, D) in order."""
+
+
+def _y_axes(node, dirs: int, H: int) -> list[tuple[str, ...]]:
+    """Y's axes as groups of atoms: layout 0 (T, dirs, B, H), layout 1 (B, T, dirs, H)."""
+    return [("B",), ("T",), ("dir",), ("H",)] if _layout(node) else [("T",), ("dir",), ("B",), ("H",)]
+
+
+def _layout(node) -> int:
+    return int(next((a.i for a in node.attribute if a.name == "layout"), 0))
+
+
+def _ints(graph: Graph, node, attr: str, index: int) -> list[int] | None:
+    """An int-list operand: the attribute (older opsets) or a constant input (opset 13+)."""
+    for a in node.attribute:
+        if a.name == attr:
+            return [int(v) for v in a.ints]
+    if len(node.input) > index and node.input[index]:
+        value = graph.constant(node.input[index])
+        if value is None:
+            raise _Unproven(f"{node.op_type} {node.name or node.output[0]!r} takes its {attr} from the graph, not a constant")
+        return [int(v) for v in np.asarray(value).reshape(-1)]
+    return None
+
+
+def _apply(graph: Graph, node, axes: list[tuple[str, ...]], sizes: dict[str, int]) -> list[tuple[str, ...]]:
+    """The axes after one pass-through op. Atoms (T, B, dir, H) keep their C order
+    inside a group; T and B have unknown sizes, so an op whose effect depends on
+    them (a Squeeze without axes, a Reshape to a literal T or B) is not provable."""
+    op, label = node.op_type, f"{node.op_type} {node.name or node.output[0]!r}"
+
+    def size(group):
+        if any(a not in sizes for a in group):
+            return None
+        return int(np.prod([sizes[a] for a in group], dtype=np.int64))
+
+    if op in ("Identity", "Cast"):
+        return axes
+    if op == "Transpose":
+        perm = _ints(graph, node, "perm", 99)
+        perm = list(range(len(axes)))[::-1] if perm is None else perm
+        if sorted(perm) != list(range(len(axes))):
+            raise _Unproven(f"{label}: perm {perm} does not fit rank {len(axes)}")
+        return [axes[p] for p in perm]
+    if op == "Squeeze":
+        which = _ints(graph, node, "axes", 1)
+        if which is None:
+            raise _Unproven(f"{label}: a Squeeze without axes also drops a batch or time of 1")
+        which = {w % len(axes) for w in which}
+        for w in which:
+            if size(axes[w]) != 1:
+                raise _Unproven(f"{label}: squeezes axis {w} ({'·'.join(axes[w]) or '1'}), not a size-1 axis")
+        return [a for k, a in enumerate(axes) if k not in which]
+    if op == "Reshape":
+        shape = _ints(graph, node, "shape", 1)
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        if shape is None or allowzero:
+            raise _Unproven(f"{label}: the target shape is not a constant")
+        if shape.count(-1) > 1:
+            raise _Unproven(f"{label}: shape {shape} has two -1")
+        atoms = [a for group in axes for a in group]
+
+        def take(dims: list[int], atoms: list[str], first: int) -> list[tuple[str, ...]]:
+            """Groups of consecutive atoms for ``dims`` (axis indices from ``first``)."""
+            groups, pos = [], 0
+            for k, v in enumerate(dims):
+                if v == 0:
+                    if first + k >= len(axes):
+                        raise _Unproven(f"{label}: shape {shape} copies an axis the input lacks")
+                    group = list(axes[first + k])
+                elif v > 0:
+                    group = []
+                    while (size(tuple(group)) or 1) < v and pos + len(group) < len(atoms):
+                        if atoms[pos + len(group)] not in sizes:
+                            raise _Unproven(f"{label}: shape {shape} fixes {v} where a time or batch size is unknown")
+                        group.append(atoms[pos + len(group)])
+                    if (size(tuple(group)) or 1) != v:
+                        raise _Unproven(f"{label}: shape {shape} splits an axis")
+                else:
+                    raise _Unproven(f"{label}: shape {shape} has a negative size")
+                if atoms[pos : pos + len(group)] != group:
+                    raise _Unproven(f"{label}: shape {shape} copies axis {first + k} out of place")
+                groups.append(tuple(group))
+                pos += len(group)
+            return groups, pos
+
+        if -1 not in shape:
+            out, used = take(shape, atoms, 0)
+            if used != len(atoms):
+                raise _Unproven(f"{label}: shape {shape} drops axes")
+            return out
+        k = shape.index(-1)
+        head, used = take(shape[:k], atoms, 0)
+        # the dims after -1, matched from the end (a 0 there copies the input axis of that index)
+        tail_dims = shape[k + 1 :]
+        tail_atoms = atoms[used:]
+        tail: list[tuple[str, ...]] = []
+        end = len(tail_atoms)
+        for j in range(len(tail_dims) - 1, -1, -1):
+            v = tail_dims[j]
+            if v == 0:
+                group = list(axes[k + 1 + j]) if k + 1 + j < len(axes) else None
+                if group is None:
+                    raise _Unproven(f"{label}: shape {shape} copies an axis the input lacks")
+            elif v > 0:
+                group = []
+                while (size(tuple(group)) or 1) < v and end - len(group) > 0:
+                    atom = tail_atoms[end - len(group) - 1]
+                    if atom not in sizes:
+                        raise _Unproven(f"{label}: shape {shape} fixes {v} where a time or batch size is unknown")
+                    group.insert(0, atom)
+                if (size(tuple(group)) or 1) != v:
+                    raise _Unproven(f"{label}: shape {shape} splits an axis")
+            else:
+                raise _Unproven(f"{label}: shape {shape} has two -1")
+            if end < len(group) or tail_atoms[end - len(group) : end] != group:
+                raise _Unproven(f"{label}: shape {shape} copies axis {k + 1 + j} out of place")
+            tail.insert(0, tuple(group))
+            end -= len(group)
+        return head + [tuple(tail_atoms[:end])] + tail
+    raise _Unproven(f"{label} is not a pass-through op")
+
+
+def join_reason(graph: Graph, prev, nxt) -> str | None:
+    """None when ``nxt``'s X is provably ``prev``'s Y as (T, B, D) (or (B, T, D) for
+    layout 1) with D = [forward H | backward H]; else why not.
+
+    Every op on the path (``PASS_THROUGH``) is applied to Y's axes symbolically
+    (one direction: its axis is an empty group, a size-1 axis that moves no data).
+    """
+    R = graph.constant(prev.input[2]) if len(prev.input) > 2 else None
+    if R is None or np.ndim(R) != 3:
+        return "the first node's R is not a constant"
+    dirs, H = int(np.shape(R)[0]), int(np.shape(R)[2])
+    sizes = {"dir": dirs, "H": H}
+    path, name = [], nxt.input[0]
     for _ in range(16):
         if name == prev.output[0]:
-            return True
+            break
         node = graph.producer.get(name)
         if node is None or node.op_type not in PASS_THROUGH:
-            return False
+            return "its X does not come from the first node's Y"
+        path.append(node)
         name = node.input[0]
-    return False
+    else:
+        return "its X is more than 16 ops from the first node's Y"
+    axes = _y_axes(prev, dirs, H)
+    if dirs == 1:  # a size-1 axis: it moves no data
+        axes = [tuple(a for a in g if a != "dir") for g in axes]
+    try:
+        for node in reversed(path):
+            axes = _apply(graph, node, axes, sizes)
+    except _Unproven as exc:
+        return str(exc)
+    want = [("B",), ("T",)] if _layout(nxt) else [("T",), ("B",)]
+    feature = ("dir", "H") if dirs == 2 else ("H",)
+    if axes != want + [feature]:
+        got = "(" + ", ".join("·".join(g) or "1" for g in axes) + ")"
+        return f"the ops between them give {got}, not ({', '.join(w[0] for w in want)}, {'·'.join(feature)})"
+    return None
+
+
+def _feeds(graph: Graph, prev, nxt) -> bool:
+    """Whether ``nxt``'s X is provably ``prev``'s Y, in the order an LSTM reads it."""
+    return join_reason(graph, prev, nxt) is None
 
 
 def select_nodes(graph: Graph, options) -> list:
@@ -334,8 +492,19 @@ def select_nodes(graph: Graph, options) -> list:
         raise ModelError(
             f"no LSTM node named {options.layer_name!r}; found: " + ", ".join(repr(n) for n in names)
         )
-    if len(nodes) == 1 or all(_feeds(graph, a, b) for a, b in zip(nodes, nodes[1:])):
+    if len(nodes) == 1:
         return nodes
+    reasons = [(a, b, join_reason(graph, a, b)) for a, b in zip(nodes, nodes[1:])]
+    if all(r is None for _, _, r in reasons):
+        return nodes
+    a, b, reason = next(t for t in reasons if t[2] is not None)
+    if not reason.startswith("its X"):
+        # Joined, but not provably in order: stacking would mix axes silently.
+        raise ModelError(
+            f"LSTM node {b.name or b.output[0]!r} reads {a.name or a.output[0]!r}'s output, "
+            f"but not provably as (T, B, D): {reason}; diagnose the nodes separately with "
+            "--layer-name (" + ", ".join(repr(n) for n in names) + ")"
+        )
     raise ModelError(
         f"{len(nodes)} LSTM nodes that do not feed each other directly ("
         + ", ".join(repr(n) for n in names)
