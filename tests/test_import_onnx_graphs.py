@@ -88,3 +88,55 @@ def test_reshape_that_mixes_batch_and_direction_is_refused(tmp_path):
     two_nodes(path, [("Reshape", {}, [0, 0, -1])], B * H)  # (T, 2, B·H): direction read as time... of B·H features
     with pytest.raises(ModelError, match="not provably"):
         load_model(path)
+
+
+def test_constant_sequence_lens_are_the_lengths(tmp_path):
+    from lstm_doctor.load.inputs import load_inputs
+
+    rng = np.random.default_rng(13)
+    lens = np.array([7, 3, 5], np.int32)
+    inits = lstm_weights(rng, 2, D, "") + [numpy_helper.from_array(lens, "L")]
+    node = helper.make_node("LSTM", ["X", "W", "R", "B", "L"], ["Y", "Yh", "Yc"], name="enc", hidden_size=H,
+                            direction="bidirectional")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, D])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Yh", "Yc")],
+                              inits)
+    path = tmp_path / "lens.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    y, y_h = (run_ort(path, {"X": X}, k) for k in (0, 1))
+    loaded = load_model(path)
+    assert loaded.sequence_lengths == (7, 3, 5)
+    np.save(tmp_path / "x.npy", X)
+    source = load_inputs(tmp_path / "x.npy", loaded.input_layout, model=loaded)
+    assert source.lengths.tolist() == [7, 3, 5]
+    records = run_chunk(loaded, X, source.lengths, engine="numpy")
+    # Y_h: the forward state at each sequence's last valid step, the backward state at step 0
+    fwd = to_time_order(records[(0, "fwd")].h, "fwd", source.lengths)
+    rev = to_time_order(records[(0, "rev")].h, "rev", source.lengths)
+    last = np.stack([fwd[lens[b] - 1, b] for b in range(B)])
+    diff = max(np.abs(last - y_h[0]).max(), np.abs(rev[0] - y_h[1]).max())
+    valid = np.arange(T)[:, None] < lens[None, :]
+    diff = max(diff, np.abs(np.where(valid[..., None], fwd - y[:, 0], 0)).max(),
+               np.abs(np.where(valid[..., None], rev - y[:, 1], 0)).max())
+    print(f"onnx constant sequence_lens max |diff| {diff:.2g}")
+    assert diff <= 1e-5
+    # --lengths overrides the file's
+    np.save(tmp_path / "L.npy", np.array([2, 2, 2]))
+    assert load_inputs(tmp_path / "x.npy", "tbd", tmp_path / "L.npy", model=loaded).lengths.tolist() == [2, 2, 2]
+
+
+def test_torch_batch_first_export_reads_the_graph_input_layout(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(D, H, batch_first=True, num_layers=2)
+    x_btd = np.ascontiguousarray(X.transpose(1, 0, 2))
+    path = tmp_path / "bf.onnx"
+    torch.onnx.export(lstm, (torch.from_numpy(x_btd),), str(path), dynamo=False)
+    loaded = load_model(path)
+    assert loaded.input_layout == "btd"
+    assert any("graph input" in n for n in loaded.notes)
+    with torch.no_grad():
+        expected = lstm(torch.from_numpy(x_btd))[0].numpy()
+    diff = np.abs(hidden(loaded, X).transpose(1, 0, 2) - expected).max()
+    print(f"onnx torch batch_first export max |diff| {diff:.2g}")
+    assert diff <= 1e-5

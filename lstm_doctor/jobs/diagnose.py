@@ -119,7 +119,7 @@ def open_inputs(options, model):
         return open_text_source(options, model)
     if options.featurizer or options.text_clean:
         raise UserError("--featurizer and --text-clean need text --inputs (.txt, .jsonl or .json)")
-    return load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
+    return load_inputs(options.inputs, options.layout or model.input_layout, options.lengths, model=model)
 
 
 def run_diagnosis(options: DiagnoseOptions) -> dict:

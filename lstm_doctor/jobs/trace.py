@@ -100,7 +100,7 @@ def execute(options: TraceOptions) -> int:
     out = options.out if options.out.endswith(".npz") else options.out + ".npz"
     check_output_path(out, [options.model, options.inputs, options.lengths])
     model = open_model(options)
-    source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
+    source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths, model=model)
     check_against_model(source, model.D)
     from lstm_doctor.capture.budget import check_trace
 

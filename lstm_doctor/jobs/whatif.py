@@ -158,7 +158,7 @@ def execute(options: WhatIfCommandOptions) -> int:
         check_output_path(options.output, protected)
     folder = check_fixed_folder(options.write_fixed, protected) if options.write_fixed else None
     model = open_model(options)
-    source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths)
+    source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths, model=model)
     check_against_model(source, model.D)
     with _status(options.format == "text" and options.output is None) as progress:
         exp = run_experiment(

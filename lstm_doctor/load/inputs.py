@@ -162,9 +162,13 @@ def _check_numeric(array: np.ndarray, path) -> tuple[np.ndarray, tuple[str, ...]
 
 
 def load_inputs(
-    path: str | Path, layout: str = "btd", lengths_path: str | Path | None = None
+    path: str | Path, layout: str = "btd", lengths_path: str | Path | None = None, model=None,
 ) -> InputSource:
-    """Open an input file (.npy memory-mapped, or .npz) in ``layout``."""
+    """Open an input file (.npy memory-mapped, or .npz) in ``layout``.
+
+    Without ``lengths_path``, a ``model`` whose file fixes the lengths
+    (``LSTMModel.sequence_lengths``, an ONNX constant ``sequence_lens``) gives them.
+    """
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     path = Path(path)
@@ -173,6 +177,16 @@ def load_inputs(
     source = InputSource(array=array, layout=layout, path=str(path), notes=notes)
     if lengths_path is not None:
         source.lengths = load_lengths(Path(lengths_path), source.n_sequences, source.T)
+    elif model is not None and getattr(model, "sequence_lengths", None) is not None:
+        fixed = np.asarray(model.sequence_lengths, dtype=np.int64)
+        if fixed.shape != (source.n_sequences,) or fixed.max() > source.T:
+            raise InputError(
+                f"the model file fixes sequence_lens for {fixed.size} sequences of up to {fixed.max()} steps, "
+                f"but the inputs hold {source.n_sequences} of {source.T}; pass --lengths",
+                path,
+            )
+        source.lengths = fixed
+        source.notes = source.notes + ("lengths: the model file's sequence_lens (--lengths overrides them)",)
     return source
 
 

@@ -13,7 +13,11 @@ i.e. gate, candidate and cell output; both directions must agree);
 activations that take them; only parameters that make a modelled function are
 accepted, e.g. ``HardSigmoid`` 0.2/0.5); ``clip`` → ``Layer.clip``;
 ``input_forget=1`` (coupled input and forget gates) is refused; ``layout=1``
-(batch-first X) sets the model's input layout to btd (tbd otherwise).
+(batch-first X) sets the model's input layout to btd (tbd otherwise), unless
+the node's X is a graph input through ``Transpose`` (PyTorch's
+``batch_first=True`` export): then it is the graph input's layout
+(``graph_input_layout``). A constant ``sequence_lens`` becomes the model's
+``sequence_lengths``, the run's lengths unless ``--lengths`` overrides it.
 
 Weights must be initializers or ``Constant`` nodes. Initial states computed by
 the graph are accepted when they are a constant broadcast by ``Expand`` (as
@@ -268,8 +272,6 @@ def node_layer(graph: Graph, node, notes: list[str]) -> tuple[Layer, str]:
     P = arrays.get("P")
     if P is not None and P.shape != (dirs, 3 * H):
         raise ModelError(f"{where}: P has shape {P.shape}, expected ({dirs}, {3 * H})")
-    if len(node.input) > 4 and node.input[4]:
-        notes.append(f"{where}: sequence_lens is an input of the node; pass lengths to the run")
     batch_first = int(attrs.get("layout", 0))
     h0 = _state(graph, node, 5, dirs, H, batch_first, where, notes)
     c0 = _state(graph, node, 6, dirs, H, batch_first, where, notes)
@@ -512,6 +514,58 @@ def select_nodes(graph: Graph, options) -> list:
     )
 
 
+def graph_input_layout(graph: Graph, node, layout: str) -> tuple[str, str | None]:
+    """The layout of the tensor the user feeds, traced back from the node's X.
+
+    PyTorch's exporter writes ``batch_first=True`` as graph input (B, T, D) →
+    Transpose(1, 0, 2) → an LSTM node with layout 0: the user's arrays are btd,
+    not the node's tbd. Only ``Transpose``, ``Identity`` and ``Cast`` are
+    traced; anything else keeps the node's own layout. Returns (layout, note).
+    """
+    axes = list(layout)  # the node's X: e.g. ["t", "b", "d"]
+    name = node.input[0]
+    for _ in range(16):
+        producer = graph.producer.get(name)
+        if producer is None or producer.op_type not in ("Transpose", "Identity", "Cast"):
+            break
+        if producer.op_type == "Transpose":
+            perm = next((list(a.ints) for a in producer.attribute if a.name == "perm"), [2, 1, 0])
+            if sorted(perm) != [0, 1, 2]:
+                return layout, None
+            before = [""] * 3
+            for k, p in enumerate(perm):  # out[k] = in[perm[k]]
+                before[p] = axes[k]
+            axes = before
+        name = producer.input[0]
+    graph_inputs = {i.name for i in graph.graph.input} - set(graph.initializers)
+    traced = "".join(axes)
+    traced = {"bdt": "bct"}.get(traced, traced)
+    if name not in graph_inputs or traced == layout or traced not in ("btd", "tbd", "bct"):
+        return layout, None
+    return traced, (
+        f"the graph input {name!r} is {traced} (transposed to the LSTM node's {layout}): "
+        f"inputs are read as {traced}"
+    )
+
+
+def constant_lengths(graph: Graph, node, notes: list[str]) -> tuple[int, ...] | None:
+    """``sequence_lens`` when the graph fixes it (an initializer or Constant)."""
+    name = node.input[4] if len(node.input) > 4 else ""
+    if not name:
+        return None
+    where = f"LSTM node {node.name or node.output[0]!r}"
+    value = graph.constant(name)
+    if value is None:
+        notes.append(f"{where}: sequence_lens is computed by the graph; pass --lengths for the run")
+        return None
+    value = np.asarray(value).reshape(-1)
+    if value.dtype.kind not in "iu" or value.size == 0 or value.min() < 1:
+        raise ModelError(f"{where}: sequence_lens {value.tolist()[:8]} is not positive integers")
+    notes.append(f"{where}: sequence_lens is a constant of the file ({value.size} sequences): "
+                 "the run uses it as the lengths unless --lengths is given")
+    return tuple(int(v) for v in value)
+
+
 def load(path: Path, options) -> LSTMModel:
     if options.preset is not None:
         raise ConfigError(f"--preset {options.preset} does not apply to ONNX files")
@@ -530,12 +584,20 @@ def load(path: Path, options) -> LSTMModel:
         layouts.add(layout)
     if len(layouts) > 1:
         raise ModelError("the stacked LSTM nodes disagree on layout")
+    layout, note = graph_input_layout(graph, nodes[0], layouts.pop())
+    if note:
+        notes.append(note)
+    lengths = constant_lengths(graph, nodes[0], notes)
+    for node in nodes[1:]:
+        if len(node.input) > 4 and node.input[4] and constant_lengths(graph, node, []) != lengths:
+            raise ModelError("the stacked LSTM nodes take different sequence_lens; choose one with --layer-name")
     return LSTMModel(
         layers=tuple(layers),
         name=(nodes[0].name if len(nodes) == 1 else model.graph.name) or path.stem,
         source_format="onnx",
         source_files=(str(path),),
         stored_gate_order=ONNX_ORDER,
-        input_layout=layouts.pop(),
+        input_layout=layout,
         notes=tuple(notes),
+        sequence_lengths=lengths,
     )

@@ -269,6 +269,9 @@ class LSTMModel:
     stored_gate_order: str = "ifgo"
     input_layout: str = "btd"
     notes: tuple[str, ...] = ()
+    # Valid length of each sequence when the file fixes them (an ONNX constant
+    # ``sequence_lens``): the run's lengths unless the user gives --lengths.
+    sequence_lengths: tuple[int, ...] | None = None
 
     def __post_init__(self):
         layers = tuple(self.layers)
