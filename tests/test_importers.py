@@ -78,7 +78,7 @@ def record(name, diff):
 # ---------------------------------------------------------------------------
 # PyTorch
 
-torch = pytest.importorskip("torch")
+import torch
 
 
 def _torch_lstm(**kwargs):
@@ -146,7 +146,7 @@ def test_torch_bfloat16_weights(tmp_path, monkeypatch):
 
 
 def test_torch_safetensors(tmp_path, monkeypatch):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as safetensors_torch
     from lstm_doctor.load import torch as torch_importer
 
     lstm = _torch_lstm(bidirectional=True)
@@ -226,7 +226,9 @@ def test_torch_malformed_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def keras():
-    return pytest.importorskip("keras")
+    import keras
+
+    return keras
 
 
 X_BTD = np.random.default_rng(1).normal(size=(2, 6, 3)).astype(np.float32)
@@ -403,7 +405,7 @@ def test_keras_several_unconnected_lstms(keras, tmp_path):
 # ---------------------------------------------------------------------------
 # ONNX
 
-onnx = pytest.importorskip("onnx")
+import onnx
 
 
 def _reference_lstm_class():

@@ -73,7 +73,7 @@ def test_code_payloads_are_refused(in_tmp, qualified, protocol):
 
 
 def test_payload_in_a_joblib_file_is_refused(in_tmp):
-    pytest.importorskip("joblib")
+    import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
     import joblib
 
     for compress in (0, 3):
@@ -159,7 +159,7 @@ def test_plain_pickles_of_arrays(tmp_path, protocol):
 
 @pytest.mark.parametrize("compress", [0, 3, ("gzip", 3), ("bz2", 3), ("lzma", 3), ("xz", 3)])
 def test_joblib_files_without_joblib(tmp_path, compress, monkeypatch):
-    pytest.importorskip("joblib")
+    import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
     import joblib
     import joblib.numpy_pickle
 
@@ -176,7 +176,7 @@ def test_joblib_files_without_joblib(tmp_path, compress, monkeypatch):
 
 
 def test_joblib_object_array_is_read_with_the_same_restrictions(tmp_path, monkeypatch):
-    pytest.importorskip("joblib")
+    import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
     import joblib
 
     good = np.array([1.5, "text", None], dtype=object)
@@ -192,7 +192,7 @@ def test_joblib_object_array_is_read_with_the_same_restrictions(tmp_path, monkey
 
 
 def test_joblib_legacy_companion_files(tmp_path):
-    compat = pytest.importorskip("joblib.numpy_pickle_compat")
+    import joblib.numpy_pickle_compat as compat
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.save(tmp_path / "w.pkl_01.npy", array)
     _write(tmp_path / "w.pkl", [compat.NDArrayWrapper("w.pkl_01.npy", np.ndarray)], 2)
@@ -259,7 +259,7 @@ def test_cuda_and_gpuarray_values_come_back_as_host_arrays(tmp_path):
 
 
 def test_truncated_joblib_file(tmp_path):
-    pytest.importorskip("joblib")
+    import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
     import joblib
 
     joblib.dump([np.ones((50, 50), np.float32)], tmp_path / "t.pkl")
@@ -270,7 +270,7 @@ def test_truncated_joblib_file(tmp_path):
 
 
 def test_array_wrapper_claiming_a_huge_array(tmp_path, monkeypatch):
-    pytest.importorskip("joblib")
+    import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
     import joblib
 
     joblib.dump([np.ones((8, 8), np.float32)], tmp_path / "h.pkl")

@@ -24,7 +24,7 @@ from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
 from lstm_doctor.model.activations import ACTIVATIONS
 
 # PyTensor, or Theano where only that is installed (LSTM_DOCTOR_BACKEND=theano).
-pytest.importorskip("lstm_doctor.capture.symbolic.backend")
+import lstm_doctor.capture.symbolic.backend  # noqa: F401 (PyTensor, or Theano in the legacy job: a runtime dependency, never skipped)
 
 from lstm_doctor.capture.symbolic import scan as symbolic  # noqa: E402
 

@@ -350,7 +350,7 @@ def test_the_what_if_section_is_deterministic():
 
 
 def test_the_what_if_section_matches_its_schema():
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
     from lstm_doctor.report import load_schema
 
     m, src = time_axis_suspect()  # includes a "needs-retraining" row

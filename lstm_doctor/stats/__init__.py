@@ -24,8 +24,7 @@ from lstm_doctor.capture.numpy_loop import (
     block_steps,
     step_permutation,
 )
-from lstm_doctor.model import GATES, SIGMOID_GATES, DirectionParams, Layer
-from lstm_doctor.model.activations import get_activation
+from lstm_doctor.model import SIGMOID_GATES, DirectionParams, Layer
 
 # |z| beyond which σ(z) is within 0.01 of 0 or 1 (RULES.md).
 LINEAR_RANGE = 4.6
@@ -79,13 +78,6 @@ def _static(default=None):
     return field(default=default, metadata={"static": True})
 
 
-def _valid3(mask: np.ndarray | None, T: int, B: int) -> np.ndarray:
-    """(T, B, 1) bool of valid steps."""
-    if mask is None:
-        return np.ones((T, B, 1), bool)
-    return mask[:, :, None]
-
-
 @dataclass
 class GateStats(Mergeable):
     """Saturation of one sigmoid-type gate (i, f or o) over units and steps.
@@ -114,22 +106,6 @@ class GateStats(Mergeable):
             _zeros(H, dtype=np.int64),
         )
 
-    def update(self, values: np.ndarray, valid: np.ndarray, cfg: StatsConfig):
-        left = (values < cfg.sat_low) & valid
-        right = (values > cfg.sat_high) & valid
-        self.left_tu += left.sum(axis=1)
-        self.right_tu += right.sum(axis=1)
-        v = np.where(valid, values, 0).astype(np.float64)
-        self.sum_tu += v.sum(axis=1)
-        self.sumsq_tu += np.einsum("tbh,tbh->th", v, v)
-        if values.shape[0] > 1:
-            state = right.astype(np.int8) - left.astype(np.int8)
-            both = valid[1:] & valid[:-1]
-            changed = (state[1:] != state[:-1]) & both
-            self.switch_u += changed.sum(axis=(0, 1))
-            self.transitions += int(both[..., 0].sum())
-
-
 @dataclass
 class TermStats(Mergeable):
     """Moments of the pre-activation and its terms, per gate block (4,).
@@ -150,27 +126,6 @@ class TermStats(Mergeable):
     over_input: np.ndarray = field(default_factory=lambda: _zeros(4, dtype=np.int64))
     over_total: np.ndarray = field(default_factory=lambda: _zeros(4, dtype=np.int64))
     count: int = 0  # valid values per gate block (steps × sequences × H)
-
-    def update(self, rec: StepRecord, valid: np.ndarray, H: int, cfg: StatsConfig):
-        T, B = rec.T, rec.B
-        self.count += int(valid.sum()) * H
-        for term in ("input", "recurrent", "peephole", "total"):
-            arr = {
-                "input": rec.input_term,
-                "recurrent": rec.recurrent_term,
-                "peephole": rec.peephole_term,
-                "total": rec.preact,
-            }[term]
-            if arr is None:
-                continue
-            blocks = np.where(valid, arr, 0).reshape(T, B, 4, H)
-            getattr(self, f"sum_{term}")[:] += blocks.sum(axis=(0, 1, 3), dtype=np.float64)
-            getattr(self, f"sumsq_{term}")[:] += np.einsum(
-                "tbkh,tbkh->k", blocks, blocks, dtype=np.float64
-            )
-            if term in ("input", "total"):
-                over = (np.abs(blocks) > cfg.preact_limit).sum(axis=(0, 1, 3))
-                getattr(self, f"over_{term}")[:] += over
 
     def mean(self, term: str) -> np.ndarray:
         return getattr(self, f"sum_{term}") / max(self.count, 1)
