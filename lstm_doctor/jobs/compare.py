@@ -11,14 +11,12 @@ report dicts.
 
 from __future__ import annotations
 
-from lstm_doctor.findings import Severity, finding_identity
-
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from lstm_doctor.errors import UserError
-
+from lstm_doctor.findings import Severity, finding_identity
 
 
 @dataclass

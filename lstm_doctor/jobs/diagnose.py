@@ -10,15 +10,19 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lstm_doctor.errors import UserError
 from lstm_doctor.findings import Severity, exit_code
+from lstm_doctor.jobs.selection import ModelSelection, open_model
 from lstm_doctor.report.terminal import text_width, use_color
 
+if TYPE_CHECKING:  # featurize imports this module
+    from lstm_doctor.jobs.featurize import FeaturizeOptions
 
-@dataclass
-class DiagnoseOptions:
-    model: str
+
+@dataclass(kw_only=True)
+class DiagnoseOptions(ModelSelection):
     inputs: str | None = None
     layout: str | None = None  # None: the model's declared layout
     lengths: str | None = None
@@ -26,14 +30,9 @@ class DiagnoseOptions:
     probe_scale: float = 1.0
     probe_steps: int = 50
     probe_sequences: int = 64
-    model_format: str | None = None
-    preset: str | None = None
     text_field: str = "text"  # text inputs (.txt/.jsonl/.json): the field of an object
     text_clean: str | None = None  # tweet2vec | none; None: tweet2vec built-in, none for a plug-in
     featurizer: str | None = None  # module:function, file.py:function or an entry point name
-    layer_prefix: str | None = None
-    layer_name: str | None = None
-    trust_pickle: bool = False
     engine: str = "auto"
     chunk_size: int = 256  # capped by the capture at ~192 MB per chunk
     sample_size: int = 64
@@ -57,35 +56,19 @@ class DiagnoseOptions:
     gradients: bool = False  # --gradients: autodiff gradient flow (G701, G702, H602); opt-in, costs a compile
 
 
-def analysis_config(options: DiagnoseOptions):
+def analysis_config(select: tuple[str, ...], ignore: tuple[str, ...], thresholds: tuple[str, ...]):
+    """The rule selection of ``--select``, ``--ignore`` and ``--threshold``."""
     from lstm_doctor.analyzers import AnalysisConfig
     from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
 
     return AnalysisConfig(
-        select=tuple(validate_prefixes(options.select or ("",), "--select")),
-        ignore=tuple(validate_prefixes(options.ignore, "--ignore")),
-        thresholds=parse_thresholds(options.thresholds),
+        select=tuple(validate_prefixes(select or ("",), "--select")),
+        ignore=tuple(validate_prefixes(ignore, "--ignore")),
+        thresholds=parse_thresholds(thresholds),
     )
 
 
-def open_model(options):
-    """Load the model named by any options object with the model-selection fields
-    (model, model_format, preset, layer_prefix, layer_name, trust_pickle)."""
-    from lstm_doctor.load import LoadOptions, load_model
-
-    return load_model(
-        options.model,
-        options.model_format,
-        LoadOptions(
-            preset=options.preset,
-            layer_prefix=options.layer_prefix,
-            layer_name=options.layer_name,
-            trust_pickle=options.trust_pickle,
-        ),
-    )
-
-
-def open_text_source(options, model):
+def open_text_source(options: DiagnoseOptions | FeaturizeOptions, model):
     """Texts (.txt, .jsonl, .json) through the model's front end, as an ``InputSource``.
 
     ``options`` carries model, inputs, text_field, text_clean, featurizer,
@@ -108,7 +91,7 @@ def open_text_source(options, model):
     )
 
 
-def open_inputs(options, model):
+def open_inputs(options: DiagnoseOptions, model):
     """``--inputs``: an array file, or texts (.txt/.jsonl/.json) through a front end."""
     from lstm_doctor.frontend import is_text_inputs
     from lstm_doctor.load.inputs import load_inputs
@@ -134,7 +117,7 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
     if options.engine not in ENGINES:
         raise UserError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
     fail_on = Severity.parse(options.fail_on)
-    config = analysis_config(options)
+    config = analysis_config(options.select, options.ignore, options.thresholds)
     model = open_model(options)
     if options.inputs:
         source = open_inputs(options, model)

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import click
 
+from lstm_doctor.jobs.selection import ModelSelection
 
-@dataclass
-class FeaturizeOptions:
-    model: str
+
+@dataclass(kw_only=True)
+class FeaturizeOptions(ModelSelection):
     inputs: str
     out: str
     text_field: str = "text"
@@ -25,11 +26,6 @@ class FeaturizeOptions:
     layout: str | None = None
     engine: str = "auto"
     chunk_size: int = 64
-    model_format: str | None = None
-    preset: str | None = None
-    layer_prefix: str | None = None
-    layer_name: str | None = None
-    trust_pickle: bool = False
 
 
 def execute(options: FeaturizeOptions) -> int:
@@ -37,7 +33,8 @@ def execute(options: FeaturizeOptions) -> int:
 
     from lstm_doctor.errors import UserError
     from lstm_doctor.frontend import frontend_stats, is_text_inputs, stats_lines
-    from lstm_doctor.jobs.diagnose import open_model, open_text_source
+    from lstm_doctor.jobs.diagnose import open_text_source
+    from lstm_doctor.jobs.selection import open_model
     from lstm_doctor.load.inputs import check_against_model
     from lstm_doctor.output import atomic_path, check_output_path
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstm_doctor.jobs.selection import ModelSelection
 from lstm_doctor.model import GATES, PEEPHOLE_GATES, DirectionParams, LSTMModel
 
 ROLES = ("W", "U", "b", "peephole", "h0", "c0")
@@ -160,19 +161,13 @@ def render_text(description: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class InspectOptions:
-    model: str
-    model_format: str | None = None
-    preset: str | None = None
-    layer_prefix: str | None = None
-    layer_name: str | None = None
-    trust_pickle: bool = False
+@dataclass(kw_only=True)
+class InspectOptions(ModelSelection):
     format: str = "text"  # text | json
 
 
 def execute(options: InspectOptions) -> int:
-    from lstm_doctor.jobs.diagnose import open_model
+    from lstm_doctor.jobs.selection import open_model
 
     description = describe(open_model(options))
     if options.format == "json":

@@ -14,24 +14,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from lstm_doctor.errors import UserError
+from lstm_doctor.jobs.selection import ModelSelection
 
 TRACE_FIELDS = ("h", "c", "i", "f", "g", "o", "preact")
 
 
-@dataclass
-class TraceOptions:
-    model: str
+@dataclass(kw_only=True)
+class TraceOptions(ModelSelection):
     inputs: str
     out: str
     layout: str | None = None
     lengths: str | None = None
     steps: str | None = None  # "A:B"
     units: str | None = None  # "0,3,5-9"
-    model_format: str | None = None
-    preset: str | None = None
-    layer_prefix: str | None = None
-    layer_name: str | None = None
-    trust_pickle: bool = False
     engine: str = "auto"
     chunk_size: int = 64
     max_memory: str | None = None  # e.g. "2GB"; None: a fraction of physical memory (lstm_doctor.capture.budget)
@@ -93,7 +88,7 @@ def collect_trace(model, source, engine="numpy", chunk_size=64, steps=None, unit
 
 
 def execute(options: TraceOptions) -> int:
-    from lstm_doctor.jobs.diagnose import open_model
+    from lstm_doctor.jobs.selection import open_model
     from lstm_doctor.load.inputs import check_against_model, load_inputs
     from lstm_doctor.output import atomic_path, check_output_path
 

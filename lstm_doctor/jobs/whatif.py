@@ -19,20 +19,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lstm_doctor.jobs.selection import ModelSelection
+
 INPUT_FIXES_FILE = "input_fixes.npz"
 
 
-@dataclass
-class WhatIfCommandOptions:
-    model: str
+@dataclass(kw_only=True)
+class WhatIfCommandOptions(ModelSelection):
     inputs: str
     layout: str | None = None
     lengths: str | None = None
-    model_format: str | None = None
-    preset: str | None = None
-    layer_prefix: str | None = None
-    layer_name: str | None = None
-    trust_pickle: bool = False
     engine: str = "auto"
     format: str = "text"
     output: str | None = None
@@ -143,16 +139,15 @@ def execute(options: WhatIfCommandOptions) -> int:
         run_experiment,
         write_plan,
     )
-    from lstm_doctor.jobs.diagnose import DiagnoseOptions, analysis_config, open_model
+    from lstm_doctor.jobs.diagnose import analysis_config
+    from lstm_doctor.jobs.selection import open_model
     from lstm_doctor.load.inputs import check_against_model, load_inputs
     from lstm_doctor.output import check_output_path, emit
 
     if options.engine not in ENGINES:
         raise UserError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
     fixes = parse_fix_ids(options.fixes) if options.fixes else None
-    config = analysis_config(
-        DiagnoseOptions(model=options.model, select=options.select, ignore=options.ignore, thresholds=options.thresholds)
-    )
+    config = analysis_config(options.select, options.ignore, options.thresholds)
     protected = [options.model, options.inputs, options.lengths]
     if options.output:
         check_output_path(options.output, protected)
