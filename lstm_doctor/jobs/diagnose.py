@@ -54,6 +54,11 @@ class DiagnoseOptions(ModelSelection):
     max_memory: str | None = None  # e.g. "2GB"; None: a fraction of physical memory (lstm_doctor.capture.budget)
     observed: str | None = None  # --observed FILE: a trace the user's code printed (A204, lstm_doctor.experiments.observed)
     gradients: bool = False  # --gradients: autodiff gradient flow (G701, G702, H602); opt-in, costs a compile
+    # The Python API's seam (lstm_doctor.api): an already-built LSTMModel and an in-memory
+    # InputSource stand in for ``model`` and ``inputs``; everything after loading is the same job.
+    loaded_model: object | None = None
+    input_source: object | None = None
+    on_capture: object | None = None  # called with the CaptureResult before analysis (the API's parity check)
 
 
 def analysis_config(select: tuple[str, ...], ignore: tuple[str, ...], thresholds: tuple[str, ...]):
@@ -118,8 +123,10 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         raise UserError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
     fail_on = Severity.parse(options.fail_on)
     config = analysis_config(options.select, options.ignore, options.thresholds)
-    model = open_model(options)
-    if options.inputs:
+    model = options.loaded_model if options.loaded_model is not None else open_model(options)
+    if options.input_source is not None:
+        source = options.input_source
+    elif options.inputs:
         source = open_inputs(options, model)
     else:
         if options.lengths:
@@ -140,6 +147,8 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
             CaptureOptions(engine=options.engine, chunk_size=options.chunk_size, sample_size=options.sample_size),
             progress=progress,
         )
+    if options.on_capture is not None:
+        options.on_capture(result)
     attach_differential(options, model, result)
     analysis = analyze(model, result, config)
     code = exit_code(analysis.findings, fail_on, options.exit_zero)
