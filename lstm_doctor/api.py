@@ -23,12 +23,12 @@ object is passed.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from lstm_doctor.errors import UserError
+from lstm_doctor.live import match
 
 __all__ = ["diagnose", "Report"]
 
@@ -225,7 +225,7 @@ def diagnose(
     wanted = _patterns(layers)
     report = Report(skipped={s.path: s.reason for s in skipped})
     for live in found:
-        if wanted is not None and not any(fnmatch.fnmatchcase(live.path, p) for p in wanted):
+        if wanted is not None and not any(match(live.path, p) for p in wanted):
             continue
         holder: dict = {}
         options = DiagnoseOptions(
@@ -273,7 +273,7 @@ def _scoped(prefixes: Sequence[str], path: str | None, what: str) -> tuple[str, 
         scope, sep, code = str(item).rpartition(":")
         if not sep:
             out.append(code)
-        elif path is not None and fnmatch.fnmatchcase(path, scope):
+        elif path is not None and match(path, scope):
             out.append(code)
     return tuple(out)
 

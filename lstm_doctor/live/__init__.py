@@ -139,14 +139,20 @@ def compact(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     A masked step carries the LSTM state unchanged (Keras, and PyTorch's packed
     sequences), so a sequence with holes runs as the sequence of its valid
-    steps followed by padding. Padding is filled with zeros.
+    steps followed by its masked ones (their values kept, as the input statistics
+    count padding as the file route does). A prefix mask leaves ``x`` as it is.
     """
-    B, T = mask.shape
     lengths = mask.sum(axis=1).astype(np.int64)
-    order = np.argsort(~mask, axis=1, kind="stable")  # valid steps first, in order
-    out = np.take_along_axis(x, order[:, :, None], axis=1).copy()
-    out[~(np.arange(T)[None, :] < lengths[:, None])] = 0
+    order = np.argsort(~mask, axis=1, kind="stable")  # valid steps first, each group in order
+    out = np.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
     return out, lengths
+
+
+def match(path: str, pattern: str) -> bool:
+    """A module path against a shell pattern (``*``, ``?``); brackets are literal (``layers[2]``)."""
+    import fnmatch
+
+    return fnmatch.fnmatchcase(path, pattern.replace("[", "[[]"))
 
 
 def is_prefix_mask(mask: np.ndarray) -> bool:
