@@ -126,61 +126,24 @@ def block_steps(B: int, H: int, T: int, peephole: bool = False, itemsize: int = 
 SMALL_GEMM_FLOPS = 2e7
 
 
-class _OneBlasThread:
-    """Context manager: one OpenBLAS thread inside, the previous count restored after.
+_BLAS = None  # threadpoolctl.ThreadpoolController of the BLAS NumPy loaded, made on first use
 
-    Finds the OpenBLAS that NumPy loaded (Linux, through /proc/self/maps) and
-    calls its ``openblas_set_num_threads`` (with the ``scipy_`` prefix and
-    ``64_`` suffix of NumPy's wheels, or without). Anything else (another BLAS,
-    another platform) makes it a no-op.
-    """
 
-    _funcs: tuple | None = None
-    _looked = False
-
-    @classmethod
-    def _find(cls):
-        if cls._looked:
-            return cls._funcs
-        cls._looked = True
+def _one_blas_thread():
+    """Context manager: one BLAS thread inside, the previous counts restored after
+    (threadpoolctl, which knows OpenBLAS, MKL and BLIS). Without threadpoolctl
+    (an install with ``--no-deps``) BLAS is left alone."""
+    global _BLAS
+    if _BLAS is None:
         try:
-            import ctypes
+            import threadpoolctl
 
-            with open("/proc/self/maps") as fh:
-                paths = sorted({line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line})
-            for path in paths:
-                lib = ctypes.CDLL(path)
-                for name in ("scipy_openblas{}64_", "scipy_openblas{}", "openblas{}64_", "openblas{}"):
-                    get = getattr(lib, name.format("_get_num_threads"), None)
-                    put = getattr(lib, name.format("_set_num_threads"), None)
-                    if get is not None and put is not None:
-                        get.restype = ctypes.c_int
-                        put.argtypes = [ctypes.c_int]
-                        cls._funcs = (get, put)
-                        return cls._funcs
-        except Exception:  # no /proc, no ctypes, an unexpected library: leave BLAS alone
-            cls._funcs = None
-        return cls._funcs
-
-    def __enter__(self):
-        self.previous = None
-        funcs = self._find()
-        if funcs is not None:
-            try:
-                self.previous = funcs[0]()
-                if self.previous > 1:
-                    funcs[1](1)
-            except Exception:
-                self.previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None and self.previous > 1:
-            try:
-                self._funcs[1](self.previous)
-            except Exception:
-                pass
-        return False
+            _BLAS = threadpoolctl.ThreadpoolController()
+        except Exception:  # not installed, or a library it cannot inspect
+            _BLAS = False
+    if _BLAS is False:
+        return _Nothing()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def blas_threads_context(B: int, D: int, H: int):
@@ -192,7 +155,7 @@ def blas_threads_context(B: int, D: int, H: int):
     the library's own choice otherwise."""
     small = 2.0 * B * (D + H) * 4 * H < SMALL_GEMM_FLOPS
     if small or (os.cpu_count() or 1) <= 2:
-        return _OneBlasThread()
+        return _one_blas_thread()
     return _Nothing()
 
 
