@@ -9,10 +9,10 @@ The engines compute the same instrumented step and return the same
 - ``numpy``: the NumPy reference loop. NumPy's vectorised ufuncs make it
   faster than the scan on CPU (ENGINE.md); it passes the same parity tests.
 - ``fused`` (``lstm_doctor.capture.fused.engine``): the NumPy loop's GEMMs with the rest of
-  the step and every streaming statistic in one compiled (Numba) pass per
+  the step and every streaming statistic in one compiled (C) pass per
   step; float32 capture "stats" only, anything else runs the NumPy loop.
-- ``auto`` (the default): ``fused`` for float32 workloads large enough to pay
-  for loading (or compiling) its kernel, ``numpy`` otherwise (``resolve_engine``).
+- ``auto`` (the default): ``fused`` for float32 models when its compiled
+  kernel is built, ``numpy`` otherwise (``resolve_engine``).
 
 The driver stacks layers (layer k+1 reads layer k's h, forward and backward
 concatenated) and runs the backward direction on per-sequence reversed inputs:
@@ -38,22 +38,22 @@ STREAMING_ENGINES = ("numpy", "fused")
 
 
 def resolve_engine(name: str, model: LSTMModel, T: int, n_sequences: int) -> str:
-    """The engine that ``name`` stands for on this workload: "auto" becomes
-    "fused" for a float32 model when Numba imports and the run is large enough
-    to repay loading (or, the first time, compiling) the kernel
-    (``fused.worth_it``), else "numpy". "fused" becomes "numpy" where it cannot
-    run (a float64 model, kernels that do not load), so that the report names
-    the engine that did. Other names are returned as they are."""
+    """The engine that ``name`` stands for on this workload: "auto" and
+    "fused" become "fused" for a float32 model when the compiled kernel is
+    built (its start-up is an import of under a millisecond, so it pays at
+    every size), else "numpy", so that the report names the engine that ran.
+    When the kernel is missing, a note says so once on stderr. Other names
+    are returned as they are. (T and n_sequences: kept for callers that weigh
+    a workload; no engine's choice depends on them now.)"""
     if name not in ("auto", "fused"):
         return name
     from lstm_doctor.capture.fused import engine as fused
 
-    if name == "fused":
-        return "fused" if fused.supports(model.dtype) and fused.available() else "numpy"
-
-    values = T * n_sequences * sum(layer.H for _, _, layer, _ in model.units())
-    if fused.supports(model.dtype) and fused.worth_it(values) and fused.available():
+    if not fused.supports(model.dtype):
+        return "numpy"
+    if fused.available():
         return "fused"
+    fused.note_fallback()
     return "numpy"
 
 

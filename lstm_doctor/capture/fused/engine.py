@@ -4,38 +4,39 @@ part of the LSTM step and every streaming statistic.
 The NumPy engine (``lstm_doctor.capture.numpy_loop`` + ``stats.DirectionReducer``)
 makes about twenty passes over each step's (B, 4H) arrays: one per ufunc.
 Here the two GEMMs of a step (x_t·W and h_{t-1}·U) still run in NumPy's
-BLAS, and a Numba kernel then walks the B rows once. For each row it forms
-the pre-activation z = x_t·W + h_{t-1}·U + b (+ peepholes, clip), the gates,
-c_t and h_t, and folds the row into the statistics while it is in L1 cache.
-The kernel writes the same chunk tables that ``DirectionReducer.block``
-writes, and ``DirectionReducer.finish`` folds them into ``DirectionStats``,
-so both engines give the same statistics to float rounding (tested in
+BLAS, and a small C kernel (``_kernels.c``, a CPython extension built at
+install) then walks the B rows once. For each row it forms the
+pre-activation z = x_t·W + h_{t-1}·U + b (+ peepholes, clip), the gates, c_t
+and h_t, and folds the row into the statistics while it is in L1 cache. The
+kernel writes the same chunk tables that ``DirectionReducer.block`` writes,
+and ``DirectionReducer.finish`` folds them into ``DirectionStats``, so both
+engines give the same statistics to float rounding (tested in
 ``tests/test_fused.py``).
 
 Shapes: T steps, B sequences, D input features, H units. Stacked arrays are
-in ``reference.STEP_ORDER`` (i, f, o, g), as the NumPy engine's.
+in ``numpy_loop.STEP_ORDER`` (i, f, o, g), as the NumPy engine's.
 
 Precision. σ and tanh are computed within 2 ulp of NumPy's (float32) with
-vectorisable code (``kernels.tanh32``, ``sigmoid32``): Cephes'
-polynomials, with 2^n made by an LLVM bit cast, because Numba's libm calls do
-not vectorise. σ(z) = 1/(1 + e^{−z}), which keeps the relative precision of
-small σ. Sums of squares and deviation moments are float32 within a step (as
-the NumPy engine's) and float64 across steps; deviations are taken from the
-step's first valid row, as in ``DirectionReducer``. The element-wise
-arithmetic is not contracted into FMAs, so c and h round as NumPy's do. Only
-float32 models take this engine.
+vectorisable code: Cephes' polynomials written with selects only, so that
+gcc -O3 vectorises them (AVX2 where the CPU has it). σ(z) = 1/(1 + e^{−z}),
+which keeps the relative precision of small σ. Sums of squares and deviation
+moments are float32 within a step (as the NumPy engine's) and float64 across
+steps; deviations are taken from the step's first valid row, as in
+``DirectionReducer``. The kernel is built without -ffast-math and with
+-ffp-contract=off: no fused multiply-adds, so c and h round as NumPy's do,
+and NaN and Inf reach the non-finite checks. Only float32 models take this
+engine.
 
-Numba is a dependency of PyTensor, so it is always installed. Loading it with
-the cached kernel costs about 0.8 s, the first compile about 20 s (cached on
-disk); ``worth_it`` weighs that against what a run saves, and
-``scan.resolve_engine`` uses it for ``--engine auto``.
+Start-up is the import of a ~100 KB extension module (under a millisecond),
+so ``--engine auto`` takes this engine for every float32 capture when the
+extension is built; when it is not (a machine without a C compiler at
+install), ``auto`` runs the NumPy engine and says so once on stderr.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import warnings
+import importlib
+import sys
 
 import numpy as np
 
@@ -62,62 +63,36 @@ ACTIVATION_CODES = {
     "softplus": 7,
 }
 
-# When "auto" picks this engine: when what it saves exceeds what it costs to
-# get it running in this process. Measured on this project's machines
-# (benchmarks/RESULTS.md): it saves about 40 ns per (step · sequence · unit)
-# value against the NumPy engine; loading Numba and the cached kernel costs
-# about 0.8 s, compiling the kernel the first time about 20 s.
-SAVED_SECONDS_PER_VALUE = 40e-9
-LOAD_SECONDS = 0.8
-COMPILE_SECONDS = 20.0
-
 _KERNELS = None
+_IMPORT_ERROR: str | None = None  # why the extension did not import, once tried
+_NOTED = False
 
 
 def available() -> bool:
-    """Whether the kernels load: Numba imports (it comes with PyTensor) and it
-    found somewhere to cache them (else defining them raises)."""
+    """Whether the compiled kernel imports (it is built by ``pip install``)."""
     try:
         kernels()
-    except Exception:
+    except ImportError:
         return False
     return True
 
 
-def loaded() -> bool:
-    """Whether the kernels are already loaded in this process (no cost to use them)."""
-    return _KERNELS is not None
+def unavailable_reason() -> str | None:
+    """Why the kernel did not import (None when it did or was not tried)."""
+    return _IMPORT_ERROR
 
 
-def compiled() -> bool:
-    """Whether Numba's disk cache holds the compiled kernel, checked without
-    loading it: the cache index of ``fused_step`` in the directory Numba's own
-    locators pick for ``kernels.py`` (NUMBA_CACHE_DIR, next to the
-    module, or the user-wide cache when the install is read-only)."""
-    try:
-        from numba.core.caching import CacheImpl
-
-        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.py")
-        for locator_class in CacheImpl._locator_classes:
-            locator = locator_class.from_function(compiled, source)
-            if locator is not None:
-                pattern = os.path.join(locator.get_cache_path(), "kernels.fused_step-*.nbi")
-                return bool(glob.glob(pattern))
-    except Exception:  # another Numba version's layout: assume it must compile
-        pass
-    return False
-
-
-def worth_it(values: int) -> bool:
-    """Whether a run of ``values`` (step · sequence · unit) values is faster on
-    this engine than on the NumPy one, counting what it costs to load (or to
-    compile, the first time) the kernel in this process."""
-    saving = values * SAVED_SECONDS_PER_VALUE
-    if loaded():
-        return saving > 0
-    if saving <= LOAD_SECONDS:  # decided without importing Numba to look at its cache
-        return False
-    return saving > (LOAD_SECONDS if compiled() else COMPILE_SECONDS)
+def note_fallback() -> None:
+    """Say once per process, on stderr, that the NumPy engine runs instead."""
+    global _NOTED
+    if not _NOTED:
+        _NOTED = True
+        print(
+            "lstm-doctor: note: the fused engine's compiled kernel is not available "
+            f"({_IMPORT_ERROR}); running the numpy engine (same statistics, slower). "
+            "Reinstall with a C compiler present (pip install -e .) to build it.",
+            file=sys.stderr,
+        )
 
 
 def supports(dtype) -> bool:
@@ -126,14 +101,15 @@ def supports(dtype) -> bool:
 
 
 def kernels():
-    """The compiled kernels, built (or loaded from Numba's disk cache) on first use."""
-    global _KERNELS
+    """The compiled kernel module ``_kernels``; raises ImportError when it is not built."""
+    global _KERNELS, _IMPORT_ERROR
     if _KERNELS is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Numba's deprecation notices are not the user's concern
-            from lstm_doctor.capture.fused import kernels as _fused_kernels
-
-            _KERNELS = _fused_kernels
+        try:
+            _kernels = importlib.import_module("lstm_doctor.capture.fused._kernels")
+        except ImportError as exc:
+            _IMPORT_ERROR = str(exc) or type(exc).__name__
+            raise
+        _KERNELS = _kernels
     return _KERNELS
 
 
@@ -225,7 +201,7 @@ def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord
     term_sq = np.zeros((4, T, H4))
     term_sum = np.zeros((4, T, H4))
     over = np.zeros((2, T, H4), np.int64)
-    counts = np.zeros((T, k.N_COUNTS), np.int64)  # columns kernels.COUNT_*
+    counts = np.zeros((T, k.N_COUNTS), np.int64)  # columns _kernels.COUNT_*
     extrema = np.full((2,), np.inf)
     extrema[1] = -np.inf
     c_sums = np.zeros((T, 3))  # Σc, Σ|c|, max|c|
@@ -270,7 +246,7 @@ def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord
             np.matmul(h, U, out=rec)
             c_new, h_new = cells[t % 2], h_seq[t]
             k.fused_step(
-                t, xw, rec, bias, peep, codes, limits, flags, valid,
+                t, T, B, H, keep, xw, rec, bias, peep, codes, limits, flags, valid,
                 c, h, c_new, h_new,
                 r.ref, r.dev_sum, r.dev_sumsq, r.left, r.right, state, switch,
                 term_sq, term_sum, over, counts, c_sums, extrema, r.dh2,
@@ -301,8 +277,7 @@ def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord
 
 def _fold_into_reducer(r, term_sq, term_sum, over, counts, c_sums, extrema, switch, h_seq, cells, mask, T) -> None:
     """Write the kernel's tables into the reducer's, so that its ``finish`` folds them."""
-    from lstm_doctor.capture.fused import kernels as K
-
+    K = kernels()
     for j, name in enumerate(("input", "recurrent", "total", "peephole")):
         if name in r.term_sumsq:
             r.term_sumsq[name][:] = term_sq[j]
