@@ -70,6 +70,18 @@ def test_fused_statistics_match_the_numpy_engine(name):
     _assert_same(a, b)
 
 
+def test_input_projections_in_blocks_of_steps_change_nothing(monkeypatch):
+    # x·W is computed 4 steps at a time here (11 steps: blocks of 4, 4, 3); BLAS may
+    # round a GEMM of other rows differently, so to float32 rounding as the others
+    m = model(7, 13, layers=2, bidirectional=True, seed=4)
+    x = normal_inputs(n=20, T=11, D=7, seed=2, scale=2.0)
+    monkeypatch.setattr(fused, "INPUT_BLOCK_BYTES", 4 * 20 * 4 * 13 * 4)
+    assert fused.input_block_steps(20, 13, 11) == 4
+    blocks = capture(m, InputSource(x, "btd"), CaptureOptions(engine="fused", chunk_size=20, sample_size=5))
+    a, _ = _both(m, x, chunk_size=20, sample_size=5)
+    _assert_same(a, blocks)
+
+
 def test_fused_statistics_with_lengths_clip_and_the_sample():
     m = model(5, 9, layers=2, bidirectional=True, seed=1)
     from dataclasses import replace
