@@ -80,10 +80,12 @@ def run_job(execute: Callable[[Any], int], options: Any) -> None:
 @click.option("--gradients/--no-gradients", default=False, show_default=True,
               help="Gradient flow by autodiff over the bounded sample (G701, G702, H602, memory horizon); "
               "costs a PyTensor compile of several seconds, hence opt-in.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also print the wall time of each stage (load, capture, analyze, render) on stderr.")
 def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, probe_sequences, what_if, text_field,
              text_clean, featurizer, model_format, preset, layer_prefix, layer_name, trust_pickle, engine, fmt, output,
              plots_dir, fail_on, exit_zero, select, ignore, threshold, color, chunk_size, sample_size, max_memory,
-             observed, gradients):
+             observed, gradients, verbose):
     """Diagnose MODEL (an lstm.toml, its folder, or a framework file) on sample inputs."""
     from lstm_doctor.jobs.diagnose import DiagnoseOptions, execute
 
@@ -94,7 +96,7 @@ def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, pr
         layer_name=layer_name, trust_pickle=trust_pickle, engine=engine, format=fmt, output=output,
         plots_dir=plots_dir, what_if=what_if, fail_on=fail_on, exit_zero=exit_zero, select=split_codes(select),
         ignore=split_codes(ignore), thresholds=tuple(threshold), color=color, chunk_size=chunk_size,
-        sample_size=sample_size, max_memory=max_memory, observed=observed, gradients=gradients,
+        sample_size=sample_size, max_memory=max_memory, observed=observed, gradients=gradients, verbose=verbose,
     ))
 
 

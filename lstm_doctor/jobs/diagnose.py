@@ -59,6 +59,7 @@ class DiagnoseOptions(ModelSelection):
     loaded_model: object | None = None
     input_source: object | None = None
     on_capture: object | None = None  # called with the CaptureResult before analysis (the API's parity check)
+    verbose: bool = False  # --verbose: each stage's wall time on stderr
 
 
 def analysis_config(select: tuple[str, ...], ignore: tuple[str, ...], thresholds: tuple[str, ...]):
@@ -123,6 +124,7 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         raise UserError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
     fail_on = Severity.parse(options.fail_on)
     config = analysis_config(options.select, options.ignore, options.thresholds)
+    clock = time.perf_counter()
     model = options.loaded_model if options.loaded_model is not None else open_model(options)
     if options.input_source is not None:
         source = options.input_source
@@ -140,6 +142,8 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         )
     check_against_model(source, model.D)
     budget.check_capture(model, source, options.chunk_size, options.sample_size, options.max_memory)
+    stages = {"load_seconds": time.perf_counter() - clock}
+    clock = time.perf_counter()
     with _progress(options.progress) as progress:
         result = capture(
             model,
@@ -147,10 +151,13 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
             CaptureOptions(engine=options.engine, chunk_size=options.chunk_size, sample_size=options.sample_size),
             progress=progress,
         )
+    stages["capture_seconds"] = time.perf_counter() - clock
     if options.on_capture is not None:
         options.on_capture(result)
     attach_differential(options, model, result)
+    clock = time.perf_counter()
     analysis = analyze(model, result, config)
+    stages["analyze_seconds"] = time.perf_counter() - clock
     code = exit_code(analysis.findings, fail_on, options.exit_zero)
     report = build_report(
         model,
@@ -171,7 +178,20 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         report = add_what_if(report, model, source, WhatIfOptions(
             sample_size=options.what_if_sample or DEFAULT_SAMPLE, engine=options.engine, analysis=config,
         ))
-    return report
+    return with_timings(report, stages)
+
+
+def with_timings(report: dict, stages: dict[str, float]) -> dict:
+    """The report with ``stages`` (wall-clock seconds) added to its top-level
+    ``timings``, which stays right after ``created`` (like it, not deterministic)."""
+    timings = {**report.get("timings", {}), **{k: round(v, 4) for k, v in stages.items()}}
+    out = {}
+    for key, value in report.items():
+        if key != "timings":
+            out[key] = value
+        if key == "created":
+            out["timings"] = timings
+    return out
 
 
 def attach_differential(options: DiagnoseOptions, model, result) -> None:
@@ -219,10 +239,16 @@ def execute(options: DiagnoseOptions) -> int:
     if options.plots_dir:
         check_plots_dir(options.plots_dir, options.format)
     report = run_diagnosis(options)
-    emit(
-        render(report, options.format, options.color, options.output is None, options.output, options.plots_dir),
-        options.output,
-    )
+    args = (options.format, options.color, options.output is None, options.output, options.plots_dir)
+    clock = time.perf_counter()
+    text = render(report, *args)
+    report = with_timings(report, {"render_seconds": time.perf_counter() - clock})
+    if options.format == "json":  # again, with its own render time in it
+        text = render(report, *args)
+    emit(text, options.output)
+    if options.verbose:
+        print("timings: " + ", ".join(f"{k.removesuffix('_seconds')} {v:.3f} s" for k, v in report["timings"].items()),
+              file=sys.stderr)
     return report["summary"]["exit_code"]
 
 
