@@ -381,16 +381,9 @@ def main(argv=None) -> int:
             f"({gemm['input_gemm_gflops']:.0f} GFLOP/s), {T} recurrent GEMMs {gemm['recurrent_gemms_seconds']:.3f} s "
             f"({gemm['recurrent_gemm_gflops']:.0f} GFLOP/s): GEMM bound {gemm['gemm_bound_seconds']:.3f} s"
         )
-        from lstm_doctor.capture.fused import engine as fused
+        from lstm_doctor.capture.engines import resolve_engine
 
-        values = T * B * H
-        per_sequence = T * H * fused.SAVED_SECONDS_PER_VALUE
-        print(
-            f"--engine auto in a fresh process with the kernel compiled: "
-            f"{'fused' if values * fused.SAVED_SECONDS_PER_VALUE > fused.LOAD_SECONDS else 'numpy'} at B={B} "
-            f"(fused saves ~{values * fused.SAVED_SECONDS_PER_VALUE:.2f} s, loading it costs ~{fused.LOAD_SECONDS} s); "
-            f"fused from about {int(fused.LOAD_SECONDS / per_sequence) + 1} sequences of this shape"
-        )
+        print(f"--engine auto picks {resolve_engine('auto', model, T, B)} here (fused whenever its C kernel is built)")
         result.update({"workload": {"T": T, "B": B, "D": D, "H": H}, "rows": rows, "gemm": gemm,
                        "max_abs_diff_vs_torch": diff})
     if args.json:
