@@ -105,7 +105,7 @@ def test_pinned_init_is_flagged_at_step_zero_and_stops():
     torch.manual_seed(0)
     model = Tweet2VecLike(hidden=64)
     gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # CASE.md: every gate weight Normal(mean 0.1, std 0.05)
+    with torch.no_grad():  # the seed case: every gate weight Normal(mean 0.1, std 0.05)
         for name, p in model.rnn.named_parameters():
             if name.startswith("weight"):
                 p.copy_(0.1 + 0.05 * torch.randn(p.shape, generator=gen))
@@ -134,7 +134,7 @@ def test_warns_once_without_stopping():
 
 
 def test_time_budget_spaces_the_checks():
-    """every=None: a check waits until the training time since the last one is ≥ 19× its cost."""
+    """every=None: a check waits until the training time since the last one is ≥ 32× its cost (budget 3 %)."""
     import time
 
     torch.manual_seed(0)

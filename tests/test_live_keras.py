@@ -74,7 +74,7 @@ MAKERS = {"embed": embed_model, "masked": masked_bidirectional, "conv": conv_mod
 
 
 def pin_gates(layer) -> None:
-    """A positive weight mean scaled so that the recurrent term is ≈ 25 per gate (CASE.md's mean 0.1
+    """A positive weight mean scaled so that the recurrent term is ≈ 25 per gate (the seed case's mean 0.1
     at H = 256): every gate saturates."""
     rng = np.random.default_rng(1)
     subs = [layer.forward_layer, layer.backward_layer] if hasattr(layer, "forward_layer") else [layer]

@@ -14,7 +14,7 @@ CREATED = "2026-01-01T00:00:00+00:00"
 
 
 def pin_gates(lstm: nn.Module) -> None:
-    """CASE.md's defect scaled to a small H: weights with a positive mean, so that the
+    """the seed defect scaled to a small H: weights with a positive mean, so that the
     recurrent term is ≈ 25 per gate as there (mean 0.1 at H = 256): every gate saturates."""
     gen = torch.Generator().manual_seed(1)
     mean = 25.0 / lstm.hidden_size
