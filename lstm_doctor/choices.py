@@ -18,7 +18,7 @@ ENGINES = ("auto", "numpy", "fused", "pytensor")
 
 DEFAULT_ENGINE = "auto"
 
-REPORT_FORMATS = ("text", "json", "html", "markdown", "junit", "github")
+REPORT_FORMATS = ("text", "json", "html", "markdown", "junit", "github", "concise")
 """Report formats; each has a renderer in ``lstm_doctor.report.REPORTERS``."""
 
 SEVERITIES = ("error", "warning", "info")

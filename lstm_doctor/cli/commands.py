@@ -81,7 +81,8 @@ def run_job(execute: Callable[[Any], int], options: Any) -> None:
               help="Gradient flow by autodiff over the bounded sample (G701, G702, H602, memory horizon); "
               "costs a PyTensor compile of several seconds, hence opt-in.")
 @click.option("--verbose", "-v", is_flag=True,
-              help="Also print the wall time of each stage (load, capture, analyze, render) on stderr.")
+              help="Also print the full findings table, one row per location (text), and each stage's wall time "
+              "(load, capture, analyze, render) on stderr.")
 def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, probe_sequences, what_if, text_field,
              text_clean, featurizer, model_format, preset, layer_prefix, layer_name, trust_pickle, engine, fmt, output,
              plots_dir, fail_on, exit_zero, select, ignore, threshold, color, chunk_size, sample_size, max_memory,

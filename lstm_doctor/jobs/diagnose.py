@@ -59,7 +59,7 @@ class DiagnoseOptions(ModelSelection):
     loaded_model: object | None = None
     input_source: object | None = None
     on_capture: object | None = None  # called with the CaptureResult before analysis (the API's parity check)
-    verbose: bool = False  # --verbose: each stage's wall time on stderr
+    verbose: bool = False  # --verbose: each stage's wall time on stderr; text: the full findings table too
 
 
 def analysis_config(select: tuple[str, ...], ignore: tuple[str, ...], thresholds: tuple[str, ...]):
@@ -167,6 +167,7 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         fail_on=fail_on,
         exit_code=code,
         created=options.created,
+        exit_zero=options.exit_zero,
     )
     if options.what_if:
         from lstm_doctor.experiments.whatif import (
@@ -174,10 +175,12 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
             WhatIfOptions,
             add_what_if,
         )
+        from lstm_doctor.report.diagnosis import add_diagnosis
 
         report = add_what_if(report, model, source, WhatIfOptions(
             sample_size=options.what_if_sample or DEFAULT_SAMPLE, engine=options.engine, analysis=config,
         ))
+        report = add_diagnosis(report)  # the root causes ranked by the what-if too
     return with_timings(report, stages)
 
 
@@ -218,6 +221,7 @@ def render(
     to_terminal: bool = True,
     output: str | None = None,
     plots_dir: str | None = None,
+    verbose: bool = False,
 ) -> str | bytes:
     """The report in ``fmt`` (a name in ``lstm_doctor.report.REPORTERS``)."""
     from lstm_doctor.report import REPORTERS, RenderOptions
@@ -225,7 +229,8 @@ def render(
     if fmt not in REPORTERS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(REPORTERS)}")
     options = RenderOptions(
-        color=use_color(color, to_terminal), width=text_width(to_terminal), output=output, plots_dir=plots_dir
+        color=use_color(color, to_terminal), width=text_width(to_terminal), output=output, plots_dir=plots_dir,
+        verbose=verbose,
     )
     return REPORTERS[fmt](report, options)
 
@@ -239,7 +244,7 @@ def execute(options: DiagnoseOptions) -> int:
     if options.plots_dir:
         check_plots_dir(options.plots_dir, options.format)
     report = run_diagnosis(options)
-    args = (options.format, options.color, options.output is None, options.output, options.plots_dir)
+    args = (options.format, options.color, options.output is None, options.output, options.plots_dir, options.verbose)
     clock = time.perf_counter()
     text = render(report, *args)
     report = with_timings(report, {"render_seconds": time.perf_counter() - clock})

@@ -20,6 +20,7 @@ class RenderOptions:
     width: int = 110
     output: str | None = None  # where the report goes (None: stdout)
     plots_dir: str | None = None  # markdown: where to write the PNGs
+    verbose: bool = False  # text: also the full table, one row per finding location
 
 
 def _json(report: dict, options: RenderOptions) -> str:
@@ -37,8 +38,14 @@ def _text(report: dict, options: RenderOptions) -> str:
     console = Console(
         file=buffer, width=options.width, force_terminal=options.color, no_color=not options.color, highlight=False
     )
-    render(report, console)
+    render(report, console, verbose=options.verbose)
     return buffer.getvalue()
+
+
+def _concise(report: dict, options: RenderOptions) -> str:
+    from lstm_doctor.report.concise import render
+
+    return render(report, options)
 
 
 def _html(report: dict, options: RenderOptions) -> str:
@@ -74,12 +81,13 @@ REPORTERS: dict[str, Callable[[dict, RenderOptions], str | bytes]] = {
     "markdown": _markdown,
     "junit": _junit,
     "github": _github,
+    "concise": _concise,
 }
 
 # Formats that put several reports in one file (``lstm-doctor check``):
 # module name in this package; each defines ``render_many(reports, options)``.
 # The others (text) are concatenated; JSON is the check's own document.
-MULTI = {"html": "html", "markdown": "markdown", "junit": "junit", "github": "github"}
+MULTI = {"html": "html", "markdown": "markdown", "junit": "junit", "github": "github", "concise": "concise"}
 
 
 def render_many(fmt: str, reports: list[dict], options: RenderOptions) -> str | bytes:

@@ -31,7 +31,7 @@ from lstm_doctor.analyzers import RULES, Analysis, AnalysisConfig
 from lstm_doctor.findings import Severity
 from lstm_doctor.model import GATES, SIGMOID_GATES, LSTMModel
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: ``diagnosis``, ``summary.failing`` and ``summary.exit_forced``
 
 
 def envelope(created: str | None = "now", **head: Any) -> dict[str, Any]:
@@ -357,8 +357,13 @@ def build_report(
     fail_on: Severity = Severity.error,
     exit_code: int = 0,
     created: str | None = None,
+    exit_zero: bool = False,
 ) -> dict[str, Any]:
-    """The whole diagnosis as a JSON-able dict (schema ``SCHEMA_VERSION``)."""
+    """The whole diagnosis as a JSON-able dict (schema ``SCHEMA_VERSION``).
+
+    ``exit_zero``: --exit-zero was given, so ``summary.exit_forced`` records that an
+    exit code of 0 does not mean that nothing reached ``fail_on``. The ``diagnosis``
+    section (``report/diagnosis.py``) is computed here, once, from the findings."""
     from lstm_doctor.capture.pipeline import headline_metrics
 
     config = config or AnalysisConfig()
@@ -383,6 +388,9 @@ def build_report(
             **counts,
             "worst": worst.name if worst else None,
             "exit_code": exit_code,
+            # findings at or above fail_on, and whether --exit-zero forced the exit code to 0
+            "failing": sum(f.severity >= fail_on for f in analysis.findings),
+            "exit_forced": bool(exit_zero and any(f.severity >= fail_on for f in analysis.findings)),
             "headline": headline_metrics(capture) if capture is not None else None,
         },
         "statistics": {
@@ -393,7 +401,9 @@ def build_report(
         if capture is not None
         else None,
     }
-    return clean(report)
+    from lstm_doctor.report.diagnosis import add_diagnosis
+
+    return add_diagnosis(clean(report))
 
 
 def stage_timings(capture) -> dict[str, float]:

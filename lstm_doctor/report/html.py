@@ -36,7 +36,13 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .sev { display: inline-block; padding: 1px 7px; border-radius: 10px; color: #fff; font-size: 12px; font-weight: 600; }
 .sev.error { background: var(--err); } .sev.warning { background: var(--warn); } .sev.info { background: var(--info); }
 .verdict { display: inline-block; padding: 4px 12px; border-radius: 4px; color: #fff; font-weight: 600; }
-.verdict.fail { background: var(--err); } .verdict.pass { background: var(--ok); }
+.verdict.fail, .verdict.forced { background: var(--err); } .verdict.pass { background: var(--ok); }
+.diagnosis { border: 2px solid var(--line); border-radius: 6px; padding: 10px 16px 6px; margin: 10px 0 18px; }
+.diagnosis.sick { border-color: var(--err); } .diagnosis.healthy { border-color: var(--ok); }
+.diagnosis .what { font-size: 17px; font-weight: 600; margin: 4px 0 8px; }
+.diagnosis ol { margin: 4px 0 8px; padding-left: 24px; } .diagnosis li { margin: 3px 0; }
+.diagnosis .key { font-variant-numeric: tabular-nums; }
+.breakdown { margin: 2px 0 4px; padding-left: 18px; font-size: 14px; }
 .counts span { margin-right: 14px; }
 .muted { color: var(--muted); }
 .fix { color: var(--ok); margin-top: 4px; }
@@ -105,12 +111,12 @@ def _file(f: dict) -> str:
 
 
 def _header(report: dict) -> str:
+    from lstm_doctor.report.diagnosis import status
+
     s = report["summary"]
-    fail = s["exit_code"] != 0
-    verdict = (
-        f'<span class="verdict {"fail" if fail else "pass"}">'
-        f"{'FAIL' if fail else 'PASS'}: exit {s['exit_code']} (fail-on {escape(report['config']['fail_on'])})</span>"
-    )
+    st = status(report)  # never "pass" while a finding reaches --fail-on, whatever the exit code
+    label = {"pass": "PASS", "fail": "FAIL", "forced": "FAIL"}[st["state"]]
+    verdict = f'<span class="verdict {st["state"]}">{label}: {escape(st["text"])}</span>'
     counts = "".join(
         f'<span><span class="sev {sev}">{s[sev]}</span> {sev}{"s" if s[sev] != 1 else ""}</span>'
         for sev in ("error", "warning", "info")
@@ -252,6 +258,94 @@ def _findings(report: dict, names: dict[str, str]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _diagnosis(report: dict) -> str:
+    """The diagnosis block: what is wrong, the root causes in order (code, where, key number, fix), the rest collapsed."""
+    from lstm_doctor.report.diagnosis import diagnosis
+
+    d = report.get("diagnosis") or diagnosis(report)
+    out = [f'<section class="diagnosis {"healthy" if d["healthy"] else "sick"}" id="diagnosis">',
+           f'<p class="what">{_inline(d["sentence"])}</p>']
+    if d["root_causes"]:
+        out.append("<p><b>Root causes</b>, in the order to fix them:</p><ol>")
+        for rc in d["root_causes"]:
+            w = rc.get("what_if")
+            effect = ""
+            if w and w["rank"] is not None:
+                k = len(w["removes_errors"])
+                effect = (f' <span class="muted">· what-if <code>{escape(w["fix"])}</code> alone removes {k} '
+                          f'error{"s" if k != 1 else ""}' + (f", cumulative step {w['path_step']}"
+                                                             if w["on_path"] and w["path_step"] else "") + "</span>")
+            elif w:
+                effect = f' <span class="muted">· what-if <code>{escape(w["fix"])}</code> not run: {escape(w["note"])}</span>'
+            explains = (f' <span class="muted">· explains {escape(", ".join(rc["explains"]))}</span>'
+                        if rc["explains"] else "")
+            out.append(
+                f'<li><span class="sev {rc["severity"]}">{rc["severity"]}</span> '
+                f'<a href="#rule-{rc["code"]}"><b>{rc["code"]}</b></a> {escape(rc["name"])} · '
+                f'{escape(rc["where"])} · <span class="key">{escape(rc["key"])}</span>{explains}'
+                + (f'<div class="fix"><b>fix:</b> {_inline(rc["fix"])}{effect}</div>' if rc["fix"] else effect)
+                + "</li>"
+            )
+        out.append("</ol>")
+    if d["explained"]:
+        items = ", ".join(
+            f'<a href="#rule-{e["code"]}">{e["code"]}</a>' + (f" ×{e['count']}" if e["count"] > 1 else "")
+            for e in d["explained"]
+        )
+        out.append(f"<p><b>Explained by the above:</b> {items}</p>")
+    if d["other"]:
+        items = ", ".join(
+            f'<a href="#rule-{o["code"]}">{o["code"]}</a>' + (f" ×{o['count']}" if o["count"] > 1 else "")
+            + f" ({o['severity']})"
+            for o in d["other"]
+        )
+        out.append(f'<p class="muted">Also noted: {items}</p>')
+    out.append("</section>")
+    return "".join(out)
+
+
+def _grouped_findings(report: dict, names: dict[str, str]) -> str:
+    """One row per rule and layer, in the diagnosis order; a rule on several gates gets a breakdown, its fix once."""
+    from lstm_doctor.report.diagnosis import diagnosis
+
+    d = report.get("diagnosis") or diagnosis(report)
+    if not d["groups"]:
+        return "<p><b>No findings.</b></p>"
+    findings = report["findings"]
+    role = {"root_cause": "root cause", "explained": "explained by ", "other": ""}
+    rows = []
+    for g in d["groups"]:
+        locs = g["locations"]
+        first = findings[locs[0]["finding"]]
+        known = all(findings[x["finding"]].get("baseline") == "known" for x in locs)
+        where = "model" if g["layer"] is None else f"layer {g['layer']}"
+        tag = role[g["role"]] + ", ".join(g["explained_by"]) if g["role"] == "explained" else role[g["role"]]
+        breakdown = ""
+        if len(locs) > 1:
+            items = "".join(
+                f"<li>{escape(x['where'] or x['path'])}: {escape(x['key'])}"
+                + (f' <span class="sev {x["severity"]}">{x["severity"]}</span>' if x["severity"] != g["severity"] else "")
+                + "</li>"
+                for x in locs
+            )
+            breakdown = f'<ul class="breakdown">{items}</ul>'
+        fixes = "".join(f'<div class="fix"><b>fix:</b> {_inline(fix)}</div>' for fix in g["fixes"])
+        evidence = json.dumps([findings[x["finding"]]["evidence"] for x in locs] if len(locs) > 1
+                              else first["evidence"], indent=1, ensure_ascii=False)
+        rows.append(
+            f'<tr class="{"known" if known else ""}">'
+            f'<td><span class="sev {g["severity"]}">{g["severity"]}</span>'
+            + (' <span class="muted">(in baseline)</span>' if known else "")
+            + f'</td><td><a href="#rule-{g["code"]}"><b>{g["code"]}</b></a><br>'
+            f'<span class="muted">{escape(names.get(g["code"], ""))}</span></td>'
+            f"<td>{escape(where)}" + (f'<br><span class="muted">{escape(tag)}</span>' if tag else "") + "</td>"
+            f"<td>{breakdown}{_inline(first['message'])}{fixes}"
+            f"<details><summary>evidence</summary><pre>{escape(evidence)}</pre></details></td></tr>"
+        )
+    head = "<tr><th>severity</th><th>code</th><th>where</th><th>finding and fix</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
 def _not_evaluated(report: dict) -> str:
     skipped = report.get("not_evaluated") or {}
     if not skipped:
@@ -331,11 +425,20 @@ def _report_body(report: dict, names: dict[str, str], prefix: str = "") -> str:
     return (
         f"<h1>{escape(title)}</h1>"
         + _header(report)
+        + _diagnosis(report)
+        + "<h2>Findings</h2>"
+        + _grouped_findings(report, names)
+        + (
+            "<details><summary>every finding location (the full table)</summary>"
+            + _findings(report, names)
+            + "</details>"
+            if report["findings"]
+            else ""
+        )
+        + _not_evaluated(report)
+        + "<h2>Model and inputs</h2>"
         + _overview(report)
         + _headline(report)
-        + "<h2>Findings</h2>"
-        + _findings(report, names)
-        + _not_evaluated(report)
         + _saturation_table(report)
         + _plots(report, prefix)
     )
@@ -366,9 +469,11 @@ def render_many(reports: list[dict], options=None) -> str:
     for k, r in enumerate(reports):
         s = r["summary"]
         label = (r.get("check") or {}).get("model_id") or r["model"]["name"]
+        from lstm_doctor.report.diagnosis import status
+
         parts.append(
             f'<li><a href="#model-{k}">{escape(label)}</a>: {s["error"]} errors, {s["warning"]} warnings, '
-            f"{s['info']} info · exit {s['exit_code']}</li>"
+            f"{s['info']} info · {escape(status(r)['text'])}</li>"
         )
     parts.append("</ul></nav>")
     for k, r in enumerate(reports):

@@ -21,13 +21,16 @@ def _cell(text) -> str:
 
 
 def _header(report: dict) -> list[str]:
+    from lstm_doctor.report.diagnosis import status
+
     m, s = report["model"], report["summary"]
     out = [f"# lstm-doctor report: {m['name']}", ""]
-    verdict = "FAIL" if s["exit_code"] else "PASS"
+    st = status(report)  # never "pass" while a finding reaches --fail-on, whatever the exit code
+    verdict = "PASS" if st["state"] == "pass" else "FAIL"
     out.append(
-        f"**{verdict}** (exit {s['exit_code']}, fail-on {report['config']['fail_on']}): "
-        f"{s['error']} error(s), {s['warning']} warning(s), {s['info']} info"
+        f"**{verdict}**: {st['text']}; {s['error']} error(s), {s['warning']} warning(s), {s['info']} info"
     )
+    out += [""] + _diagnosis(report)
     check = report.get("check")
     if check and check.get("baseline"):
         out.append("")
@@ -65,6 +68,36 @@ def _header(report: dict) -> list[str]:
     return out
 
 
+def _diagnosis(report: dict) -> list[str]:
+    """The diagnosis block: what is wrong, the root causes in order, the rest collapsed."""
+    from lstm_doctor.report.diagnosis import diagnosis
+
+    d = report.get("diagnosis") or diagnosis(report)
+    out = [f"**Diagnosis:** {_cell(d['sentence'])}", ""]
+    for n, rc in enumerate(d["root_causes"], 1):
+        w = rc.get("what_if")
+        effect = ""
+        if w and w["rank"] is not None:
+            k = len(w["removes_errors"])
+            effect = f"; what-if `{w['fix']}` alone removes {k} error{'s' if k != 1 else ''}"
+        explains = f" (explains {', '.join(rc['explains'])})" if rc["explains"] else ""
+        fix = f" **fix:** {_cell(rc['fix'])}" if rc["fix"] else ""
+        out.append(
+            f"{n}. **[{rc['code']}](#rule-{rc['code']})** {rc['severity']} {rc['name']} · {_cell(rc['where'])} · "
+            f"{_cell(rc['key'])}{explains}.{fix}{effect}"
+        )
+    if d["root_causes"]:
+        out.append("")
+    if d["explained"]:
+        out += ["Explained by the above: " + ", ".join(
+            e["code"] + (f" ×{e['count']}" if e["count"] > 1 else "") for e in d["explained"]), ""]
+    if d["other"]:
+        out += ["Also noted: " + ", ".join(
+            f"{o['code']}" + (f" ×{o['count']}" if o["count"] > 1 else "") + f" ({o['severity']})"
+            for o in d["other"]), ""]
+    return out
+
+
 def _headline(report: dict) -> list[str]:
     head = report["summary"].get("headline")
     if not head:
@@ -77,15 +110,30 @@ def _headline(report: dict) -> list[str]:
 
 
 def _findings(report: dict, names: dict[str, str]) -> list[str]:
+    """One row per rule and layer (the diagnosis' groups): a per-location breakdown, the fix once."""
+    from lstm_doctor.report.diagnosis import diagnosis
+
     out = ["## Findings", ""]
     if not report["findings"]:
         return out + ["No findings.", ""]
+    d = report.get("diagnosis") or diagnosis(report)
+    findings = report["findings"]
     out += ["| severity | code | where | finding | fix |", "|---|---|---|---|---|"]
-    for f in report["findings"]:
-        sev = f["severity"] + (" (in baseline)" if f.get("baseline") == "known" else "")
+    for g in d["groups"]:
+        locs = g["locations"]
+        known = all(findings[x["finding"]].get("baseline") == "known" for x in locs)
+        sev = g["severity"] + (" (in baseline)" if known else "")
+        where = "model" if g["layer"] is None else f"layer {g['layer']}"
+        if g["role"] == "explained":
+            where += f" (explained by {', '.join(g['explained_by'])})"
+        elif g["role"] == "root_cause":
+            where += " (root cause)"
+        message = findings[locs[0]["finding"]]["message"]
+        if len(locs) > 1:
+            message = "; ".join(f"{x['where'] or x['path']}: {x['key']}" for x in locs) + ". " + message
         out.append(
-            f"| {sev} | [{f['code']}](#rule-{f['code']}) {_cell(names.get(f['code'], ''))} | "
-            f"{_cell(_where(f['location']))} | {_cell(f['message'])} | {_cell(f['fix'])} |"
+            f"| {sev} | [{g['code']}](#rule-{g['code']}) {_cell(names.get(g['code'], ''))} | "
+            f"{_cell(where)} | {_cell(message)} | {_cell(' '.join(g['fixes']))} |"
         )
     skipped = report.get("not_evaluated") or {}
     if skipped:

@@ -1,9 +1,13 @@
 """The terminal report (rich). It reads the report dict only: no statistics here.
 
-Findings are grouped by layer, then by family, the most severe first; each
-shows where, the evidence in its message, and its fix. Then a per-gate
-saturation summary, and the per-step mean h and mean c for the first steps
-(what the user of CASE.md printed by hand).
+First the diagnosis (``report["diagnosis"]``, built in ``diagnosis.py``): one
+sentence on what is wrong, the independent root causes ranked, one line each
+(code, where, key number, fix), and the codes they explain, collapsed. Then the
+details, one entry per rule and layer (a rule on several gates is one entry
+with a per-gate breakdown, its fix shown once). Then a per-gate saturation
+summary, the per-step mean h and mean c for the first steps (what the user of
+CASE.md printed by hand), the what-if tables, and the verdict. ``verbose``
+adds the full table, one row per finding location, grouped by layer and family.
 """
 
 from __future__ import annotations
@@ -222,7 +226,10 @@ def _summary(report: dict) -> Text:
     for sev in ("error", "warning", "info"):
         text.append(f"{s[sev]} {sev}{'s' if s[sev] != 1 else ''}", style=STYLE[sev] if s[sev] else "dim")
         text.append("  ")
-    text.append(f"(fail-on {report['config']['fail_on']}: exit {s['exit_code']})", style="dim")
+    from lstm_doctor.report.diagnosis import status
+
+    st = status(report)
+    text.append(f"({st['text']})", style="bold red" if st["state"] == "forced" else "dim")
     skipped = report.get("not_evaluated") or {}
     if skipped:
         text.append("\nnot evaluated: " + "; ".join(f"{c} ({why})" for c, why in skipped.items()), style="dim")
@@ -234,10 +241,110 @@ def _summary(report: dict) -> Text:
     return text
 
 
-def render(report: dict, console: Console) -> None:
+def _count(code: str, n: int) -> str:
+    return code + (f" ×{n}" if n > 1 else "")
+
+
+def diagnosis_block(report: dict) -> list:
+    """The diagnosis: what is wrong, the root causes (one line each), what they explain, the verdict."""
+    from lstm_doctor.report.diagnosis import diagnosis, status
+
+    d = report.get("diagnosis") or diagnosis(report)
+    out: list = []
+    title = Text("Diagnosis: ", style="bold")
+    title.append(d["sentence"], style="bold green" if d["healthy"] else "bold")
+    out.append(title)
+    if d["root_causes"]:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(justify="right", no_wrap=True)
+        grid.add_column(ratio=1)
+        label = "Root causes" + (", ranked by what each explains and the what-if" if report.get("what_if") else
+                                 ", ranked by what each explains")
+        out.append(Text(label + ":", style="bold"))
+        for n, rc in enumerate(d["root_causes"], 1):
+            body = Text.assemble((rc["code"], STYLE[rc["severity"]]), f" {RULE_NAMES.get(rc['code'], '')}")
+            body.append(f" · {rc['where']} · ", style="dim")
+            body.append(rc["key"])
+            if rc["explains"]:
+                body.append(f" · explains {len(rc['explains'])}", style="dim")
+            if rc["fix"]:
+                body.append("\nfix: ", style="bold green")
+                body.append(rc["fix"], style="green")
+            w = rc.get("what_if")
+            if w and w["rank"] is not None:
+                k = len(w["removes_errors"])
+                body.append(
+                    f" · what-if {w['fix']}: −{k} error{'s' if k != 1 else ''}"
+                    + (f", step {w['path_step']}" if w["on_path"] and w["path_step"] else ""),
+                    style="dim",
+                )
+            elif w:
+                body.append(f" · what-if {w['fix']}: not run", style="dim")
+            grid.add_row(f"{n}.", body)
+        out.append(grid)
+    if d["explained"]:
+        out.append(
+            Text.assemble(
+                ("Explained by the above: ", "bold"), ", ".join(_count(e["code"], e["count"]) for e in d["explained"])
+            )
+        )
+    if d["other"]:
+        out.append(
+            Text.assemble(
+                ("Also noted: ", "bold"),
+                ", ".join(f"{_count(o['code'], o['count'])} ({o['severity']})" for o in d["other"]),
+            )
+        )
+    st = status(report)
+    out.append(Text.assemble(("Status: ", "bold"), (st["text"], "bold red" if st["state"] != "pass" else "green")))
+    return out
+
+
+def _details(report: dict) -> list:
+    """One entry per rule and layer: the per-location breakdown, one message, the fix once."""
+    from lstm_doctor.report.diagnosis import diagnosis
+
+    d = report.get("diagnosis") or diagnosis(report)
+    if not d["groups"]:
+        return []
+    findings = report["findings"]
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(ratio=1)
+    role = {"root_cause": "root cause", "explained": "explained by ", "other": ""}
+    for g in d["groups"]:
+        body = Text()
+        where = "model" if g["layer"] is None else f"layer {g['layer']}"
+        tag = role[g["role"]] + (", ".join(g["explained_by"]) if g["role"] == "explained" else "")
+        body.append(f"{RULE_NAMES.get(g['code'], '')} · {where}" + (f" · {tag}" if tag else ""), style="dim")
+        locs = g["locations"]
+        first = findings[locs[0]["finding"]]
+        if len(locs) > 1:
+            for x in locs:
+                mark = f" [{x['severity']}]" if x["severity"] != g["severity"] else ""
+                body.append(f"\n  {x['where'] or x['path']}: {x['key']}{mark}")
+            body.append(f"\n{locs[0]['where'] or 'first'}: ", style="dim")
+            body.append(first["message"])
+        else:
+            body.append("\n" + first["message"])
+        for fix in g["fixes"]:
+            body.append("\nfix: ", style="bold green")
+            body.append(fix, style="green")
+        grid.add_row(Text(g["severity"], style=STYLE[g["severity"]]), Text(g["code"], style="bold"), body)
+    return [Text("Details (one entry per rule; --verbose: one row per location)", style="bold"), grid]
+
+
+def render(report: dict, console: Console, verbose: bool = False) -> None:
     console.print(_header(report))
-    for part in _findings(report):
+    for part in diagnosis_block(report):
         console.print(part)
+    console.print()
+    for part in _details(report):
+        console.print(part)
+    if verbose:
+        for part in _findings(report):
+            console.print(part)
     for part in (_saturation(report), _per_step(report), _differential(report)):
         if part is not None:
             console.print(part)
