@@ -131,7 +131,7 @@ def test_schema_is_shipped_in_the_package_and_is_valid_2020_12():
 def test_reports_validate_against_the_schema(reports, name):
     report = json.loads(REPORTERS["json"](reports[name], RenderOptions()))
     assert errors(report) == []
-    assert report["schema_version"] == "1.0"
+    assert report["schema_version"] == "1.1"
 
 
 def test_schema_rejects_what_build_does_not_produce(reports):
