@@ -76,10 +76,14 @@ def test_demo_json_names_the_case_defects_and_the_fixed_twin_is_clean():
     assert not [f for f in data["fixed"]["findings"] if f["severity"] == "error"]
 
 
-def test_demo_text_shows_findings_fixes_and_the_comparison():
+def test_demo_text_shows_the_diagnosis_the_what_if_and_the_comparison_in_one_screen(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "110")
     out = check(invoke("demo", "--color", "never"), 0).stdout
-    for needle in ("W101", "A201", "C401", "H601", "fix:", "Gate saturation", "mean h", "fixed twin"):
-        assert needle in out
+    for needle in ("Diagnosis:", "W101", "A201", "I504", "fix:", "Explained by the above:", "C401", "H601",
+                   "What-if", "fixed twin", "--format html"):
+        assert needle in out, needle
+    assert out.index("Diagnosis:") < out.index("W101") < out.index("What-if") < out.index("fixed twin")
+    assert len(out.splitlines()) <= 62  # about one screen at 110 columns (issue 20)
 
 
 def test_healthy_model_exits_0_without_warning_or_error(healthy_model):

@@ -1,9 +1,12 @@
 """``demo``: diagnose the bundled CASE.md-like encoder, then compare its fixed twin.
 
 The broken encoder carries CASE.md's four defects (``lstm_doctor.example``);
-the fixed twin has all four repaired. The demo prints the broken encoder's
-full report and a side-by-side of the headline metrics, or both reports as
-JSON (``{"broken": ..., "fixed": ...}``).
+the fixed twin has all four repaired. The demo prints, in about one screen
+(``demo_text``): the broken encoder's diagnosis (what is wrong, its root causes
+in order, what they explain) and its what-if table; the fixed twin's diagnosis
+next to the broken one's headline metrics; the same encoder diagnosed from raw
+tweets in two lines; and the commands that give the full reports and plots.
+``--format json`` gives the three reports (``{"broken", "fixed", "from_text"}``).
 """
 
 from __future__ import annotations
@@ -66,11 +69,89 @@ def execute(base: DiagnoseOptions) -> int:
             base.output,
         )
         return 0
-    text = render(broken, "text", base.color, base.output is None)
-    text += comparison(broken, fixed, base.color, base.output is None)
-    text += text_section(from_text)
+    from lstm_doctor.report.terminal import text_width, use_color
+
+    to_terminal = base.output is None
+    text = demo_text(broken, fixed, from_text, use_color(base.color, to_terminal), text_width(to_terminal))
     emit(text, base.output)
     return 0
+
+
+BROKEN = "examples/tweet2vec_like/broken"
+FIXED = "examples/tweet2vec_like/fixed"
+
+
+def demo_text(broken: dict, fixed: dict, from_text: dict | None, color: bool = False, width: int = 110) -> str:
+    """The demo's terminal output, from the three report dicts only (about 60 lines at 110 columns)."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from lstm_doctor.report.diagnosis import status
+    from lstm_doctor.report.text import diagnosis_block
+    from lstm_doctor.report.whatif_text import ablation_table
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
+    inp = broken["inputs"]
+    console.print(Text.assemble(
+        ("lstm-doctor demo", "bold"),
+        f": the CASE.md encoder ({BROKEN}, cell {broken['model']['layers'][0]['equation']}), "
+        f"{inp['sequences']} sequences × {inp['T']} steps × {inp['D']} features",
+    ))
+    console.print()
+    for part in diagnosis_block(broken):
+        console.print(part)
+    ranking = broken.get("what_if_ranking") or {}
+    if broken.get("what_if"):
+        console.print()
+        table = ablation_table(broken["what_if"], ranking.get("sample"))
+        sample = ranking.get("sample") or {}
+        table.title = (f"What-if, on {sample.get('sequences')} of the {sample.get('of')} sequences: each fix alone, "
+                       "then cumulatively")
+        table.show_edge = False
+        console.print(table)
+    console.print()
+    console.print(comparison_table(broken, fixed))
+    d = fixed.get("diagnosis") or {}
+    console.print(Text.assemble(
+        ("Fixed twin: ", "bold"), ("healthy" if d.get("healthy") else "not healthy") + f"; {status(fixed)['text']}"
+    ))
+    if from_text is not None:
+        errors = sorted({f["code"] for f in from_text["findings"] if f["severity"] == "error"})
+        same = errors == sorted({f["code"] for f in broken["findings"] if f["severity"] == "error"})
+        console.print(Text.assemble(
+            ("From raw tweets: ", "bold"),
+            f"the same encoder as a Tweet2Vec file, fed {from_text['inputs']['sequences']} tweets through its "
+            f"conv front end: errors {', '.join(errors) or 'none'}" + (" (the same codes)." if same else "."),
+        ))
+    console.print()
+    console.print(Text.assemble(("Next: ", "bold"), (
+        f"lstm-doctor diagnose {BROKEN} --inputs examples/tweet2vec_like/conv_output.npy --format html "
+        "--output broken.html --exit-zero"), " for the plots; without --format: the full text report; "
+        "--format concise: one line per finding."))
+    return buffer.getvalue()
+
+
+def comparison_table(broken: dict, fixed: dict):
+    """The headline metrics of the broken encoder and its fixed twin, side by side."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title="Broken vs its fixed twin (the four CASE.md defects repaired)", title_justify="left",
+        box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+    )
+    table.add_column("metric")
+    table.add_column("broken", justify="right")
+    table.add_column("fixed", justify="right")
+    hb, hf = broken["summary"]["headline"], fixed["summary"]["headline"]
+    for key, label, fmt in METRICS:
+        table.add_row(label, _fmt(fmt, hb[key]), _fmt(fmt, hf[key]))
+    for sev in ("error", "warning"):
+        table.add_row(f"{sev}s", str(broken["summary"][sev]), str(fixed["summary"][sev]))
+    return table
 
 
 def text_section(report: dict) -> str:
