@@ -20,6 +20,7 @@ from lstm_doctor.load.inputs import InputSource
 
 
 def _both(m, x, lengths=None, **options):
+    assert fused.available(), f"the C kernel is not built ({fused.unavailable_reason()}): run `pip install -e .`"
     source = lambda: InputSource(x, "btd", lengths=lengths)  # noqa: E731
     a = capture(m, source(), CaptureOptions(engine="numpy", **options))
     b = capture(m, source(), CaptureOptions(engine="fused", **options))
