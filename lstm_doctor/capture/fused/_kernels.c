@@ -405,11 +405,14 @@ HOT static void fused_step(Step *s) {
         rgt[j] += rt[j];
         s->switch_[j] += sw[j];
     }
-    for (int k = 0; k < 4; k++) {
-        double *tq = s->term_sq + (k * T + t) * H4, *ts = s->term_sum + (k * T + t) * H4;
-        for (j = 0; j < H4; j++) {
-            tq[j] += sq[k * H4 + j];
-            ts[j] += sums[k * H4 + j];
+    /* only the tables that are read: the peephole rows with peepholes, the sums when wanted
+       (the others stay untouched zero pages) */
+    for (int k = 0; k < (has_peep ? 4 : 3); k++) {
+        double *tq = s->term_sq + (k * T + t) * H4;
+        for (j = 0; j < H4; j++) tq[j] += sq[k * H4 + j];
+        if (want_sums) {
+            double *ts = s->term_sum + (k * T + t) * H4;
+            for (j = 0; j < H4; j++) ts[j] += sums[k * H4 + j];
         }
     }
     int64_t *o0 = s->over + t * H4, *o1 = s->over + (T + t) * H4;

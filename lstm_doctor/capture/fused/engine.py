@@ -295,13 +295,14 @@ def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord
 def _fold_into_reducer(r, term_sq, term_sum, over, counts, c_sums, extrema, switch, h_seq, cells, mask, T) -> None:
     """Write the kernel's tables into the reducer's, so that its ``finish`` folds them."""
     K = kernels()
+    # the reducer's tables of this chunk are still zero: take the kernel's in their place (no copy)
     for j, name in enumerate(("input", "recurrent", "total", "peephole")):
         if name in r.term_sumsq:
-            r.term_sumsq[name][:] = term_sq[j]
+            r.term_sumsq[name] = term_sq[j]
         if name in r.term_sum:
-            r.term_sum[name][:] = term_sum[j]
-    r.over["input"][:] = over[0]
-    r.over["total"][:] = over[1]
+            r.term_sum[name] = term_sum[j]
+    r.over["input"] = over[0]
+    r.over["total"] = over[1]
     r.c_sum[:] = c_sums[:, 0]
     r.c_abs_sum[:] = c_sums[:, 1]
     r.max_abs_c[:] = c_sums[:, 2]
