@@ -348,7 +348,30 @@ def _flatten(obj, torch, prefix: str = "", out=None, depth: int = 0) -> dict[str
     return out
 
 
+def is_torchscript(path: Path) -> bool:
+    """A ``torch.jit.save`` archive: a zip whose members hold ``code/`` and ``constants.pkl``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names) and any(
+        "/code/" in n or n.startswith("code/") for n in names
+    )
+
+
 def _torch_load(path: Path, torch, trust: bool):
+    if is_torchscript(path):
+        if not trust:
+            raise ModelError(
+                "a TorchScript archive (torch.jit.save): loading it runs its code; pass --trust-pickle "
+                "if you trust the file, or save the module's state_dict() instead"
+            )
+        try:
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+        except (RuntimeError, ValueError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"not a readable TorchScript archive: {msg[:200]}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
@@ -412,7 +435,29 @@ def _show(prefix: str) -> str:
     return repr(prefix) if prefix else "'' (top level)"
 
 
-def _select(groups: dict, options) -> str:
+def kind_of(tensors: dict[str, np.ndarray], prefix: str, entries) -> str:
+    """'LSTM', 'GRU', 'RNN' or '?' from the rows of the first weight_hh (4H, 3H or H)."""
+    suffix = sorted(entries)[0][2]
+    w_hh = tensors.get(f"{prefix}weight_hh{suffix}")
+    if w_hh is None or np.ndim(w_hh) != 2 or w_hh.shape[1] == 0:
+        return "?"
+    return {4: "LSTM", 3: "GRU", 1: "RNN"}.get(w_hh.shape[0] // w_hh.shape[1] if w_hh.shape[0] % w_hh.shape[1] == 0 else 0, "?")
+
+
+def _describe(tensors, groups) -> str:
+    names = {"LSTM": "an LSTM", "GRU": "a GRU", "RNN": "a plain RNN", "?": "not an LSTM"}
+    return ", ".join(f"{_show(p)} ({names[kind_of(tensors, p, groups[p])]})" for p in sorted(groups))
+
+
+def _select(groups: dict, options, tensors: dict | None = None) -> str:
+    """The prefix of the LSTM to load.
+
+    ``--layer-prefix`` matches a prefix exactly (with or without its trailing
+    dot) or, failing that, as the start of a unique prefix: ``encoder`` selects
+    ``encoder.rnn.``. Without it, a file with one LSTM among other recurrent
+    layers (a GRU, a plain RNN) loads that LSTM; several LSTMs are listed.
+    """
+    tensors = tensors or {}
     if not groups:
         raise ModelError("no LSTM weights (no key ending in weight_ih_l0 or weight_ih)")
     wanted = options.layer_prefix
@@ -420,13 +465,25 @@ def _select(groups: dict, options) -> str:
         for candidate in (wanted, wanted.rstrip(".") + "." if wanted else ""):
             if candidate in groups:
                 return candidate
-        raise ModelError(
-            f"no LSTM under prefix {wanted!r}; found: " + ", ".join(_show(p) for p in sorted(groups))
-        )
+        stem = wanted.rstrip(".")
+        # whole name components first (encoder → encoder.rnn., not encoder2.rnn.), then any start
+        matches = [p for p in groups if p.startswith(stem + ".")] or [p for p in groups if p.startswith(wanted)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ModelError(
+                f"prefix {wanted!r} matches {len(matches)} recurrent layers: "
+                + _describe(tensors, {p: groups[p] for p in matches})
+                + "; give a longer --layer-prefix"
+            )
+        raise ModelError(f"no LSTM under prefix {wanted!r}; found: " + _describe(tensors, groups))
     if len(groups) > 1:
+        lstms = [p for p in groups if kind_of(tensors, p, groups[p]) == "LSTM"] if tensors else list(groups)
+        if len(lstms) == 1:
+            return lstms[0]
         raise ModelError(
-            f"{len(groups)} LSTMs in the file, prefixes "
-            + ", ".join(_show(p) for p in sorted(groups))
+            f"{len(groups)} recurrent layers in the file: "
+            + _describe(tensors, groups)
             + "; choose one with --layer-prefix"
         )
     return next(iter(groups))
@@ -517,8 +574,12 @@ def load(path: Path, options) -> LSTMModel:
         raise ConfigError(f"--preset {options.preset} does not apply to PyTorch weights")
     tensors, batch_first = read_tensors(path, options.trust_pickle)
     groups = lstm_prefixes(tensors)
-    prefix = _select(groups, options)
+    prefix = _select(groups, options, tensors)
     layout = None
     if prefix in batch_first:
         layout = "btd" if batch_first[prefix] else "tbd"
-    return build_model(tensors, prefix, groups[prefix], path, "torch", layout)
+    model = build_model(tensors, prefix, groups[prefix], path, "torch", layout)
+    others = {p: e for p, e in groups.items() if p != prefix}
+    if others:
+        model = model.with_notes(f"loaded {_show(prefix)}; the file also holds " + _describe(tensors, others))
+    return model
