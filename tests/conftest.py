@@ -8,6 +8,12 @@ os.environ.setdefault("KERAS_BACKEND", "numpy")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def pytest_addoption(parser):
+    # tests/test_golden_reports.py: rewrite tests/golden/ from the current renderers (then review the diff)
+    parser.addoption("--update-goldens", action="store_true", default=False,
+                     help="rewrite the golden report files in tests/golden/ instead of comparing with them")
+
+
 def pytest_terminal_summary(terminalreporter):
     try:
         from test_rules import FALSE_POSITIVES

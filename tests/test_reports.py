@@ -268,7 +268,14 @@ window.addEventListener("load", function () {
     images: Array.from(document.images).map(function (i) { return [i.complete, i.naturalWidth, i.naturalHeight]; }),
     missing: Array.from(document.querySelectorAll('a[href^="#"]'))
       .map(function (a) { return a.getAttribute("href").slice(1); })
-      .filter(function (id) { return !document.getElementById(id); })
+      .filter(function (id) { return !document.getElementById(id); }),
+    // where the diagnosis block and the verdict sit on the page (CSS pixels from the top)
+    diagnosis: (function () {
+      var d = document.getElementById("diagnosis"), v = document.querySelector(".verdict");
+      if (!d || !v) { return null; }
+      var r = d.getBoundingClientRect(), q = v.getBoundingClientRect();
+      return {top: r.top, bottom: r.bottom, verdict: q.bottom, text: d.innerText, badge: v.innerText};
+    })()
   };
   var pre = document.createElement("pre");
   pre.id = "lstm-doctor-probe";
@@ -327,10 +334,30 @@ def load_in_chromium(page: str, tmp_path: Path) -> dict:
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
 
 
+FIRST_SCREEN = 900  # CSS pixels: the part of a 1280-wide page seen without scrolling on a laptop
+
+
 @needs_chromium
 def test_html_renders_in_headless_chromium_with_every_image_decoded(reports, broken_html, tmp_path):
     result = load_in_chromium(broken_html, tmp_path)
     assert len(result["images"]) == 5 * len(reports["broken"]["statistics"]["layers"]) + 1
+    # The first screen shows the verdict and the whole diagnosis: what is wrong, the root causes in order.
+    box = result["diagnosis"]
+    assert box is not None and box["verdict"] < box["top"] < box["bottom"] <= FIRST_SCREEN, box
+    d = reports["broken"]["diagnosis"]
+    shown = " ".join(box["text"].split())
+    assert " ".join(d["sentence"].split()) in shown
+    positions = [shown.index(rc["code"] + " ") for rc in d["root_causes"]]
+    assert positions == sorted(positions)  # in the diagnosis' order
+    assert "Explained by the above:" in shown and "FAIL" in box["badge"]
+    # The screenshot's first screen is drawn: the red-bordered block is in its top 900 rows.
+    from PIL import Image
+
+    with Image.open(tmp_path / "report.png") as image:
+        top = image.convert("RGB").crop((0, 0, 1280, FIRST_SCREEN))
+        top.save(tmp_path / "first_screen.png")
+        reds = sum(n for n, (r, g, b) in top.getcolors(maxcolors=1 << 20) if r > 180 and g < 80 and b < 80)
+        assert reds > 2000  # the verdict badge and the diagnosis' border (#c62828)
 
 
 @needs_chromium
@@ -517,3 +544,117 @@ def test_the_text_report_orders_families_the_same_way_whatever_the_hash_seed():
         assert positions == sorted(positions), positions  # the catalogue's family order
         outputs.add(done.stdout)
     assert len(outputs) == 1
+
+
+# -- the diagnosis block (issue 20) ---------------------------------------------------------------
+
+
+def _explained_line(text: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith("Explained by the above: "))
+    return [item.split(" ×")[0] for item in line.removeprefix("Explained by the above: ").split(", ")]
+
+
+@pytest.mark.parametrize("name", ["broken", "fixed", "probe", "zeros"])
+def test_every_root_cause_is_a_finding_whose_explains_covers_the_collapsed_codes(reports, name):
+    report = reports[name]
+    d = report["diagnosis"]
+    findings = report["findings"]
+    # every finding location sits in exactly one group; the JSON keeps one record per location
+    placed = sorted(x["finding"] for g in d["groups"] for x in g["locations"])
+    assert placed == list(range(len(findings)))
+    roots = d["root_causes"]
+    for rc in roots:
+        members = [findings[n] for n in rc["findings"]]
+        assert members and all(f["code"] == rc["code"] and f["location"]["layer"] == rc["layer"] for f in members)
+        claimed = {c for f in members for c in f["evidence"].get("explains", [])}
+        assert set(rc["explains"]) == claimed
+    for e in d["explained"]:
+        assert e["by"] and set(e["by"]) <= {rc["code"] for rc in roots}
+        by = [rc for rc in roots if rc["code"] in e["by"]]
+        assert any(e["code"] in rc["explains"] for rc in by), e
+        # ... and no explained code is itself a root cause
+        assert e["code"] not in {rc["code"] for rc in roots}
+    assert sum(e["count"] for e in d["explained"]) + sum(len(rc["findings"]) for rc in roots) + sum(
+        o["count"] for o in d["other"]
+    ) == len(findings)
+    # the rendered block says the same: the collapsed line lists exactly the explained codes, in order
+    text = REPORTERS["text"](report, RenderOptions())
+    if d["explained"]:
+        assert _explained_line(text) == [e["code"] for e in d["explained"]]
+    else:
+        assert "Explained by the above" not in text
+
+
+def test_the_broken_example_s_diagnosis_names_the_case_defects_first(reports):
+    report = reports["broken"]
+    d = report["diagnosis"]
+    assert not d["healthy"] and "H601" in d["sentence"] and "same vector" in d["sentence"]
+    codes = [rc["code"] for rc in d["root_causes"]]
+    assert codes[0] == "W101" and {"A201", "W102", "I504"} <= set(codes)
+    assert {"S301", "C401", "H601", "I501"} <= {e["code"] for e in d["explained"]}
+    s301 = next(e for e in d["explained"] if e["code"] == "S301")
+    assert s301["count"] == 3  # gates i, f, o: one line in the diagnosis
+    text = REPORTERS["text"](report, RenderOptions())
+    # the diagnosis comes before the details, and the details show each rule once with its fix once
+    assert text.index("Diagnosis:") < text.index("Root causes") < text.index("Details")
+    details = text[text.index("Details"):]
+    assert len(re.findall(r"^error\s+S301 ", details, re.M)) == 1
+    fix = next(f["fix"] for f in report["findings"] if f["code"] == "W101")
+    assert " ".join(text.split()).count(" ".join(fix.split())) == 1
+    # --verbose: the full table, one row per location, too
+    verbose = REPORTERS["text"](report, RenderOptions(verbose=True))
+    assert len(verbose.splitlines()) > len(text.splitlines()) and "finding and fix" in verbose
+
+
+def test_a_healthy_model_gets_one_line_that_says_so(reports):
+    d = reports["fixed"]["diagnosis"]
+    assert d["healthy"] and d["root_causes"] == [] and d["sentence"].startswith("healthy: ")
+    assert "max |c|" in d["sentence"] and "cosine" in d["sentence"]
+
+
+PASS_WORD = re.compile(r"\bpass(ed|es|ing)?\b", re.I)
+
+
+def test_exit_zero_never_reads_as_a_pass(broken_inputs):
+    options = DiagnoseOptions(model=str(EXAMPLE / "broken"), inputs=str(broken_inputs), exit_zero=True)
+    report = run_diagnosis(replace(options, created=CREATED))
+    s = report["summary"]
+    assert s["exit_code"] == 0 and s["exit_forced"] and s["failing"] == s["error"] > 0
+    wanted = f"{s['error']} errors at or above fail-on error (exit forced to 0 by --exit-zero)"
+    for fmt in ("text", "concise", "markdown", "html"):
+        out = REPORTERS[fmt](report, RenderOptions())
+        if fmt == "html":  # the page's own wording, not the embedded rule catalogue
+            out = out[out.index("<body>"): out.index('<h2 id="rules">')]  # not the CSS, not the catalogue
+            assert 'class="verdict forced"' in out and "verdict pass" not in out
+        if fmt == "markdown":
+            out = out[: out.index("## Rules cited")]
+        assert not PASS_WORD.search(out), (fmt, PASS_WORD.search(out))
+        assert ("exit 0 (forced by --exit-zero)" if fmt == "concise" else wanted) in html.unescape(out), fmt
+    # without --exit-zero the same model fails, and a clean model passes
+    failing = run_diagnosis(replace(options, exit_zero=False, created=CREATED))
+    assert "FAIL:" in REPORTERS["html"](failing, RenderOptions())
+
+
+def test_concise_is_one_line_per_finding_then_the_count(reports):
+    report = reports["broken"]
+    lines = REPORTERS["concise"](report, RenderOptions()).splitlines()
+    assert len(lines) == len(report["findings"]) + 1
+    s = report["summary"]
+    roots = len(report["diagnosis"]["root_causes"])
+    assert lines[-1] == f"{roots} root causes, {s['error']} errors, {s['warning']} warnings, {s['info']} info, exit 1"
+    line = re.compile(r"^(\S+):(layer\d+(\.\w+)*|model): ([A-Z]\d{3}) (error|warning|info): .+")
+    for text in lines[:-1]:
+        assert line.match(text), text
+    s301 = [t for t in lines if ": S301 " in t]
+    assert len(s301) == 3 and all(re.search(r":layer0\.fwd\.[ifo]: S301 error: gate [ifo] \d+% saturated \(right\)", t)
+                                  for t in s301), s301
+    assert sum("[fix: " in t and "see above" not in t for t in s301) == 1  # the fix once per rule
+    # root causes first
+    codes = [line.match(t).group(4) for t in lines[:-1]]
+    assert codes[0] == report["diagnosis"]["root_causes"][0]["code"]
+
+
+def test_concise_from_the_command_line_and_check(tmp_path):
+    out = check(invoke("diagnose", EXAMPLE / "fixed", "--inputs", EXAMPLE / "conv_output_standardized.npy",
+                       "--format", "concise"), 0).stdout
+    assert out.splitlines()[-1].endswith("exit 0") and "I503 info:" in out

@@ -384,7 +384,8 @@ def status(report: dict) -> dict[str, Any]:
 
     ``state``: ``fail`` (exit 1), ``forced`` (failing findings, exit forced to 0 by
     --exit-zero), ``pass`` (nothing at or above fail-on, or with a baseline nothing new).
-    ``text``: e.g. "11 errors at or above fail-on error (exit forced to 0 by --exit-zero)".
+    ``text``: e.g. "11 errors at or above fail-on error (exit forced to 0 by --exit-zero)", or
+    "no finding at or above fail-on error (exit 0)" (renderers add PASS / FAIL from ``state``).
     """
     s = report["summary"]
     fail_on = report["config"]["fail_on"]
@@ -405,7 +406,7 @@ def status(report: dict) -> dict[str, Any]:
     code = s["exit_code"]
     if failing == 0:
         none = "no new finding" if baseline else "no finding"
-        return {"state": "pass", "failing": 0, "text": f"pass: {none} at or above fail-on {fail_on} (exit {code})"}
+        return {"state": "pass", "failing": 0, "text": f"{none} at or above fail-on {fail_on} (exit {code})"}
     if code == 0:
         return {
             "state": "forced",

@@ -224,7 +224,7 @@ def _summary(report: dict) -> Text:
     s = report["summary"]
     text = Text()
     for sev in ("error", "warning", "info"):
-        text.append(f"{s[sev]} {sev}{'s' if s[sev] != 1 else ''}", style=STYLE[sev] if s[sev] else "dim")
+        text.append(f"{s[sev]} {sev}{'s' if s[sev] != 1 and sev != 'info' else ''}", style=STYLE[sev] if s[sev] else "dim")
         text.append("  ")
     from lstm_doctor.report.diagnosis import status
 
@@ -296,7 +296,8 @@ def diagnosis_block(report: dict) -> list:
             )
         )
     st = status(report)
-    out.append(Text.assemble(("Status: ", "bold"), (st["text"], "bold red" if st["state"] != "pass" else "green")))
+    verdict = {"pass": "pass: ", "fail": "FAIL: ", "forced": "FAIL: "}[st["state"]]
+    out.append(Text.assemble(("Status: ", "bold"), (verdict + st["text"], "bold red" if st["state"] != "pass" else "green")))
     return out
 
 
