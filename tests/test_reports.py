@@ -658,3 +658,22 @@ def test_concise_from_the_command_line_and_check(tmp_path):
     out = check(invoke("diagnose", EXAMPLE / "fixed", "--inputs", EXAMPLE / "conv_output_standardized.npy",
                        "--format", "concise"), 0).stdout
     assert out.splitlines()[-1].endswith("exit 0") and "I503 info:" in out
+
+
+def test_check_with_exit_zero_says_what_it_found_in_text_and_concise(tmp_path):
+    config = tmp_path / "lstm-doctor.toml"
+    config.write_text(
+        f'[[models]]\nname = "broken"\nmodel = "{EXAMPLE / "broken"}"\ninputs = "{EXAMPLE / "conv_output.npy"}"\n'
+        f'[[models]]\nname = "fixed"\nmodel = "{EXAMPLE / "fixed"}"\n'
+        f'inputs = "{EXAMPLE / "conv_output_standardized.npy"}"\n',
+        encoding="utf-8",
+    )
+    text = check(invoke("check", "--config", config, "--exit-zero", "--color", "never"), 0).stdout
+    assert text.splitlines()[-1].startswith("exit 0: ") and "forced to 0 by --exit-zero" in text.splitlines()[-1]
+    assert "no failing finding" not in text
+    concise = check(invoke("check", "--config", config, "--format", "concise", "--exit-zero"), 0).stdout.splitlines()
+    assert concise[-1].startswith("2 models, ") and concise[-1].endswith("exit 0 (forced by --exit-zero)")
+    assert any(line.startswith("broken:layer0.fwd.U: W101 error: ") for line in concise)
+    assert "fixed: 0 root causes, 1 info, exit 0" in concise
+    strict = check(invoke("check", "--config", config, "--format", "concise"), 1).stdout.splitlines()
+    assert strict[-1].endswith(", exit 1")

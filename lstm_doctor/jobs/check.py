@@ -515,10 +515,15 @@ def summary_text(document: dict, config: CheckConfig, written: list[str], color:
             console.print(line, markup=False)
     for line in written:
         console.print(f"wrote {line}", markup=False)
+    from lstm_doctor.report.diagnosis import status
+
     code = document["summary"]["exit_code"]
-    console.print(
-        f"exit {code}: " + ("no failing finding" if code == 0 else "failing findings (see above)"), markup=False
-    )
+    failing = sum(status(m["report"])["failing"] for m in document["models"])
+    if code == 0 and failing:  # --exit-zero: say what was found, never "no failing finding"
+        verdict = f"{failing} failing finding{'s' if failing != 1 else ''} (exit forced to 0 by --exit-zero)"
+    else:
+        verdict = "no failing finding" if code == 0 else "failing findings (see above)"
+    console.print(f"exit {code}: {verdict}", markup=False)
     return buffer.getvalue()
 
 

@@ -77,5 +77,8 @@ def render_many(reports: list[dict], options=None) -> str:
     roots = sum(len((r.get("diagnosis") or {}).get("root_causes") or []) for r in reports)
     parts = [f"{len(reports)} models", f"{roots} root cause{'s' if roots != 1 else ''}"]
     parts += [f"{n} {sev}{'s' if n != 1 and sev != 'info' else ''}" for sev, n in total.items() if n]
-    out.append(", ".join(parts + [f"exit {code}"]))
+    from lstm_doctor.report.diagnosis import status
+
+    forced = code == 0 and any(status(r)["state"] == "forced" for r in reports)
+    out.append(", ".join(parts + [f"exit {code}" + (" (forced by --exit-zero)" if forced else "")]))
     return "\n".join(out) + "\n"
