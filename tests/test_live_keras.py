@@ -151,3 +151,14 @@ def test_nested_model_layers_are_named_by_path():
     assert report.modules == ["model.layers[0].layers[0]", "model.layers[0].layers[1]"]
     assert all(p["ok"] for p in report.parity.values())
     assert lstm_doctor.diagnose(outer, x, layers="*layers[1]").modules == ["model.layers[0].layers[1]"]
+
+
+def test_recording_leaves_the_layers_as_they_were():
+    model, path = embed_model()
+    layer = layer_at(model, path)
+    before = layer.call
+    x, _ = batch_for("embed")
+    expected = np.asarray(model(x))
+    lstm_doctor.diagnose(model, x)
+    assert "call" not in vars(layer) and layer.call == before
+    np.testing.assert_array_equal(np.asarray(model(x)), expected)

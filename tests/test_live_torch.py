@@ -223,6 +223,11 @@ def test_report_renders(tmp_path):
 
     data = json.loads(report.to_json(tmp_path / "r.json"))
     assert data["model"]["name"] == path and data["summary"]["exit_code"] == report.exit_code
+    import jsonschema
+
+    from lstm_doctor.report import load_schema
+
+    jsonschema.Draft202012Validator(load_schema()).validate(data)  # a live report is a CLI report
     assert "capture parity" in str(report)
     from rich.text import Text
 
