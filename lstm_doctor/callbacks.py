@@ -94,10 +94,15 @@ class Watch:
     def check(self, step: int):
         """Diagnose the probe now; log, warn, decide whether to stop. Returns the ``Report``."""
         from lstm_doctor.api import diagnose
+        from lstm_doctor.capture.numpy_loop import _one_blas_thread
 
         args = self.probe if isinstance(self.probe, tuple) else (self.probe,)
         started = time.perf_counter()
-        report = diagnose(self.model, *args, **self.options)
+        # One BLAS thread: inside a training process the framework's own threads keep the
+        # cores busy, and NumPy's second OpenBLAS thread made the analyzers' small SVDs
+        # ~100x slower (4 s instead of 40 ms per check, benchmarks/bench_callback.py).
+        with _one_blas_thread():
+            report = diagnose(self.model, *args, **self.options)
         seconds = time.perf_counter() - started
         self._next_after = time.perf_counter() + seconds * (1 - self.budget) / self.budget
         codes: dict[str, list[str]] = {}
