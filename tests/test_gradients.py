@@ -160,3 +160,53 @@ def test_gradient_rules_stay_quiet_on_the_healthy_set(name):
     analysis, _ = with_gradients(m, x, **kw)
     bad = [f"{f.code}: {f.message}" for f in analysis.findings if f.code in ("G701", "G702", "H602")]
     assert not bad
+
+
+def test_memory_horizon_stops_where_the_sensitivity_vanishes():
+    """Issue 14: every gate pinned, T = 256. The sensitivity falls by 1e4 one step from
+    the end, and the first steps (taken from h_0 = 0, gates not yet pinned) rise again to
+    the last step's level: the horizon is 1 step, not 256."""
+    T = 256
+    s = np.full(T, 1e-12)
+    s[0] = 1e-8
+    s[-8:] = np.geomspace(1e-10, 2e-8, 8)  # the warm-up steps, the largest at the far end
+    assert gradients.memory_horizon(s) == 1
+    # tiny everywhere (all below any absolute scale) but decaying smoothly: the horizon
+    # depends on the shape, not on the scale
+    decay = 1e-30 * 0.5 ** np.arange(T)
+    assert gradients.memory_horizon(decay) == gradients.memory_horizon(decay * 1e30) == 4
+    # underflow: lag 0 is positive, every other lag is 0 → 1; everything 0 or NaN → 0
+    under = np.zeros(T)
+    under[0] = 1e-300
+    assert gradients.memory_horizon(under) == 1
+    assert gradients.memory_horizon(np.zeros(T)) == 0
+    assert gradients.memory_horizon(np.full(T, np.nan)) == 0
+    # lag 0 vanished relative to a peak further back: at least the last step
+    back = np.zeros(T)
+    back[-1] = 1.0
+    assert gradients.memory_horizon(back) == 1
+
+
+def test_g701_and_h602_state_the_same_horizon_as_the_statistic():
+    from lstm_doctor.analyzers.differential import horizon_text, vanishing_lag
+
+    T = 256
+    s = np.full(T, 1e-12)
+    s[0] = 1e-8
+    s[-4:] = 1e-8
+    g = gradients.GradientResult(
+        layer=0, direction="fwd", input_sensitivity=s, state_sensitivity=np.ones(T), memory_horizon=gradients.memory_horizon(s),
+        gate_derivative={(0, "fwd"): {"i": 0.001, "f": 0.001, "o": 0.001, "g": 0.001}}, perturbation=0.0,
+        input_scale=0.01, encoding_scale=8.0, sequences=8, exact=True, probes=16,
+    )
+    _, cap = run(case_like(), conv_like(C=64)[:, :, :10])
+    cap.gradients = g
+    analysis = analyze(case_like(), cap, AnalysisConfig())
+    g701, h602 = found(analysis, "G701"), found(analysis, "H602")
+    assert vanishing_lag(s, 1e-3) == 1
+    assert g701 and h602
+    for f in g701 + h602:
+        assert "memory horizon is 1 step of 256" in f.message, f.message
+        assert "256 steps" not in f.message
+    zero = gradients.GradientResult(**{**g.__dict__, "input_sensitivity": np.zeros(T), "memory_horizon": 0})
+    assert "no step's input reaches h_T" in horizon_text(zero)

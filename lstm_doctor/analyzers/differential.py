@@ -157,6 +157,14 @@ def strip_evidence(g) -> dict:
     }
 
 
+def horizon_text(g) -> str:
+    """The memory horizon in words, the same in G701 and H602 (``gradients.memory_horizon``)."""
+    k = int(g.memory_horizon)
+    if k <= 0:
+        return f"no step's input reaches h_T (every sensitivity of the {g.T} steps is 0 or underflows)"
+    return f"the memory horizon is {k} step{'s' if k != 1 else ''} of {g.T}"
+
+
 def vanishing_lag(sensitivity, ratio: float) -> int | None:
     """The first lag (0 = last step) whose ‖∂h_T/∂x_t‖ is below ``ratio`` × its largest value."""
     s = np.asarray(sensitivity, dtype=float)
@@ -222,8 +230,8 @@ def check_vanishing(ctx: Context):
     parts = []
     if decays:
         parts.append(
-            f"‖∂h_T/∂x_t‖ falls below {ratio:g} of its peak {lag} step{'s' if lag != 1 else ''} from the end "
-            f"(of {g.T}): the memory horizon is {g.memory_horizon} step{'s' if g.memory_horizon != 1 else ''}"
+            f"‖∂h_T/∂x_t‖ falls below {ratio:g} of its peak {lag} step{'s' if lag != 1 else ''} from the end: "
+            f"{horizon_text(g)}"
         )
     for where, low in gates_low.items():
         parts.append(
@@ -330,8 +338,7 @@ def check_input_insensitive(ctx: Context):
         f"the final encodings move by {g.perturbation:.2g} of their norm when each sequence gets another "
         f"sequence's input (threshold {thr:g}); "
         + (
-            f"the gradients agree: first-order change {first:.2g}, memory horizon {g.memory_horizon} "
-            f"step{'s' if g.memory_horizon != 1 else ''}"
+            f"the gradients agree: first-order change {first:.2g}, {horizon_text(g)}"
             if agrees
             else f"the gradients disagree (first-order change {first:.2g}): the insensitivity is not local"
         )

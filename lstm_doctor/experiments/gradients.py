@@ -16,9 +16,12 @@ and L = Σ seed ⊙ h_T, PyTensor's ``grad`` through the instrumented scan
   hidden state with c_t held fixed: ∂L/∂h_t = ∂L/∂z_{t+1} · Uᵀ, where ∂L/∂z_{t+1}
   is the gradient reaching step t+1's pre-activations (= ∂L/∂(x_{t+1}·W)). At lag
   0 it is the seed itself (‖I‖_F = √H).
-- ``memory_horizon``: the fewest final steps whose squared input sensitivities
-  sum to 99% of the total (``HORIZON_SHARE``): the window that explains 99% of
-  the first-order variance of h_T under independent perturbations of the steps.
+- ``memory_horizon``: within the window from the end up to the first lag whose
+  sensitivity is below 1e-3 of the peak (``HORIZON_GAP``, where G701 says it
+  has vanished), the fewest final steps whose squared input sensitivities sum
+  to 99% of the window's total (``HORIZON_SHARE``): the window that explains
+  99% of the first-order variance of h_T under independent perturbations of
+  the remembered steps (see ``memory_horizon``).
   Measured: 18 steps for a Glorot model with forget bias 1 (H=16, T=40); 1
   step for ``tests/factory.case_like`` (saturated gates, T=64).
 - per gate, the mean local derivative of its actual activation at the
@@ -46,6 +49,7 @@ GRADIENT_SEQUENCES = 8
 EXACT_UNITS = 32
 PROBES = 8
 HORIZON_SHARE = 0.99
+HORIZON_GAP = 1e-3  # G701's default ratio: below it, a step's sensitivity has vanished
 
 
 @dataclass
@@ -77,18 +81,41 @@ class GradientResult:
         return total * self.input_scale / max(self.encoding_scale, 1e-30)
 
 
-def memory_horizon(sensitivity: np.ndarray, share: float = HORIZON_SHARE) -> int:
-    """The fewest final steps (lags 0..k-1) that carry ``share`` of Σ_t ‖∂h_T/∂x_t‖²_F.
+def memory_horizon(sensitivity: np.ndarray, share: float = HORIZON_SHARE, gap: float = HORIZON_GAP) -> int:
+    """The memory horizon: how many final steps h_T remembers, counted from the end.
 
-    Squared norms: under independent unit perturbations of every step, the
-    first-order variance of h_T is the sum of the squared Jacobian norms, so the
-    horizon is the window that explains 99% of how h_T varies with its inputs.
+    ``sensitivity[lag]`` is ‖∂h_T/∂x_t‖_F with lag 0 the last step. The window
+    runs from the end up to the first lag whose sensitivity is below ``gap`` ×
+    the largest sensitivity (the lag at which G701 says it has vanished; 0 and
+    underflowed values count as below); the horizon is the fewest final steps
+    of that window that carry ``share`` of its Σ‖∂h_T/∂x_t‖². Squared norms:
+    under independent unit perturbations of the steps, the first-order variance
+    of h_T is the sum of the squared Jacobian norms.
+
+    Why a window from the end and not the whole strip: with every gate pinned
+    (f ≈ 1), the first steps, taken from h_0 = c_0 = 0 while the gates are still
+    in their linear range, keep a sensitivity comparable to the last step's
+    after a gap of many orders of magnitude; summing over the whole strip then
+    called that "a horizon of T steps" while the sensitivity had vanished one
+    step from the end. The horizon is at least 1 when any step's sensitivity is
+    positive, and 0 when none is (every value zero, underflowed or non-finite).
     """
-    s = np.nan_to_num(np.asarray(sensitivity, np.float64), nan=0.0, posinf=0.0) ** 2
-    total = s.sum()
-    if total <= 0:
+    s = np.nan_to_num(np.asarray(sensitivity, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    s = np.abs(s)
+    if s.size == 0:
         return 0
-    return int(np.searchsorted(np.cumsum(s), share * total - 1e-15 * total) + 1)
+    peak = float(s.max())
+    if not peak > 0:
+        return 0
+    below = np.flatnonzero(s < gap * peak)
+    end = int(below[0]) if below.size else s.size
+    window = s[: max(end, 1)] ** 2
+    total = float(window.sum())
+    if not total > 0:
+        # lag 0 itself vanished relative to a peak further back: the last step is
+        # all the window there is
+        return 1
+    return int(min(np.searchsorted(np.cumsum(window), share * total - 1e-15 * total) + 1, window.size))
 
 
 def activation_derivative(name: str, value: np.ndarray) -> np.ndarray:
