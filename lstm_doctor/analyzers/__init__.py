@@ -105,7 +105,11 @@ def _can_explain(f: Finding) -> bool:
     """Errors explain; so does a weight offset whose drift moves σ materially (|Δz| ≥ 1)."""
     if f.severity == Severity.error:
         return True
-    return f.code == "W101" and abs(float(f.evidence.get("drift", 0.0))) >= 1.0
+    return (
+        f.code == "W101"
+        and f.severity >= Severity.warning
+        and abs(float(f.evidence.get("drift", 0.0))) >= 1.0
+    )
 
 
 def _strength(f: Finding) -> tuple[bool, float]:

@@ -8,24 +8,113 @@ from lstm_doctor.findings import Location
 np = Deferred("numpy")  # imported by the first check that runs
 
 
+MIN_STEP_SHARE = 0.1  # a step counts when at least this share of the sequences is still valid there
+
+
+def weighty_steps(st, min_share: float = MIN_STEP_SHARE) -> np.ndarray:
+    """Steps (processing order) where at least ``min_share`` of the sequences are valid.
+
+    With lengths, the last steps of the longest sequences hold a handful of
+    sequences: a mean over 1 of 40 sequences says nothing about the layer, so
+    such steps carry no weight in the per-step statistics the rules compare.
+    """
+    need = max(1.0, min_share * max(int(st.n_sequences), 1))
+    return np.flatnonzero(st.valid_t >= need)
+
+
+def window_mean(st, steps: np.ndarray) -> float:
+    """Mean |c| over the valid values of ``steps``: Σ|c| / (valid sequences × H)."""
+    if steps.size == 0:
+        return float("nan")
+    n = float(st.valid_t[steps].sum()) * st.H
+    return float(st.sum_abs_c_t[steps].sum() / n) if n > 0 else float("nan")
+
+
+def cell_growth(st, min_share: float = MIN_STEP_SHARE) -> dict | None:
+    """Mean |c| in the four quarters of the weighty steps, and whether the last still rises.
+
+    Quarters q1..q4 of the steps that carry weight (``weighty_steps``); q1 holds
+    the warm-up from c_0 = 0, which is not growth, so only q2 → q4 is compared:
+    ``growth`` = mean(q4) / mean(q2); the cell is still rising, with no plateau,
+    when the last quarter adds at least half as much as the third did:
+    mean(q4) − mean(q3) ≥ ½ (mean(q3) − mean(q2)) > 0. A linear integrator
+    (c_t ≈ t + 1) adds the same in each quarter; a counter that plateaus adds
+    nothing in the last one. None with fewer than 8 weighty steps (too short to
+    tell growth from warm-up).
+    """
+    steps = weighty_steps(st, min_share)
+    if steps.size < 8:
+        return None
+    q = np.array_split(steps, 4)
+    m = [window_mean(st, part) for part in q]
+    if not all(np.isfinite(m)):
+        return None
+    rise3, rise4 = m[2] - m[1], m[3] - m[2]
+    growth = m[3] / m[1] if m[1] > 0 else (float("inf") if m[3] > 0 else 1.0)
+    rising = rise4 > 0 and rise3 > 0 and rise4 >= 0.5 * rise3
+    later = np.concatenate(q[1:])
+    mean_abs = st.mean_abs_c_t()
+    slope = float(np.polyfit(later.astype(np.float64), mean_abs[later], 1, w=np.sqrt(st.valid_t[later]))[0])
+    return {
+        "steps": steps,
+        "quarters": m,
+        "quarter_steps": [(int(p[0]), int(p[-1])) for p in q],
+        "growth": float(growth),
+        "rising": bool(rising),
+        "slope": slope,
+    }
+
+
+def share_beyond(ctx: Context, k: int, d: str, limit: float) -> float | None:
+    """Share of the sample's valid |c| values above ``limit`` (None without a sample of c)."""
+    sample = ctx.capture.sample.get((k, d), {}) if ctx.capture.sample else {}
+    c = sample.get("c")
+    if c is None or np.size(c) == 0:
+        return None
+    c = np.abs(np.asarray(c, dtype=np.float64))  # (T, b, H)
+    lengths = ctx.capture.sample_lengths
+    if lengths is not None:
+        valid = np.arange(c.shape[0])[:, None] < np.asarray(lengths)[None, : c.shape[1]]
+        c = c[valid]
+    c = c[np.isfinite(c)]
+    return float((c > limit).mean()) if c.size else None
+
+
 @rule(
     "C401",
     "cell-growth",
     "error",
-    "mean |c| per step (its growth over the second half of the sequence) and max |c| "
-    "against the candidate's range",
-    {"growth_ratio": 1.5, "min_mean_abs": 2.0, "range_multiple": 10.0},
+    "mean |c| over the valid values of each quarter of the steps that hold ≥ 10% of the "
+    "sequences (warm-up quarter excluded), and the share of |c| values beyond the candidate's range",
+    {"growth_ratio": 1.5, "min_mean_abs": 2.0, "range_multiple": 10.0, "value_share": 0.5},
     what="""
-Flags a cell that integrates instead of remembering: mean |c| at the last step
-is more than `growth_ratio` times its value at mid-sequence while above
-`min_mean_abs` × the candidate's bound, or max |c| exceeds `range_multiple` ×
-the candidate's bound.""",
+Flags a cell that integrates instead of remembering, in either of two ways:
+
+- growth: over the steps where at least 10% of the sequences are still valid
+  (with --lengths, a step holding 1 of 40 sequences carries no weight), split
+  in quarters, mean |c| in the last quarter is more than `growth_ratio` × the
+  second quarter's, is above `min_mean_abs` × the candidate's bound, and is
+  still rising: the last quarter adds at least half of what the third added
+  (no plateau). The first quarter, the warm-up from c₀ = 0, is not compared.
+- magnitude: more than `value_share` of the cell values (the capture's sample)
+  exceed `range_multiple` × the candidate's bound, far beyond what gates in
+  (0, 1) and a candidate in its range hold without integrating.
+
+One large value, or a counter-like cell that rises and then plateaus, is not
+growth.""",
     why="""
 c_t = f·c_{t-1} + i·g with f ≈ 1, i ≈ 1 and g ≈ 1 adds one per step: c_t ≈ t + 1.
 Without a working forget gate the cell state "may grow indefinitely and
 eventually cause the network to break down" (Gers, Schmidhuber & Cummins 2000).
-A healthy cell plateaus within a few multiples of the candidate's range.""",
-    example="C401 error  layer 0 fwd: mean |c| grows from 128 at step 127 to 255 at step 255 (max |c| 256)",
+A healthy cell plateaus within a few multiples of the candidate's range;
+trained character LSTMs keep counter-like cells that rise for tens of steps and
+then plateau, and single units with |c| past 10 (Karpathy et al. 2015), which
+is why one value, or a rise followed by a plateau, does not fire.
+Calibration: CASE.md's encoder rises 64 → 128 → 192 → 256 over its quarters
+(growth 2.0, still rising, 98% of |c| > 10).""",
+    example="""
+C401 error  layer 0 fwd: mean |c| rises 64.5 → 128 → 192 over steps 64–255
+(quarters 2–4, slope 0.99 per step, no plateau); 98% of |c| values > 10""",
     fix="""
 Stop the gates from saturating at 1 (see W101, W102) and check the forget bias
 (W103); a forget gate that works keeps |c| bounded.""",
@@ -35,35 +124,51 @@ def check_cell_growth(ctx: Context):
         layer = ctx.model.layers[k]
         cand = layer.activations.get("candidate")
         bound = max(abs(cand.low), abs(cand.high)) if cand.bounded else 1.0
-        steps = np.flatnonzero(st.valid_t > 0)
-        if steps.size < 2:
+        if st.n_values == 0:
             continue
-        mean_abs = st.mean_abs_c_t()
-        last, mid = int(steps[-1]), int(steps[len(steps) // 2])
-        max_abs = float(st.max_abs_c_t.max())
-        growth = float(mean_abs[last] / mean_abs[mid]) if mean_abs[mid] > 0 else float("inf")
+        g = cell_growth(st)
         growing = (
-            growth > ctx.th("C401", "growth_ratio")
-            and mean_abs[last] > ctx.th("C401", "min_mean_abs") * bound
+            g is not None
+            and g["rising"]
+            and g["growth"] > ctx.th("C401", "growth_ratio")
+            and g["quarters"][3] > ctx.th("C401", "min_mean_abs") * bound
         )
-        too_big = max_abs > ctx.th("C401", "range_multiple") * bound
+        limit = ctx.th("C401", "range_multiple") * bound
+        beyond = share_beyond(ctx, k, d, limit)
+        if beyond is None:  # no sample kept: the per-step means stand in
+            steps = weighty_steps(st)
+            beyond = float(window_mean(st, steps) > limit) if steps.size else 0.0
+        too_big = beyond > ctx.th("C401", "value_share")
         if not (growing or too_big):
             continue
-        slope = float(np.polyfit(steps[len(steps) // 2 :], mean_abs[steps[len(steps) // 2 :]], 1)[0]) if steps.size > 3 else float("nan")
+        max_abs = float(st.max_abs_c_t.max())
+        parts = []
+        if g is not None:
+            (a, _), _, _, (_, z) = g["quarter_steps"]
+            q = g["quarters"]
+            trend = "no plateau" if g["rising"] else "levelling off"
+            parts.append(
+                f"mean |c| over the valid values goes {q[1]:.3g} → {q[2]:.3g} → {q[3]:.3g} over steps "
+                f"{g['quarter_steps'][1][0]}–{z} (quarters 2–4 of the steps holding ≥ 10% of the sequences; "
+                f"slope {g['slope']:.3g} per step, {trend})"
+            )
+        parts.append(f"{beyond:.0%} of |c| values exceed {limit:g} ({ctx.th('C401', 'range_multiple'):g}× the candidate's bound {bound:g}; max |c| {max_abs:.3g})")
+        steps = None if g is None else (g["quarter_steps"][1][0], g["quarter_steps"][3][1])
         yield ctx.finding(
             "C401",
-            f"mean |c| grows from {mean_abs[mid]:.3g} at step {mid} to {mean_abs[last]:.3g} at step "
-            f"{last} (slope {slope:.3g} per step); max |c| = {max_abs:.3g}, "
-            f"{max_abs / bound:.3g}× the candidate's bound {bound:g}: the cell integrates "
-            "instead of remembering.",
-            location=Location(k, d, "c", steps=(mid, last)),
+            "; ".join(parts) + ": the cell integrates instead of remembering.",
+            location=Location(k, d, "c", steps=steps),
             evidence={
-                "mean_abs_c_mid": float(mean_abs[mid]),
-                "mean_abs_c_last": float(mean_abs[last]),
-                "growth_ratio": growth,
-                "slope_second_half": slope,
+                "quarter_means": None if g is None else g["quarters"],
+                "quarter_steps": None if g is None else g["quarter_steps"],
+                "growth_ratio": None if g is None else g["growth"],
+                "still_rising": None if g is None else g["rising"],
+                "slope": None if g is None else g["slope"],
+                "share_beyond_range": beyond,
                 "max_abs_c": max_abs,
                 "candidate_bound": bound,
+                "growing": bool(growing),
+                "too_big": bool(too_big),
             },
         )
 

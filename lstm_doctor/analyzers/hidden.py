@@ -17,6 +17,20 @@ def _enough_sequences(ctx: Context, code: str) -> bool:
     return True
 
 
+def encodings_collapse(ctx: Context) -> bool:
+    """H601's test on its own thresholds (False with too few sequences or no capture)."""
+    cap = ctx.capture
+    if cap is None or cap.encoding.n < int(ctx.th("H601", "min_sequences")):
+        return False
+    enc = cap.encoding
+    cosine = enc.mean_pairwise_cosine()
+    std, mean_abs = enc.cross_input_std(), enc.mean_abs()
+    if not np.isfinite(cosine):
+        return False
+    relative = std / mean_abs if mean_abs > 0 else 0.0
+    return bool(cosine > ctx.th("H601", "cosine") and relative < ctx.th("H601", "relative_std"))
+
+
 @rule(
     "H601",
     "encoding-collapse",

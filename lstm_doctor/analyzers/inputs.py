@@ -15,6 +15,17 @@ stats = Deferred("lstm_doctor.stats")
 GATES = ("i", "f", "g", "o")  # lstm_doctor.model.GATES, without importing NumPy
 
 
+def input_negligible(ctx: Context, layer: int, direction: str) -> bool:
+    """I501's test for one direction: the input term's share of every gate is under `share`."""
+    cap = ctx.capture
+    if cap is None or (layer, direction) not in cap.directions:
+        return False
+    st = cap.directions[(layer, direction)]
+    params = dict(ctx.model.layers[layer].directions())[direction]
+    share = np.maximum(stats.input_variance_share(st.terms), stats.input_energy_share(st.terms, params.b, st.H))
+    return bool(np.isfinite(share).all() and float(share.max()) < ctx.th("I501", "share"))
+
+
 @rule(
     "I501",
     "input-negligible",

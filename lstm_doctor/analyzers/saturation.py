@@ -33,6 +33,60 @@ def _unit_list(units: np.ndarray, limit: int = 32) -> list[int]:
     return [int(u) for u in units[:limit]]
 
 
+def gate_saturation(ctx: Context, st, gate: str) -> dict | None:
+    """How gate ``gate`` of one direction saturates in the capture, and whether the input drives it.
+
+    For a sigmoid gate (i, f, o), with S301's definitions and thresholds:
+    ``share`` of values < 0.1 or > 0.9, per unit the share of time saturated,
+    the switching rate and the cross-input std; ``dependent_share`` is the
+    share of the saturated values carried by units that switch with the input;
+    ``independent`` when that is under one half. For the candidate g, S303's:
+    the share beyond 0.99 of its bound, input-independent when the hidden state
+    does not vary across inputs. None when there are no valid values.
+
+    The static rules (W101, W102, W103) read this as their verdict: weights are
+    a risk, the capture says whether it happens.
+    """
+    n_values = st.n_values
+    if n_values == 0:
+        return None
+    total = n_values * st.H
+    if gate == "g":
+        share = float(st.g_at_bound_t.sum() / total)
+        independent, cross = _input_independent(st, ctx, "S303")
+        return {
+            "gate": gate,
+            "share": share,
+            "independent": bool(independent),
+            "dependent_share": 0.0 if independent else 1.0,
+            "mean_cross_input_std": cross,
+            "values": total,
+        }
+    gs = st.gates[gate]
+    left, right = int(gs.left_tu.sum()), int(gs.right_tu.sum())
+    share = (left + right) / total
+    sat_u = (gs.left_tu + gs.right_tu).sum(axis=0)  # (H,)
+    unit_share = sat_u / n_values
+    pinned = np.flatnonzero(unit_share >= ctx.th("S301", "unit_share"))
+    switch = gs.switch_u / max(gs.transitions, 1)
+    cross = _over_weighty_steps(st, cross_input_std(gs.sum_tu, gs.sumsq_tu, st.valid_t))
+    dependent = (switch > ctx.th("S301", "switch_rate")) | (cross > ctx.th("S301", "cross_input_std"))
+    dependent_share = float(sat_u[dependent].sum() / max(sat_u.sum(), 1))
+    return {
+        "gate": gate,
+        "share": share,
+        "left": left,
+        "right": right,
+        "pinned": pinned,
+        "switch": switch,
+        "cross": cross,
+        "dependent_share": dependent_share,
+        "independent": dependent_share < 0.5,
+        "mean_cross_input_std": float(cross.mean()),
+        "values": total,
+    }
+
+
 @rule(
     "S301",
     "gate-saturation",
@@ -71,28 +125,25 @@ input/recurrent/bias split) and bring them back into |z| < 4.6.""",
 def check_gate_saturation(ctx: Context):
     cap = ctx.capture
     for (k, d), st in cap.directions.items():
-        n_values = st.n_values
-        if n_values == 0:
+        if st.n_values == 0:
             continue
+        # Steps holding under 10% of the sequences (the tails of the longest
+        # ones, with --lengths) do not decide where saturation starts.
+        from lstm_doctor.analyzers.cell import weighty_steps
+
+        steps = weighty_steps(st)
         for gate in SIGMOID_GATES:
+            v = gate_saturation(ctx, st, gate)
             gs = st.gates[gate]
-            left, right = int(gs.left_tu.sum()), int(gs.right_tu.sum())
-            total = n_values * st.H
-            share = (left + right) / total
+            share, left, right, total = v["share"], v["left"], v["right"], v["values"]
             if share <= ctx.th("S301", "share"):
                 continue
-            sat_u = (gs.left_tu + gs.right_tu).sum(axis=0)  # (H,)
-            unit_share = sat_u / n_values
-            pinned = np.flatnonzero(unit_share >= ctx.th("S301", "unit_share"))
-            switch = gs.switch_u / max(gs.transitions, 1)
-            cross = cross_input_std(gs.sum_tu, gs.sumsq_tu, st.valid_t).mean(axis=0)
-            dependent = (switch > ctx.th("S301", "switch_rate")) | (
-                cross > ctx.th("S301", "cross_input_std")
-            )
-            dependent_share = float(sat_u[dependent].sum() / max(sat_u.sum(), 1))
+            pinned, switch, cross = v["pinned"], v["switch"], v["cross"]
+            dependent_share = v["dependent_share"]
             per_step = (gs.left_tu + gs.right_tu).sum(axis=1) / np.maximum(st.valid_t * st.H, 1)
-            first = _first_step_over(per_step, ctx.th("S301", "error_share"))
-            independent = dependent_share < 0.5
+            over = steps[per_step[steps] > ctx.th("S301", "error_share")]
+            first = int(over[0]) if over.size else None
+            independent = v["independent"]
             if not independent:
                 severity = Severity.info
                 how = (
@@ -133,8 +184,24 @@ def check_gate_saturation(ctx: Context):
             )
 
 
+def _over_weighty_steps(st, per_step_unit: np.ndarray) -> np.ndarray:
+    """(H,) mean over the steps that hold ≥ 10% of the sequences of a (T, H) table.
+
+    A cross-input std is 0 at a step with one valid sequence; averaging such
+    steps in would make any layer look input-independent under --lengths.
+    """
+    from lstm_doctor.analyzers.cell import weighty_steps
+
+    steps = weighty_steps(st)
+    if steps.size == 0:
+        steps = np.flatnonzero(st.valid_t > 0)
+    if steps.size == 0:
+        return np.zeros(per_step_unit.shape[1])
+    return per_step_unit[steps].mean(axis=0)
+
+
 def _input_independent(st, ctx: Context, code: str) -> tuple[bool, float]:
-    cross = float(st.cross_input_std_h().mean())
+    cross = float(_over_weighty_steps(st, st.cross_input_std_h()).mean())
     return cross < ctx.th(code, "cross_input_std"), cross
 
 

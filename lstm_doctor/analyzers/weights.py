@@ -37,6 +37,96 @@ def _typical_hidden(ctx: Context, layer: int, direction: str) -> tuple[float, st
     return float(np.abs(stats.mean_h_t()).mean()), "observed mean |h|"
 
 
+# -- the verdict: weights are a risk, the capture says whether it happens ----------
+
+
+def evidence_mode(ctx: Context) -> str:
+    """"inputs" (a capture of the user's inputs), "probe" (synthetic probe inputs) or "static"."""
+    cap = ctx.capture
+    if cap is None:
+        return "static"
+    return "probe" if cap.source.probe else "inputs"
+
+
+def gate_verdicts(ctx: Context, layer: int, direction: str, gates) -> dict[str, dict]:
+    """Per gate, how the capture saw it saturate (``saturation.gate_saturation``)."""
+    from lstm_doctor.analyzers.saturation import gate_saturation
+
+    if ctx.capture is None or (layer, direction) not in ctx.capture.directions:
+        return {}
+    st = ctx.capture.directions[(layer, direction)]
+    out = {}
+    for g in gates:
+        v = gate_saturation(ctx, st, g)
+        if v is not None:
+            out[g] = {**v, "where": (layer, direction)}
+    return out
+
+
+def confirmed_gates(ctx: Context, verdicts: dict[str, dict]) -> list[str]:
+    """Gates the scan shows saturated (share > S301's `share`) identically for every input,
+    or saturated while the final encodings collapse (H601's test): either way the
+    saturation the weights risk does happen and the output does not follow the input."""
+    from lstm_doctor.analyzers.hidden import encodings_collapse
+
+    saturated = {g: v for g, v in verdicts.items() if v["share"] > ctx.th("S301", "share")}
+    if saturated and (encodings_collapse(ctx) or _input_negligible(ctx, verdicts)):
+        return list(saturated)
+    return [g for g, v in saturated.items() if v["independent"]]
+
+
+def _input_negligible(ctx: Context, verdicts: dict[str, dict]) -> bool:
+    from lstm_doctor.analyzers.inputs import input_negligible
+
+    where = next(iter(verdicts.values()), {}).get("where")
+    return where is not None and input_negligible(ctx, *where)
+
+
+def _how_confirmed(ctx: Context, verdicts: dict[str, dict], confirmed: list[str]) -> str:
+    from lstm_doctor.analyzers.hidden import encodings_collapse
+
+    shares = ", ".join(f"{g} {verdicts[g]['share']:.0%}" for g in confirmed)
+    if all(verdicts[g]["independent"] for g in confirmed):
+        return f"saturate identically for every input ({shares}; S301)."
+    if encodings_collapse(ctx):
+        return f"saturate ({shares}) and the final encodings collapse (H601)."
+    return f"saturate ({shares}) while the input term is negligible (I501): the input does not drive them."
+
+
+def describe_verdicts(verdicts: dict[str, dict], gates) -> str:
+    """"gate i 4% saturated, f 31% (84% of it from units that switch with the input)"."""
+    parts = []
+    for g in gates:
+        v = verdicts.get(g)
+        if v is None:
+            continue
+        how = (
+            "identically for every input"
+            if v["independent"] and v["share"] > 0
+            else f"{v['dependent_share']:.0%} of it switching with the input"
+            if v["share"] > 0
+            else "none"
+        )
+        parts.append(f"{g} {v['share']:.0%} ({how})")
+    return "saturated share " + ", ".join(parts) if parts else "no valid values"
+
+
+def verdict_evidence(verdicts: dict[str, dict]) -> dict:
+    return {
+        g: {
+            "saturated_share": v["share"],
+            "input_dependent_share": v["dependent_share"],
+            "input_independent": bool(v["independent"]),
+        }
+        for g, v in verdicts.items()
+    }
+
+
+def probe_name(ctx: Context) -> str:
+    src = ctx.capture.source
+    return f"the synthetic '{src.probe}' probe ({src.n_sequences} sequences × {src.T} steps)"
+
+
 @rule(
     "W101",
     "weight-mean-offset",
@@ -56,7 +146,14 @@ Zero-mean initialisation is what keeps pre-activations near the linear range of
 Normal(mean=0.1, std=0.05) instead of Normal(0, 0.1): with H=256 the recurrent
 term is ≈ 256 × 0.1 × h ≈ 25 per gate and every gate saturates after one step.
 Sweeping only mean(U) there: 0 → no saturated units, 0.005 → 1%, 0.01 → 87%,
-0.1 → 100%. The drift is an error when it alone exceeds |z| = 4.6 (σ(4.6) = 0.99).""",
+0.1 → 100%. The drift is an error when it alone exceeds |z| = 4.6 (σ(4.6) = 0.99).
+
+Weights are the risk, the capture is the verdict. With the user's inputs the
+rule follows the scan: an error (drift > 4.6) or a warning only when the scan
+shows the offending gates saturated identically for every input (S301's
+definitions); where the gates are unsaturated or switch with the input it is
+info. Without inputs (a synthetic probe, or no capture) it is a warning worded
+as a risk, with the probe's saturation as evidence.""",
     example="""
 W101 error  layer 0 fwd, U gate f: mean 0.1001 vs std 0.0499 (100% positive);
 drift ≈ 64 × 0.100 × 1.00 = 6.4 > 4.6""",
@@ -93,7 +190,30 @@ def check_weight_mean(ctx: Context):
             if not per_gate:
                 continue
             drift = max((v["drift"] for v in per_gate.values()), key=abs)
-            severity = Severity.error if abs(drift) > ctx.th("W101", "error_drift") else Severity.warning
+            large = abs(drift) > ctx.th("W101", "error_drift")
+            mode = evidence_mode(ctx)
+            verdicts = gate_verdicts(ctx, k, d, list(per_gate))
+            confirmed = confirmed_gates(ctx, verdicts)
+            if mode == "inputs":
+                if confirmed:
+                    severity = Severity.error if large else Severity.warning
+                    verdict = (
+                        f" The scan confirms it: gate{'s' if len(confirmed) > 1 else ''} {', '.join(confirmed)} "
+                        + _how_confirmed(ctx, verdicts, confirmed)
+                    )
+                else:
+                    severity = Severity.info
+                    verdict = (
+                        " A risk the scan does not confirm on these inputs: "
+                        + describe_verdicts(verdicts, per_gate)
+                        + "."
+                    )
+            else:
+                severity = Severity.warning
+                verdict = (
+                    " A risk, judged from the weights: no inputs were given"
+                    + (f"; with {probe_name(ctx)}, {describe_verdicts(verdicts, per_gate)}." if mode == "probe" else ".")
+                )
             means = [v["mean"] for v in per_gate.values()]
             stds = [v["std"] for v in per_gate.values()]
             share = min(v["sign_share"] for v in per_gate.values())
@@ -103,7 +223,8 @@ def check_weight_mean(ctx: Context):
                 f"{names[matrix]} weights of gate{'s' if len(per_gate) > 1 else ''} "
                 f"{', '.join(per_gate)} have mean {_span(means)} against std {_span(stds)} "
                 f"(≥ {share:.0%} {sign}): every unit's pre-activation drifts by ≈ {fan_in} × "
-                f"{np.mean(means):.3g} × {typical:.3g} = {fan_in * np.mean(means) * typical:.3g} ({basis}).",
+                f"{np.mean(means):.3g} × {typical:.3g} = {fan_in * np.mean(means) * typical:.3g} ({basis})."
+                + verdict,
                 severity=severity,
                 location=Location(k, d, matrix),
                 evidence={
@@ -112,6 +233,9 @@ def check_weight_mean(ctx: Context):
                     "fan_in": fan_in,
                     "typical_activation": typical,
                     "drift": drift,
+                    "evidence_from": mode,
+                    "confirmed_gates": confirmed,
+                    "scan": verdict_evidence(verdicts),
                 },
             )
 
@@ -151,7 +275,17 @@ gate at 0 or 1.""",
 σ(4.6) = 0.99: past it, a gate no longer responds to its input and its gradient
 σ' is below 0.01. A standard init (uniform ±1/√H) gives σ_max ≈ 2/√3 ≈ 1.15 for
 any H; CASE.md's Normal(0.1, 0.05) gives ≈ 0.1·H = 25.6 for H = 256. The max
-row sum Σ_k |U_kj| (shown as evidence) is the per-unit worst case.""",
+row sum Σ_k |U_kj| (shown as evidence) is the per-unit worst case.
+
+The norm is a bound, not a measurement: trained LSTMs routinely have
+‖U_g‖ of 5 to 50 and use the gain to switch gates with the input, and shrinking
+U to norm 1 destroys them (issue 14: a character LM went from 2.38 to 14.5
+nats/char). So the bound is the risk and the scan is the verdict: with the
+user's inputs, W102 is an error only for the gates the scan shows saturated
+identically for every input (S301's definitions: over `share` of the values,
+mostly from units that do not switch); where the gates stay unsaturated or
+switch with the input it is info. Without inputs it is a warning worded as a
+risk, with the probe's saturation as evidence.""",
     example="""
 W102 error  layer 0 fwd, U gate i: spectral norm 6.43 > 4.6 (max row sum 6.5)""",
     fix="""
@@ -177,15 +311,53 @@ def check_recurrent_gain(ctx: Context):
                 }
         if not per_gate:
             continue
-        norms = [v["spectral_norm"] for v in per_gate.values()]
-        rows = [v["max_row_sum"] for v in per_gate.values()]
+        mode = evidence_mode(ctx)
+        verdicts = gate_verdicts(ctx, k, d, list(per_gate))
+        confirmed = confirmed_gates(ctx, verdicts)
+        if mode == "inputs" and confirmed:
+            severity = Severity.error
+            verdict = (
+                f" The scan confirms it: gate{'s' if len(confirmed) > 1 else ''} {', '.join(confirmed)} "
+                + _how_confirmed(ctx, verdicts, confirmed)
+            )
+            shown = {g: per_gate[g] for g in confirmed}
+        elif mode == "inputs":
+            severity = Severity.info
+            verdict = (
+                " A bound, not a measurement, and the scan does not confirm it: "
+                + describe_verdicts(verdicts, per_gate)
+                + ". Keep U: a trained model uses this gain."
+            )
+            shown = per_gate
+        else:
+            severity = Severity.warning
+            verdict = (
+                " A risk, judged from the weights: no inputs were given"
+                + (f"; with {probe_name(ctx)}, {describe_verdicts(verdicts, per_gate)}." if mode == "probe" else ".")
+                + " Run with --inputs to see whether it happens."
+            )
+            shown = per_gate
+        norms = [v["spectral_norm"] for v in shown.values()]
+        rows = [v["max_row_sum"] for v in shown.values()]
         yield ctx.finding(
             "W102",
-            f"U of gate{'s' if len(per_gate) > 1 else ''} {', '.join(per_gate)}: spectral norm "
+            f"U of gate{'s' if len(shown) > 1 else ''} {', '.join(shown)}: spectral norm "
             f"{_span(norms)} > {limit:g}: the recurrent term alone can drive the pre-activations "
-            f"past |z| = {limit:g} (worst unit's row sum {max(rows):.3g}).",
+            f"past |z| = {limit:g} (worst unit's row sum {max(rows):.3g})." + verdict,
+            severity=severity,
             location=Location(k, d, "U"),
-            evidence={"gates": per_gate, "spectral_norm": max(norms), "limit": limit},
+            evidence={
+                "gates": per_gate,
+                "spectral_norm": max(v["spectral_norm"] for v in per_gate.values()),
+                "limit": limit,
+                "evidence_from": mode,
+                "confirmed_gates": confirmed,
+                "scan": verdict_evidence(verdicts),
+            },
+            fix=None if severity != Severity.info else (
+                "None needed while the gates switch with the input; if they do saturate on other "
+                "data, re-initialise and retrain rather than rescale a trained U."
+            ),
         )
 
 
@@ -204,7 +376,13 @@ every b_f is exactly 0, where +1 is the standard recommendation.""",
     why="""
 Gers et al. (2000) introduced the forget gate; Jozefowicz et al. (2015) showed
 that a forget bias of 1 helps almost every task; Tallec & Ollivier (2018)
-relate b_f to the timescale τ = 1/(1 − f). τ < 1.5 means f < 1/3.""",
+relate b_f to the timescale τ = 1/(1 − f). τ < 1.5 means f < 1/3.
+
+The resting value is a risk; the forget gate the scan measures is the verdict.
+With the user's inputs the warning stands only when the observed mean forget
+gate also gives τ < min_timescale (trained models often have a negative b_f
+that the input and the recurrent term lift); otherwise it is info. Without
+inputs it is a warning worded as a risk, with the probe's mean f as evidence.""",
     example="""
 W103 warning  layer 0 fwd, gate f: median forget bias −8.0 gives f = 0.0003 and
 τ = 1.0 steps: memory is wiped every step""",
@@ -222,17 +400,41 @@ def check_forget_bias(ctx: Context):
         median_tau = float(np.median(tau))
         loc = Location(k, d, "f")
         if median_tau < ctx.th("W103", "min_timescale"):
+            mode = evidence_mode(ctx)
+            observed = _observed_forget(ctx, k, d)
+            severity = Severity.warning
+            if observed is None:
+                verdict = " A risk, judged from the bias: no inputs were given."
+            else:
+                tau_obs = 1.0 / max(1.0 - observed, 1e-12)
+                wiped = tau_obs < ctx.th("W103", "min_timescale")
+                if mode == "inputs":
+                    severity = Severity.warning if wiped else Severity.info
+                    verdict = (
+                        f" The scan confirms it: the forget gate averages {observed:.3g} (τ = {tau_obs:.3g})."
+                        if wiped
+                        else f" The scan does not confirm it: on these inputs the forget gate averages "
+                        f"{observed:.3g} (τ = {tau_obs:.3g} steps)."
+                    )
+                else:
+                    verdict = (
+                        f" A risk, judged from the bias: no inputs were given; with {probe_name(ctx)} the "
+                        f"forget gate averages {observed:.3g} (τ = {tau_obs:.3g})."
+                    )
             yield ctx.finding(
                 "W103",
                 f"median forget bias {np.median(b_f):.3g} gives a resting forget gate "
                 f"f = {np.median(f):.3g} and a memory timescale τ = {median_tau:.3g} steps: "
-                "the cell is wiped at every step.",
+                "the cell is wiped at every step." + verdict,
+                severity=severity,
                 location=loc,
                 evidence={
                     "median_bias": float(np.median(b_f)),
                     "median_forget": float(np.median(f)),
                     "median_timescale": median_tau,
                     "units_below": int((tau < ctx.th("W103", "min_timescale")).sum()),
+                    "evidence_from": mode,
+                    "observed_mean_forget": observed,
                 },
             )
         elif np.all(b_f == 0):
@@ -245,6 +447,18 @@ def check_forget_bias(ctx: Context):
                 evidence={"median_bias": 0.0, "median_timescale": median_tau},
                 fix="Initialise the forget bias at +1 (Jozefowicz et al. 2015).",
             )
+
+
+def _observed_forget(ctx: Context, layer: int, direction: str) -> float | None:
+    """Mean forget gate value over the capture's valid values (None without a capture)."""
+    cap = ctx.capture
+    if cap is None or (layer, direction) not in cap.directions:
+        return None
+    st = cap.directions[(layer, direction)]
+    n = st.n_values * st.H
+    if n == 0:
+        return None
+    return float(st.gates["f"].sum_tu.sum() / n)
 
 
 @rule(

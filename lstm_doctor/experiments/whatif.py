@@ -109,6 +109,14 @@ EXPECTED_CAPTURES = 8  # captures of the sample in a typical experiment (the bun
 RECURRENT_TARGET = 1.0  # rescale-recurrent: spectral norm × cell-output bound per gate block
 FORGET_BIAS = 1.0  # forget-bias-1 (Gers et al. 2000; Jozefowicz et al. 2015)
 SCORE_TOLERANCE = 0.005  # a score must improve by more than this to count
+# Harm (issue 14): on a model whose encodings do not collapse (no H601), a fix
+# that raises the mean pairwise cosine by more than HARM_COSINE, or cuts the
+# cross-input std of the encodings (relative to their mean |h_T|) below
+# HARM_STD_RATIO of what it was, makes different inputs look alike. Measured
+# on a trained character LM: rescale-recurrent took the cosine 0.048 → 0.596
+# and the LM from 2.38 to 14.5 nats/char.
+HARM_COSINE = 0.05
+HARM_STD_RATIO = 0.5
 
 
 # -- state and fixes ---------------------------------------------------------------------------
@@ -512,6 +520,8 @@ class Run:
     state: State = field(repr=False)
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list, repr=False)  # for applicability; not serialised
+    risks: tuple[str, ...] = ()  # weight codes (W1xx) reported at any severity: the static risk is still there
+    encodings: np.ndarray | None = field(default=None, repr=False)  # (n, E) final encodings of the sample
 
     @property
     def badness(self) -> dict[str, float]:
@@ -601,7 +611,71 @@ def measure(state: State, fixes: tuple[str, ...], descriptions: tuple[str, ...],
     errors = sorted({f.code for f in analysis.findings if f.severity == Severity.error})
     warnings = sorted({f.code for f in analysis.findings if f.severity == Severity.warning} - set(errors))
     metrics = run_metrics(cap)
-    return Run(fixes, descriptions, metrics, tuple(errors), tuple(warnings), state, time.perf_counter() - started, analysis.findings)
+    risks = tuple(sorted({f.code for f in analysis.findings if f.code.startswith("W")}))
+    return Run(
+        fixes, descriptions, metrics, tuple(errors), tuple(warnings), state, time.perf_counter() - started,
+        analysis.findings, risks, np.asarray(cap.sample_encodings, dtype=np.float64),
+    )
+
+
+def output_change(run: Run, base: Run) -> float:
+    """How far a fix moves the outputs on the sample: mean ‖e_fix − e_base‖ / mean ‖e_base‖
+    over the final encodings of the same sequences (0 for the baseline itself)."""
+    a, b = run.encodings, base.encodings
+    if a is None or b is None or a.shape != b.shape or a.size == 0:
+        return math.nan
+    scale = float(np.mean(np.linalg.norm(b, axis=1)))
+    return float(np.mean(np.linalg.norm(a - b, axis=1))) / max(scale, 1e-30)
+
+
+def _relative_std(run: Run) -> float:
+    m = run.metrics
+    std, mean_abs = m.get("cross_input_std"), m.get("encoding_mean_abs")
+    if std is None or mean_abs is None or not mean_abs > 0:
+        return math.nan
+    return float(std) / float(mean_abs)
+
+
+def harm(run: Run, reference: Run) -> str | None:
+    """Why ``run`` (a fix applied on ``reference``'s state) is harmful, or None.
+
+    Harmful: on a model whose encodings do not collapse (no H601 on
+    ``reference``), a fix that removes no error or warning about the
+    behaviour, the inputs or the configuration makes the encodings less input-dependent (mean pairwise
+    cosine up by more than ``HARM_COSINE``, or the cross-input std relative to
+    mean |h_T| below ``HARM_STD_RATIO`` of its value); or the fix removes only
+    findings about the weights (W1xx) while the behaviour gets worse (a
+    behavioural code appears, or the mean badness rises).
+    """
+    reasons = []
+    before = set(reference.errors) | set(reference.warnings)
+    after = set(run.errors) | set(run.warnings)
+    removed = before - after
+    # A fix that removes an error or warning about the behaviour, the inputs or
+    # the configuration (A2xx, C4xx, I5xx, S3xx, H6xx) has a measured benefit;
+    # its cost is shown as output_change. The harm test is for fixes that buy
+    # nothing but a quieter weight rule.
+    behaviour_fixed = any(not c.startswith("W") for c in removed)
+    if "H601" not in reference.errors and not behaviour_fixed:
+        c0, c1 = reference.metrics.get("mean_pairwise_cosine"), run.metrics.get("mean_pairwise_cosine")
+        s0, s1 = _relative_std(reference), _relative_std(run)
+        cos_up = c0 is not None and c1 is not None and math.isfinite(c0) and math.isfinite(c1) and c1 - c0 > HARM_COSINE
+        std_down = math.isfinite(s0) and math.isfinite(s1) and s0 > 0 and s1 < HARM_STD_RATIO * s0
+        if cos_up or std_down:
+            reasons.append(
+                "the encodings become less input-dependent: mean pairwise cosine "
+                f"{_fmt_metric('mean_pairwise_cosine', c0)} → {_fmt_metric('mean_pairwise_cosine', c1)}, "
+                f"cross-input std {s0:.3g} → {s1:.3g} of mean |h_T|"
+            )
+    appeared = sorted(c for c in after - before if not c.startswith("W"))
+    worse = run.objective[3] > reference.objective[3] + SCORE_TOLERANCE
+    if removed and all(c.startswith("W") for c in removed) and (appeared or worse):
+        reasons.append(
+            f"it removes only findings about the weights ({', '.join(sorted(removed))}) while the behaviour gets worse"
+            + (f" ({', '.join(appeared)} appear{'s' if len(appeared) == 1 else ''})" if appeared else
+               f" (mean badness {reference.objective[3]:.3g} → {run.objective[3]:.3g})")
+        )
+    return "; ".join(reasons) or None
 
 
 # -- the experiment ------------------------------------------------------------------------------
@@ -622,6 +696,8 @@ class Experiment:
     conclusions: list[str]
     seconds: float  # wall time (not in the JSON, which stays deterministic)
     captures: int = 0  # how many runs were captured (candidates included)
+    harmful: dict[str, str] = field(default_factory=dict)  # fix id -> why it is harmful alone
+    requested: tuple[str, ...] | None = None  # --fixes, if given
 
     @property
     def final(self) -> Run:
@@ -675,6 +751,8 @@ def run_experiment(
             if progress is not None:
                 progress(" + ".join(ordered) or "the model as loaded")
             result = measure(state, ordered, tuple(o.description for o in outcomes), options)
+            base = cache.get(frozenset())
+            result.metrics["output_change"] = 0.0 if base is None else output_change(result, base)
         cache[key] = result
         return result
 
@@ -694,7 +772,8 @@ def run_experiment(
             continue
         alone[fid] = run_set((fid,))
 
-    order = root_cause_order(alone, baseline)
+    harmful = {fid: why for fid, run in alone.items() if (why := harm(run, baseline))}
+    order = root_cause_order(alone, baseline, harmful)
 
     # Greedy cumulative path: root causes first, then the best objective.
     path: list[Run] = []
@@ -720,6 +799,10 @@ def run_experiment(
                 continue
             run = run_set(applied + [fid])
             if isinstance(run, Run):
+                why = harmful.get(fid) or harm(run, current)
+                if why:  # never on the path: it would be sold as progress
+                    path_skipped[fid] = "harmful: " + why
+                    continue
                 runs[fid] = run
         step = next((f for f in root_cause_order(runs, current) if better(runs[f], current)), None)
         if step is None:
@@ -753,6 +836,8 @@ def run_experiment(
         conclusions=[],
         seconds=0.0,
     )
+    exp.harmful = harmful
+    exp.requested = requested
     exp.ranking = rank(exp)
     exp.findings = resolved_findings(exp)
     exp.conclusions = conclusions(exp)
@@ -772,24 +857,31 @@ def explains(a: str, b: str, runs: dict[str, Run], current: Run) -> bool:
     pb = _present(FIXES[b].codes, current)
     if not pa or not pb:
         return False
-    return not _present(pb, runs[a]) and bool(_present(pa, runs[b]))
+    # b leaves a's codes if they are still reported at any severity: a weight
+    # finding that b's run turns into info (the scan no longer confirms it) is
+    # still b's run's risk, so centering still explains rescaling on CASE.md.
+    return not _present(pb, runs[a]) and bool(_present(pa, runs[b], risks=True))
 
 
-def root_cause_order(runs: dict[str, Run], current: Run) -> list[str]:
+def root_cause_order(runs: dict[str, Run], current: Run, harmful: dict[str, str] | None = None) -> list[str]:
     """Fix ids by the objective of their run (best first), except that a fix
-    explained by another one comes after it (root causes first)."""
-    remaining = sorted(runs, key=lambda f: (_sort_key(runs[f]), ORDER[f]))
+    explained by another one comes after it (root causes first), and harmful
+    fixes (``harm``) come last: never a root cause."""
+    harmful = harmful or {}
+    remaining = sorted(runs, key=lambda f: (f in harmful, _sort_key(runs[f]), ORDER[f]))
     out = []
     while remaining:
-        free = [f for f in remaining if not any(explains(g, f, runs, current) for g in remaining if g != f)]
-        pick = (free or remaining)[0]
+        useful = [f for f in remaining if f not in harmful]
+        pool = useful or remaining
+        free = [f for f in pool if not any(explains(g, f, runs, current) for g in pool if g != f and g not in harmful)]
+        pick = (free or pool)[0]
         out.append(pick)
         remaining.remove(pick)
     return out
 
 
-def _present(codes: Iterable[str], run: Run) -> list[str]:
-    remaining = set(run.errors) | set(run.warnings)
+def _present(codes: Iterable[str], run: Run, risks: bool = False) -> list[str]:
+    remaining = set(run.errors) | set(run.warnings) | (set(run.risks) if risks else set())
     return [c for c in codes if c in remaining]
 
 
@@ -834,15 +926,24 @@ def rank(exp: Experiment) -> list[dict[str, Any]]:
             "errors_left": len(run.errors),
             "warnings_left": len(run.warnings),
             "worst_metric": _worst(run),
-            "improves": better(run, base),
-            "explains": [g for g in ordered if g != fid and explains(fid, g, exp.alone, base)],
+            "improves": better(run, base) and fid not in exp.harmful,
+            "harmful": fid in exp.harmful,
+            "harm": exp.harmful.get(fid),
+            "output_change": run.metrics.get("output_change"),
+            "explains": [] if fid in exp.harmful else [
+                g for g in ordered if g != fid and g not in exp.harmful and explains(fid, g, exp.alone, base)
+            ],
             "irrelevant_after": None,
             "on_path": fid in exp.final.fixes,
             "path_step": steps[fid]["step"] if fid in steps else None,
             "path_removes": steps[fid]["removes"] if fid in steps else [],
             "note": "",
         }
+        if fid in exp.harmful:
+            notes.append(f"HARMFUL, not a root cause: {exp.harmful[fid]}")
         for higher in ordered[:n]:
+            if higher in exp.harmful:
+                continue
             if addressed and not _present(addressed, exp.alone[higher]):
                 entry["irrelevant_after"] = higher
                 notes.append(f"{', '.join(addressed)} disappear{'s' if len(addressed) == 1 else ''} when {higher} is applied alone")
@@ -863,8 +964,11 @@ def rank(exp: Experiment) -> list[dict[str, Any]]:
             if addressed and not _present(addressed, end) and entry["irrelevant_after"] is None:
                 entry["irrelevant_after"] = " + ".join(end.fixes)
             notes.append("not on the cumulative path: " + exp.path_skipped[fid])
-        if not entry["improves"]:
+        if not entry["improves"] and fid not in exp.harmful:
             notes.append("does not improve the objective alone")
+        change = run.metrics.get("output_change")
+        if change is not None and math.isfinite(change):
+            notes.append(f"moves the final encodings by {change:.2g} of their norm")
         entry["note"] = "; ".join(notes)
         out.append(entry)
     for fid, why in exp.not_run.items():
@@ -882,6 +986,9 @@ def rank(exp: Experiment) -> list[dict[str, Any]]:
                 "warnings_left": None,
                 "worst_metric": None,
                 "improves": None,
+                "harmful": False,
+                "harm": None,
+                "output_change": None,
                 "explains": [],
                 "irrelevant_after": None,
                 "on_path": False,
@@ -905,7 +1012,7 @@ def resolved_findings(exp: Experiment) -> list[dict[str, Any]]:
     out = []
     for severity, codes in (("error", base.errors), ("warning", base.warnings)):
         for code in codes:
-            alone = [fid for fid, run in exp.alone.items() if not _present([code], run)]
+            alone = [fid for fid, run in exp.alone.items() if fid not in exp.harmful and not _present([code], run)]
             alone.sort(key=exp.order.index)
             step = next((i for i, r in enumerate(exp.path) if not _present([code], r)), None)
             fixers = [fid for fid, fx in FIXES.items() if code in fx.codes]
@@ -979,6 +1086,13 @@ def conclusions(exp: Experiment) -> list[str]:
         else:
             remains.setdefault(item["needs"] or "", []).append(item["code"])
     out = []
+    for fid, why in exp.harmful.items():
+        change = exp.alone[fid].metrics.get("output_change")
+        out.append(
+            f"{fid} is harmful here: {why}"
+            + (f"; it moves the final encodings by {change:.2g} of their norm" if change is not None and math.isfinite(change) else "")
+            + f". It is not a root cause; do not apply it to a model that works."
+        )
     for fid in sorted(alone, key=exp.order.index):
         items = alone[fid]
         codes = [i["code"] for i in items]
@@ -1035,28 +1149,39 @@ def _evidence(codes: list[str], base: Run, run: Run) -> str:
     )
 
 
-def write_plan(exp: Experiment, origin: str = "") -> tuple[LSTMModel, tuple[str, ...], dict[str, np.ndarray]]:
+def harmful_requested(exp: Experiment) -> list[str]:
+    """Model-level fixes named with --fixes that the experiment found harmful (kept off the path)."""
+    return [f for f in (exp.requested or ()) if f in exp.harmful and FIXES[f].target == "model"]
+
+
+def write_plan(
+    exp: Experiment, origin: str = "", force: Iterable[str] = ()
+) -> tuple[LSTMModel, tuple[str, ...], dict[str, np.ndarray]]:
     """What ``--write-fixed`` writes: the model with the path's model-level fixes
     applied, the notes for its spec, and the parameters of the path's input fixes
     (which belong to the data pipeline, not to the weights).
 
     Raises ``ConfigError`` when the cumulative path holds no model-level fix.
     """
-    fixes = exp.model_fixes()
+    force = tuple(f for f in force if f not in exp.final.fixes)
+    fixes = tuple(sorted(set(exp.model_fixes()) | set(force), key=ORDER.__getitem__))
     if not fixes:
         raise ConfigError(
             "no model-level fix is on the cumulative path (nothing to write); "
             + ("the path holds only input fixes: " + ", ".join(exp.input_fixes()) if exp.input_fixes() else "no fix improved the model")
         )
     base = exp.baseline.state
-    state, outcomes = apply_fixes(base, exp.final.fixes)
+    applied = tuple(sorted(set(exp.final.fixes) | set(force), key=ORDER.__getitem__))
+    state, outcomes = apply_fixes(base, applied)
     model = state.model  # its notes name each model-level fix (input fixes note the source)
     notes = [
         f"written by lstm-doctor what-if{' from ' + origin if origin else ''}: "
         f"{' + '.join(fixes)} applied to the weights; a starting point for retraining, not a trained model",
     ]
+    for fid in force:
+        notes.append(f"WARNING: {fid} was measured harmful on the what-if sample ({exp.harmful.get(fid)}); written because --fixes named it")
     arrays: dict[str, np.ndarray] = {}
-    for fid, out in zip(sorted(exp.final.fixes, key=ORDER.__getitem__), outcomes):
+    for fid, out in zip(applied, outcomes):
         if FIXES[fid].target != "inputs":
             continue
         if fid == "standardize-inputs":
@@ -1092,6 +1217,7 @@ def _run_entry(run: Run, fix: str, cumulative: bool, step: int | None = None) ->
         "remaining_codes": sorted(set(run.errors) | set(run.warnings)),
         "remaining_errors": list(run.errors),
         "remaining_warnings": list(run.warnings),
+        "harm": None,
         "objective": {
             "errors": len(run.errors),
             "warnings": len(run.warnings),
@@ -1116,7 +1242,9 @@ def experiment_dict(exp: Experiment) -> dict[str, Any]:
     rows = [_run_entry(exp.baseline, "none", False)]
     order = [e["fix"] for e in exp.ranking if e["rank"] is not None]
     for fid in order:
-        rows.append(_run_entry(exp.alone[fid], fid, False))
+        row = _run_entry(exp.alone[fid], fid, False)
+        row["harm"] = exp.harmful.get(fid)
+        rows.append(row)
     for fid, out in exp.not_run.items():
         rows.append(
             {
@@ -1141,7 +1269,11 @@ def experiment_dict(exp: Experiment) -> dict[str, Any]:
         rows.append(_run_entry(run, new[0], True, n + 1))
     summary = {
         "sample": exp.sample,
+        "harmful": dict(exp.harmful),
         "objective": (
+            "harmful fixes first set apart (on a model without H601: mean pairwise cosine up by more than "
+            f"{HARM_COSINE}, or cross-input std / mean |h_T| below {HARM_STD_RATIO} of its value; or only weight "
+            "findings removed while the behaviour gets worse): never ranked as a root cause nor on the path; then "
             "lexicographic: (1) error codes remaining, (2) warning codes remaining, (3) the worst of the "
             "badness scores saturation, hidden_at_bound, cell_growth = min(1, log10(max|c|)/2), collapse = "
             "mean pairwise cosine, input_deafness = 1 − input variance share, (4) their mean; scores must "

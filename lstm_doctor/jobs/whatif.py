@@ -135,6 +135,7 @@ def execute(options: WhatIfCommandOptions) -> int:
     from lstm_doctor.errors import UserError
     from lstm_doctor.experiments.whatif import (
         WhatIfOptions,
+        harmful_requested,
         parse_fix_ids,
         run_experiment,
         write_plan,
@@ -164,12 +165,21 @@ def execute(options: WhatIfCommandOptions) -> int:
         )
     doc = build_output(options, model, source, exp)
     if folder is not None:
-        fixed, notes, arrays = write_plan(exp, origin=str(options.model))
+        force = harmful_requested(exp)
+        for fid in force:  # the user named it: write it, but say what it costs
+            change = exp.alone[fid].metrics.get("output_change")
+            print(
+                f"lstm-doctor: warning: {fid} is harmful on the what-if sample: {exp.harmful[fid]}"
+                + (f"; it moves the final encodings by {change:.2g} of their norm" if change is not None else "")
+                + "; written anyway because --fixes named it",
+                file=sys.stderr,
+            )
+        fixed, notes, arrays = write_plan(exp, origin=str(options.model), force=force)
         spec = write_fixed(folder, fixed, notes, arrays)
         doc["summary"]["written"] = {
             "folder": str(folder),
             "spec": str(spec),
-            "fixes": list(exp.model_fixes()),
+            "fixes": sorted(set(exp.model_fixes()) | set(force)),
             "input_fixes_file": str(folder / INPUT_FIXES_FILE) if arrays else None,
             "notes": list(notes),
         }

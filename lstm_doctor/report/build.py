@@ -311,6 +311,11 @@ def encoding_statistics(capture) -> dict[str, Any]:
     unit = sample / np.where(norms > 0, norms, 1)
     cos = unit @ unit.T
     off = cos[~np.eye(len(cos), dtype=bool)] if len(cos) > 1 else np.array([np.nan])
+    if not np.isfinite(off).any():  # one sequence: no pair (and no All-NaN warning)
+        off = np.array([np.nan, np.nan])
+        quantiles = (float("nan"),) * 3
+    else:
+        quantiles = (float(np.nanmin(off)), float(np.nanmedian(off)), float(np.nanmax(off)))
     return {
         "sequences": enc.n,
         "size": enc.E,
@@ -320,9 +325,9 @@ def encoding_statistics(capture) -> dict[str, Any]:
         "effective_rank": enc.effective_rank(),
         "cosine_matrix_sample": {
             "sequences": int(len(cos)),
-            "min": float(np.nanmin(off)),
-            "p50": float(np.nanmedian(off)),
-            "max": float(np.nanmax(off)),
+            "min": quantiles[0],
+            "p50": quantiles[1],
+            "max": quantiles[2],
         },
         # the first COSINE_SEQUENCES sequences' pairwise cosines (4 decimals), for the plot
         "cosine_matrix": np.round(cos[:COSINE_SEQUENCES, :COSINE_SEQUENCES], 4),

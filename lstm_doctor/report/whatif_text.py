@@ -22,11 +22,12 @@ COLUMNS = (
     ("mean_pairwise_cosine", "cosine", None),
     ("cross_input_std", "cross\nstd", "{:.2g}"),
     ("input_variance_share", "input\nshare", "{:.2%}"),
+    ("output_change", "moves\nh_T", "{:.2g}"),
 )
 
 
 def _fmt(key: str, fmt: str | None, value) -> str:
-    if value is None:
+    if value is None or value != value:
         return "n/a"
     if key == "mean_pairwise_cosine":
         return f"{value:.6f}" if value >= 0.9995 else f"{value:.3f}"
@@ -90,7 +91,10 @@ def ablation_table(rows: list[dict], sample: dict | None = None) -> Table:
         table.caption_justify = "left"
     for row in _sections(table, [r for r in rows if not _not_run(r)]):
         m = row["metrics"] or {}
-        table.add_row(_label(row), *[_fmt(key, fmt, m.get(key)) for key, _, fmt in COLUMNS])
+        label = _label(row)
+        if row.get("harm"):
+            label.append(" (harmful)", style="bold red")
+        table.add_row(label, *[_fmt(key, fmt, m.get(key)) for key, _, fmt in COLUMNS])
     return table
 
 
