@@ -65,19 +65,50 @@ def cell_growth(st, min_share: float = MIN_STEP_SHARE) -> dict | None:
     }
 
 
-def share_beyond(ctx: Context, k: int, d: str, limit: float) -> float | None:
-    """Share of the sample's valid |c| values above ``limit`` (None without a sample of c)."""
+def gate_hold(st) -> np.ndarray:
+    """(H,) what each unit's forget gate can hold: 1 / (1 − f̄_u), f̄_u its mean forget gate.
+
+    c_t = f·c_{t−1} + i·g with |i·g| ≤ 1 and f constant stays within
+    Σ_k f^k = 1/(1 − f) (× the candidate's bound). A unit whose |c| is far past
+    that is integrating beyond its own forget gate's horizon.
+    """
+    n = max(int(st.valid_t.sum()), 1)
+    f_mean = st.gates["f"].sum_tu.sum(axis=0) / n
+    return 1.0 / np.maximum(1.0 - np.clip(f_mean, 0.0, 1.0), 1e-6)
+
+
+def share_beyond(ctx: Context, k: int, d: str, limit) -> float | None:
+    """Share of the sample's valid |c| values above ``limit`` (a number, or (H,) per unit;
+    None without a sample of c)."""
     sample = ctx.capture.sample.get((k, d), {}) if ctx.capture.sample else {}
     c = sample.get("c")
     if c is None or np.size(c) == 0:
         return None
     c = np.abs(np.asarray(c, dtype=np.float64))  # (T, b, H)
+    beyond = c > np.broadcast_to(np.asarray(limit, dtype=np.float64), c.shape[-1:])
+    ok = np.isfinite(c)
     lengths = ctx.capture.sample_lengths
     if lengths is not None:
-        valid = np.arange(c.shape[0])[:, None] < np.asarray(lengths)[None, : c.shape[1]]
-        c = c[valid]
-    c = c[np.isfinite(c)]
-    return float((c > limit).mean()) if c.size else None
+        ok &= (np.arange(c.shape[0])[:, None] < np.asarray(lengths)[None, : c.shape[1]])[:, :, None]
+    n = int(ok.sum())
+    return float((beyond & ok).sum() / n) if n else None
+
+
+def cell_keeps_growing(ctx: Context, layer: int, direction: str) -> bool:
+    """C401's growth test (rising, no plateau, above `min_mean_abs` × the candidate's bound)."""
+    cap = ctx.capture
+    if cap is None or (layer, direction) not in cap.directions:
+        return False
+    st = cap.directions[(layer, direction)]
+    cand = ctx.model.layers[layer].activations.get("candidate")
+    bound = max(abs(cand.low), abs(cand.high)) if cand.bounded else 1.0
+    g = cell_growth(st)
+    return bool(
+        g is not None
+        and g["rising"]
+        and g["growth"] > ctx.th("C401", "growth_ratio")
+        and g["quarters"][3] > ctx.th("C401", "min_mean_abs") * bound
+    )
 
 
 @rule(
@@ -97,8 +128,9 @@ Flags a cell that integrates instead of remembering, in either of two ways:
   still rising: the last quarter adds at least half of what the third added
   (no plateau). The first quarter, the warm-up from c₀ = 0, is not compared.
 - magnitude: more than `value_share` of the cell values (the capture's sample)
-  exceed `range_multiple` × the candidate's bound, far beyond what gates in
-  (0, 1) and a candidate in its range hold without integrating.
+  exceed both `range_multiple` × the candidate's bound and what their unit's
+  forget gate can hold, 1/(1 − f̄) × the bound (f̄ the unit's mean forget gate:
+  c_t = f·c_{t−1} + i·g stays within Σ f^k = 1/(1 − f) when |i·g| ≤ 1).
 
 One large value, or a counter-like cell that rises and then plateaus, is not
 growth.""",
@@ -127,17 +159,15 @@ def check_cell_growth(ctx: Context):
         if st.n_values == 0:
             continue
         g = cell_growth(st)
-        growing = (
-            g is not None
-            and g["rising"]
-            and g["growth"] > ctx.th("C401", "growth_ratio")
-            and g["quarters"][3] > ctx.th("C401", "min_mean_abs") * bound
-        )
-        limit = ctx.th("C401", "range_multiple") * bound
-        beyond = share_beyond(ctx, k, d, limit)
+        growing = cell_keeps_growing(ctx, k, d)
+        multiple = ctx.th("C401", "range_multiple")
+        limit = multiple * bound
+        hold = gate_hold(st)
+        per_unit = np.maximum(multiple, hold) * bound  # beyond the range and what the forget gate holds
+        beyond = share_beyond(ctx, k, d, per_unit)
         if beyond is None:  # no sample kept: the per-step means stand in
             steps = weighty_steps(st)
-            beyond = float(window_mean(st, steps) > limit) if steps.size else 0.0
+            beyond = float(window_mean(st, steps) > max(limit, float(np.median(hold)) * bound)) if steps.size else 0.0
         too_big = beyond > ctx.th("C401", "value_share")
         if not (growing or too_big):
             continue
@@ -152,7 +182,13 @@ def check_cell_growth(ctx: Context):
                 f"{g['quarter_steps'][1][0]}–{z} (quarters 2–4 of the steps holding ≥ 10% of the sequences; "
                 f"slope {g['slope']:.3g} per step, {trend})"
             )
-        parts.append(f"{beyond:.0%} of |c| values exceed {limit:g} ({ctx.th('C401', 'range_multiple'):g}× the candidate's bound {bound:g}; max |c| {max_abs:.3g})")
+        if not too_big:
+            parts.append(f"max |c| {max_abs:.3g}")
+        else:
+            parts.append(
+            f"{beyond:.0%} of |c| values exceed both {limit:g} ({multiple:g}× the candidate's bound {bound:g}) "
+            f"and what their unit's forget gate holds, 1/(1 − f̄) (median {float(np.median(hold)):.3g}); max |c| {max_abs:.3g}"
+            )
         steps = None if g is None else (g["quarter_steps"][1][0], g["quarter_steps"][3][1])
         yield ctx.finding(
             "C401",

@@ -31,6 +31,15 @@ def encodings_collapse(ctx: Context) -> bool:
     return bool(cosine > ctx.th("H601", "cosine") and relative < ctx.th("H601", "relative_std"))
 
 
+def encodings_low_rank(ctx: Context) -> bool:
+    """H604's test on its own thresholds (False with too few sequences or no capture)."""
+    cap = ctx.capture
+    if cap is None or cap.encoding.n < int(ctx.th("H604", "min_sequences")):
+        return False
+    enc = cap.encoding
+    return bool(enc.effective_rank() < ctx.th("H604", "rank_share") * min(enc.n, enc.E))
+
+
 @rule(
     "H601",
     "encoding-collapse",
