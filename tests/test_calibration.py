@@ -168,3 +168,30 @@ def test_one_sequence_or_three_steps_give_no_nan_and_no_runtime_warning(tmp_path
         assert result.exit_code == 0, result.output
         text = out.read_text()
         assert "slope nan" not in text and "All-NaN" not in result.output
+
+
+# -- I503: advice that fits the input ------------------------------------------------------
+
+
+def i503(x, **kw):
+    return found(run(model(x.shape[-1], H, init="torch"), x, **kw)[0], "I503")
+
+
+def test_i503_never_tells_one_hot_or_embedding_inputs_to_standardise():
+    rng = np.random.default_rng(0)
+    symbols = rng.integers(0, 12, (64, 30))
+    one_hot = np.eye(12, dtype=np.float32)[symbols]  # mean 1/12 ≫ its std per column? RMS 0.29: "not standardised"
+    table = (rng.standard_normal((12, 8)) * 3 + 2).astype(np.float32)  # an embedding table far from unit scale
+    embedded = table[symbols]
+    dense = (rng.standard_normal((64, 30, 8)) * 3 + 6).astype(np.float32)  # the same scale, not from a table
+    assert not i503(one_hot) and not i503(embedded)
+    (f,) = i503(dense)
+    assert f.evidence["input_kind"] == "dense" and "Standardise" in f.fix
+
+
+def test_i503_counts_get_their_own_advice():
+    rng = np.random.default_rng(1)
+    counts = (rng.poisson(0.3, (64, 30, 8)) * rng.integers(1, 60, (1, 1, 8))).astype(np.float32)
+    (f,) = i503(counts)
+    assert f.evidence["input_kind"] == "bag-of-features"
+    assert "log(1 + x)" in f.fix and "standardise indicator" in f.fix and "Standardise per feature" not in f.fix

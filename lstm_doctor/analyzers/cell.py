@@ -142,11 +142,18 @@ A healthy cell plateaus within a few multiples of the candidate's range;
 trained character LSTMs keep counter-like cells that rise for tens of steps and
 then plateau, and single units with |c| past 10 (Karpathy et al. 2015), which
 is why one value, or a rise followed by a plateau, does not fire.
-Calibration: CASE.md's encoder rises 64 → 128 → 192 → 256 over its quarters
-(growth 2.0, still rising, 98% of |c| > 10).""",
+Calibration (corpus/, issue 14): on the working models mean |c| grows 0.98–1.95×
+from the second to the last quarter and is rising only where it stays under
+1.4 (classifier, keras_hardsig: under `min_mean_abs`); charlm's layer 1 levels
+off at 17.7 (13.8 → 16.5 → 17.7) with 16% of its |c| beyond what its forget
+gates hold; at most 16.5% of any working model's values are, against
+`value_share` 50%. The twin charlm_saturated grows 3.1–3.3× with no plateau
+(11.6 → 23.6 → 38.2), and CASE.md's encoder 2.3× (94.8 → 158 → 222, c_t ≈ t + 1):
+both keep C401 as an error.""",
     example="""
-C401 error  layer 0 fwd: mean |c| rises 64.5 → 128 → 192 over steps 64–255
-(quarters 2–4, slope 0.99 per step, no plateau); 98% of |c| values > 10""",
+C401 error  layer 0 fwd: mean |c| over the valid values goes 94.8 → 158 → 222 over
+steps 64–255 (quarters 2–4 of the steps holding ≥ 10% of the sequences; slope
+0.992 per step, no plateau); max |c| 255""",
     fix="""
 Stop the gates from saturating at 1 (see W101, W102) and check the forget bias
 (W103); a forget gate that works keeps |c| bounded.""",

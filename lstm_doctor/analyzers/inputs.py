@@ -116,6 +116,49 @@ def check_input_overdriven(ctx: Context):
         )
 
 
+def input_kind(cap) -> str:
+    """What produced the inputs, judged from the capture's sample of valid rows (T, b, D).
+
+    - "one-hot": every value is 0 or 1 and every non-zero row holds exactly one 1
+      (symbols, characters);
+    - "bag-of-features": non-negative integers, mostly zeros (multi-hot
+      indicators, counts);
+    - "embedding": rows repeat exactly — few distinct rows among many (at most
+      half), as vectors looked up from a table do (D ≥ 4);
+    - "dense": anything else (conv outputs, measurements, raw signals).
+    All-zero rows (padding) are ignored.
+    """
+    x = np.asarray(cap.sample_inputs)
+    if x.size == 0:
+        return "dense"
+    T, b, D = x.shape
+    rows = x.reshape(T * b, D) if cap.sample_lengths is None else x[
+        np.arange(T)[:, None] < np.asarray(cap.sample_lengths)[None, :b]
+    ]
+    rows = rows[np.isfinite(rows).all(axis=1)]
+    rows = rows[(rows != 0).any(axis=1)]
+    if rows.shape[0] < 16:
+        return "dense"
+    binary = bool(np.all((rows == 0) | (rows == 1)))
+    if binary and np.all((rows == 1).sum(axis=1) == 1):
+        return "one-hot"
+    if bool(np.all(rows >= 0)) and bool(np.all(rows == np.round(rows))) and float(np.mean(rows == 0)) > 0.5:
+        return "bag-of-features"
+    if D >= 4 and rows.shape[0] >= 50:
+        distinct = np.unique(rows, axis=0).shape[0]
+        if distinct <= 0.5 * rows.shape[0]:
+            return "embedding"
+    return "dense"
+
+
+# What to say instead of "standardise", per input kind (none: no finding).
+KIND_ADVICE = {
+    "one-hot": None,
+    "embedding": None,
+    "bag-of-features": "scale counts in the front end (e.g. log(1 + x) or tf-idf), as the model was trained; do not standardise indicator columns",
+}
+
+
 @rule(
     "I503",
     "input-unnormalized",
@@ -130,7 +173,19 @@ features, and all-non-negative features feeding positive-mean weights
     why="""
 LSTMs are initialised for standardised inputs. CASE.md's conv output was ReLU,
 0 to 0.07: tiny, non-negative, and fed into weights of mean 0.1 — the input
-term was a small constant push, not information.""",
+term was a small constant push, not information.
+
+The advice fits the input. One-hot rows (every non-zero row a single 1),
+embedding outputs (rows that repeat exactly, looked up from a table) and
+bag-of-features columns (non-negative integers, mostly zero) come from a
+trained front end whose scale the LSTM learned: they are never told to
+standardise (one-hot and embedding rows get no finding; counts an info about
+log or tf-idf scaling when their RMS passes `high_scale`). The positive-push
+warning still applies to them, with re-centring W as its fix.
+Calibration (corpus/, issue 14): classifier (one-hot, 88% zeros) and the
+embedding outputs of charlm and tagger get no I503; adding's raw
+(value, marker) pairs in [0, 1] get the info; CASE.md's conv output
+(all ≥ 0, 68% zeros, W mean 0.1) keeps the warning.""",
     example="I503 warning  inputs: all 10 features are ≥ 0 (RMS 0.02) and W has mean 0.1 > 0",
     fix="Standardise per feature with statistics from the training data (`what-if` fix `standardize-inputs`).",
 )
@@ -157,6 +212,9 @@ def check_input_unnormalized(ctx: Context):
         "W_mean": w_mean,
     }
     loc = Location(0, None, "x")
+    kind = input_kind(cap)
+    evidence["input_kind"] = kind
+    front_end = kind != "dense"
     if nonneg and w_mean > 0 and w_mean > 0.5 * float(W.std()):
         yield ctx.finding(
             "I503",
@@ -166,7 +224,28 @@ def check_input_unnormalized(ctx: Context):
             severity=Severity.warning,
             location=loc,
             evidence=evidence,
+            fix=(
+                f"The inputs are {kind} rows from a front end: keep them as they are, and re-centre "
+                "W instead (zero-mean initialisation; `what-if` fix `center-weights`)."
+                if front_end
+                else None
+            ),
         )
+        return
+    if front_end:
+        # A trained front end's output (one-hot symbols, an embedding table,
+        # indicator or count columns) has the scale the LSTM was trained on:
+        # standardising it would break the model, whatever its mean and RMS.
+        advice = KIND_ADVICE[kind]
+        if advice is not None and rms > ctx.th("I503", "high_scale"):
+            yield ctx.finding(
+                "I503",
+                f"the inputs look like {kind} columns (non-negative integers, {evidence['zero_share']:.0%} zeros) "
+                f"with RMS {rms:.3g}.",
+                location=loc,
+                evidence=evidence,
+                fix=advice[0].upper() + advice[1:] + ".",
+            )
         return
     problems = []
     if rms < ctx.th("I503", "low_scale") or rms > ctx.th("I503", "high_scale"):

@@ -174,7 +174,13 @@ rule follows the scan: an error (drift > 4.6) or a warning only when the scan
 shows the offending gates saturated identically for every input (S301's
 definitions); where the gates are unsaturated or switch with the input it is
 info. Without inputs (a synthetic probe, or no capture) it is a warning worded
-as a risk, with the probe's saturation as evidence.""",
+as a risk, with the probe's saturation as evidence.
+Calibration (corpus/, issue 14): on the six working models the largest
+|mean|/std of any gate block of W or U is 0.42 (under `mean_std_ratio` 0.5)
+and W101 does not fire; the broken twin charlm_saturated (Normal(0.1, 0.05))
+has |mean|/std up to 3.4 and keeps W101 as a warning, confirmed by rank-1
+encodings (H604) and a growing cell (C401); CASE.md's encoder (≈ 2.0) keeps it
+as an error, confirmed by S301 and H601.""",
     example="""
 W101 error  layer 0 fwd, U gate f: mean 0.1001 vs std 0.0499 (100% positive);
 drift ≈ 64 × 0.100 × 1.00 = 6.4 > 4.6""",
@@ -306,7 +312,16 @@ user's inputs, W102 is an error only for the gates the scan shows saturated
 identically for every input (S301's definitions: over `share` of the values,
 mostly from units that do not switch); where the gates stay unsaturated or
 switch with the input it is info. Without inputs it is a warning worded as a
-risk, with the probe's saturation as evidence.""",
+risk, with the probe's saturation as evidence. When the direction's behaviour
+is broken (collapsed or low-rank encodings, a negligible input term, a growing
+cell), a gate with at least half of S301's `share` saturated confirms it.
+Calibration (corpus/, issue 14): the six working models have ‖U_g‖ from 2.0 to
+11.7 (charlm 3.6–7.9, tagger 4.1–7.7, classifier up to 11.7) with 1% to 85% of
+their i, f, o values saturated, and no behavioural failure: W102 is info on
+every one. The twin charlm_saturated (‖U_g‖ 9.6–9.9, 48–51% saturated,
+encodings of effective rank 1.2, cell growing 3.1–3.3× with no plateau) and
+CASE.md's encoder (6.4, 98–99% saturated identically for every input) keep it
+as an error.""",
     example="""
 W102 error  layer 0 fwd, U gate i: spectral norm 6.43 > 4.6 (max row sum 6.5)""",
     fix="""
@@ -403,7 +418,10 @@ The resting value is a risk; the forget gate the scan measures is the verdict.
 With the user's inputs the warning stands only when the observed mean forget
 gate also gives τ < min_timescale (trained models often have a negative b_f
 that the input and the recurrent term lift); otherwise it is info. Without
-inputs it is a warning worded as a risk, with the probe's mean f as evidence.""",
+inputs it is a warning worded as a risk, with the probe's mean f as evidence.
+Calibration (corpus/, issue 14): the working models' observed mean forget
+gate is 0.48–0.89 (τ 1.9–9 steps) per direction and W103 never fires on them;
+CASE.md's zero forget bias stays the info it was.""",
     example="""
 W103 warning  layer 0 fwd, gate f: median forget bias −8.0 gives f = 0.0003 and
 τ = 1.0 steps: memory is wiped every step""",
