@@ -360,3 +360,82 @@ def test_the_what_if_section_matches_its_schema():
     schema = {"type": "object", "properties": keys, "required": list(keys), "$defs": shipped.get("$defs", {})}
     for doc in docs:
         jsonschema.Draft202012Validator(schema).validate(json.loads(json.dumps(doc)))
+
+
+# -- issue 14: a fix that costs the model its input dependence is harm, not progress ------------
+
+CORPUS = ROOT / "corpus"
+
+
+@pytest.fixture(scope="module")
+def charlm_rescaled():
+    """The corpus's trained character LM (1.46 nats/char) with U rescaled to norm 1."""
+    from lstm_doctor.load import LoadOptions, load_model
+
+    m = load_model(str(CORPUS / "charlm" / "model.pt"), options=LoadOptions())
+    src = InputSource(array=np.load(CORPUS / "charlm" / "inputs.npy"), layout="btd")
+    return run_experiment(m, src, WhatIfOptions(fixes=("rescale-recurrent",))), m, src
+
+
+def test_rescaling_a_working_models_recurrent_weights_is_reported_harmful(charlm_rescaled):
+    exp, _, _ = charlm_rescaled
+    base, run = exp.baseline, exp.alone["rescale-recurrent"]
+    assert "H601" not in base.errors and not base.errors and not base.warnings  # a working model
+    assert run.metrics["mean_pairwise_cosine"] > base.metrics["mean_pairwise_cosine"] + 0.05
+    assert "rescale-recurrent" in exp.harmful and "less input-dependent" in exp.harmful["rescale-recurrent"]
+    (entry,) = [e for e in exp.ranking if e["fix"] == "rescale-recurrent"]
+    assert entry["harmful"] and entry["rank"] is None and not entry["improves"] and not entry["explains"]
+    assert not exp.path and "harmful" in exp.path_skipped["rescale-recurrent"]
+    assert any(c.startswith("rescale-recurrent is harmful") for c in exp.conclusions)
+    # the cost next to the benefit: how far the fix moves the outputs on the sample
+    assert base.metrics["output_change"] == 0.0
+    assert 0.1 < run.metrics["output_change"] == entry["output_change"]
+
+
+def test_output_change_is_reported_for_every_fix():
+    m, src = case_like_pair()
+    exp = run_experiment(m, src)
+    doc = experiment_dict(exp)
+    for row in doc["what_if"]:
+        if row["status"] == "measured":
+            assert row["metrics"]["output_change"] > 0, row["fix"]
+    assert not exp.harmful  # CASE.md's encoder collapses (H601): making it input-dependent is the point
+    assert exp.path and exp.path[0].fixes == ("center-weights",)
+
+
+def test_harm_when_only_weight_findings_go_and_behaviour_gets_worse():
+    from lstm_doctor.experiments.whatif import Run, harm
+
+    def fake(errors, warnings, cosine, std, badness):
+        metrics = {"mean_pairwise_cosine": cosine, "cross_input_std": std, "encoding_mean_abs": 1.0,
+                   "saturated_fraction": badness, "hidden_at_bound_fraction": badness, "max_abs_cell": 1.0,
+                   "input_variance_share": 1.0}
+        return Run((), (), metrics, tuple(errors), tuple(warnings), state=None)
+
+    collapsed = fake(["H601", "W102"], [], 0.9999, 1e-4, 0.1)
+    # on a collapsed model, only the weights-only-and-worse test applies
+    assert harm(fake(["H601"], ["S301"], 0.9999, 1e-4, 0.6), collapsed)
+    assert harm(fake(["H601"], [], 0.9999, 1e-4, 0.1), collapsed) is None
+    working = fake([], ["W102"], 0.05, 0.8, 0.1)
+    assert "less input-dependent" in harm(fake([], [], 0.6, 0.8, 0.1), working)
+    assert "less input-dependent" in harm(fake([], [], 0.05, 0.3, 0.1), working)  # std halved
+    assert harm(fake([], [], 0.06, 0.79, 0.1), working) is None
+    # removing a behavioural finding is a benefit: the cosine rise is its cost, shown, not harm
+    overdriven = fake([], ["I502"], 0.05, 0.8, 0.1)
+    assert harm(fake([], [], 0.35, 0.6, 0.1), overdriven) is None
+
+
+def test_write_fixed_with_a_harmful_fix_warns_on_stderr(tmp_path):
+    out = tmp_path / "fixed"
+    result = CliRunner().invoke(
+        cli,
+        ["what-if", str(CORPUS / "charlm" / "model.pt"), "--inputs", str(CORPUS / "charlm" / "inputs.npy"),
+         "--layout", "btd", "--fixes", "rescale-recurrent", "--write-fixed", str(out), "--format", "json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "warning: rescale-recurrent is harmful" in result.stderr
+    assert "moves the final encodings by" in result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["what_if_ranking"]["harmful"]["rescale-recurrent"]
+    assert (out / "lstm.toml").exists() and "WARNING: rescale-recurrent" in (out / "lstm.toml").read_text()

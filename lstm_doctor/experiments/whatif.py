@@ -915,7 +915,7 @@ def rank(exp: Experiment) -> list[dict[str, Any]]:
         addressed = _present(FIXES[fid].codes, base)
         notes = []
         entry: dict[str, Any] = {
-            "rank": n + 1,
+            "rank": None if fid in exp.harmful else n + 1 - sum(g in exp.harmful for g in ordered[:n]),
             "fix": fid,
             "codes": list(FIXES[fid].codes),
             "present": addressed,
@@ -959,7 +959,7 @@ def rank(exp: Experiment) -> list[dict[str, Any]]:
             extra = [c for c in step["removes"] if c not in entry["removes"]]
             if extra and step["step"] > 1:
                 notes.append(f"after {' + '.join(prior.fixes)} it also removes {', '.join(extra)}")
-        elif fid in exp.path_skipped:
+        elif fid in exp.path_skipped and fid not in exp.harmful:
             end = exp.final
             if addressed and not _present(addressed, end) and entry["irrelevant_after"] is None:
                 entry["irrelevant_after"] = " + ".join(end.fixes)
@@ -1240,8 +1240,7 @@ def experiment_dict(exp: Experiment) -> dict[str, Any]:
     from lstm_doctor.report.build import clean
 
     rows = [_run_entry(exp.baseline, "none", False)]
-    order = [e["fix"] for e in exp.ranking if e["rank"] is not None]
-    for fid in order:
+    for fid in exp.order:
         row = _run_entry(exp.alone[fid], fid, False)
         row["harm"] = exp.harmful.get(fid)
         rows.append(row)

@@ -133,12 +133,12 @@ def ranking_table(ranking: list[dict]) -> Table:
         if entry.get("note"):
             notes.append(entry["note"])
         table.add_row(
-            str(entry["rank"]) if entry["rank"] is not None else "—",
+            str(entry["rank"]) if entry["rank"] is not None else ("✗" if entry.get("harmful") else "—"),
             Text.assemble(
                 (entry["fix"], "bold" if entry.get("on_path") else ""),
                 (f" ({', '.join(entry['present'] or entry['codes'])})", "dim"),
             ),
-            removes if entry["rank"] is not None else "not run",
+            removes if entry["rank"] is not None or entry.get("harmful") else "not run",
             Text("; ".join(notes)),
         )
     return table
