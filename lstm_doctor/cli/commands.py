@@ -83,7 +83,8 @@ def run_job(execute: Callable[[Any], int], options: Any) -> None:
 @click.option("--verbose", "-v", is_flag=True,
               help="Also print the full findings table, one row per location (text), and each stage's wall time "
               "(load, capture, analyze, render) on stderr.")
-def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, probe_sequences, what_if, text_field,
+def diagnose(model, inputs, layout, lengths, padding, mask, probe,
+             probe_scale, probe_steps, probe_sequences, what_if, text_field,
              text_clean, featurizer, model_format, preset, layer_prefix, layer_name, trust_pickle, engine, fmt, output,
              plots_dir, fail_on, exit_zero, select, ignore, threshold, color, chunk_size, sample_size, max_memory,
              observed, gradients, verbose):
@@ -91,7 +92,8 @@ def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, pr
     from lstm_doctor.jobs.diagnose import DiagnoseOptions, execute
 
     run_job(execute, DiagnoseOptions(
-        model=model, inputs=inputs, layout=layout, lengths=lengths, probe=probe, probe_scale=probe_scale,
+        model=model, inputs=inputs, layout=layout, lengths=lengths, padding=padding, mask=mask, probe=probe,
+        probe_scale=probe_scale,
         probe_steps=probe_steps, probe_sequences=probe_sequences, text_field=text_field, text_clean=text_clean,
         featurizer=featurizer, model_format=model_format, preset=preset, layer_prefix=layer_prefix,
         layer_name=layer_name, trust_pickle=trust_pickle, engine=engine, format=fmt, output=output,
@@ -110,13 +112,14 @@ def diagnose(model, inputs, layout, lengths, probe, probe_scale, probe_steps, pr
 @model_options
 @engine_option
 @max_memory_option
-def trace(model, inputs, layout, lengths, out, steps, units, model_format, preset, layer_prefix, layer_name,
+def trace(model, inputs, layout, lengths, padding, mask, out, steps, units, model_format, preset, layer_prefix, layer_name,
           trust_pickle, engine, max_memory):
     """Write every step's h, c, i, f, g, o and pre-activations, shaped (B, T, H)."""
     from lstm_doctor.jobs.trace import TraceOptions, execute
 
     run_job(execute, TraceOptions(
-        model=model, inputs=inputs, out=out, layout=layout, lengths=lengths, steps=steps, units=units,
+        model=model, inputs=inputs, out=out, layout=layout, lengths=lengths, padding=padding, mask=mask, steps=steps,
+        units=units,
         model_format=model_format, preset=preset, layer_prefix=layer_prefix, layer_name=layer_name,
         trust_pickle=trust_pickle, engine=engine, max_memory=max_memory,
     ))

@@ -56,10 +56,16 @@ def layout_option(f, name: str = "--layout", help_suffix: str = ""):
 
 
 def input_options(required: bool = False):
-    """``--inputs``, ``--layout`` and ``--lengths``."""
+    """``--inputs``, ``--layout``, ``--lengths``, ``--padding`` and ``--mask``."""
 
     def decorate(f):
         # No dir_okay=False on file paths: the loaders refuse a directory in one line (exit 2).
+        f = click.option("--mask", is_flag=True,
+                         help="Keras masking: steps whose features are all the mask value (0, or the model's "
+                         "Masking value) are skipped, as Keras skips them; gives the lengths.")(f)
+        f = click.option("--padding", type=click.Choice(["pre", "post"]),
+                         help="Where --lengths' padding is: post (default, at the end) or pre (at the front, as "
+                         "Keras' pad_sequences pads).")(f)
         f = click.option("--lengths", type=click.Path(), help="Valid length of each sequence (.npy).")(f)
         f = layout_option(f)
         return click.option(

@@ -484,7 +484,8 @@ def sample_source(source: InputSource, n: int) -> InputSource:
     lengths = None if source.lengths is None else np.asarray(source.lengths)[idx]
     note = () if len(idx) == total else (f"what-if sample: {len(idx)} of {total} sequences, evenly spaced",)
     return InputSource(
-        array=array, layout=source.layout, path=source.path, lengths=lengths, probe=source.probe, notes=source.notes + note
+        array=array, layout=source.layout, path=source.path, lengths=lengths, probe=source.probe, notes=source.notes + note,
+        padding=source.padding, mask_value=source.mask_value,
     )
 
 

@@ -26,6 +26,8 @@ class DiagnoseOptions(ModelSelection):
     inputs: str | None = None
     layout: str | None = None  # None: the model's declared layout
     lengths: str | None = None
+    padding: str | None = None  # --padding pre|post: where --lengths' padding is
+    mask: bool = False  # --mask: Keras masking from the inputs' masked steps
     probe: str = "normal"
     probe_scale: float = 1.0
     probe_steps: int = 50
@@ -108,7 +110,10 @@ def open_inputs(options: DiagnoseOptions, model):
         return open_text_source(options, model)
     if options.featurizer or options.text_clean:
         raise UserError("--featurizer and --text-clean need text --inputs (.txt, .jsonl or .json)")
-    return load_inputs(options.inputs, options.layout or model.input_layout, options.lengths, model=model)
+    return load_inputs(
+        options.inputs, options.layout or model.input_layout, options.lengths, model=model,
+        padding=options.padding, mask=options.mask,
+    )
 
 
 def run_diagnosis(options: DiagnoseOptions) -> dict:

@@ -25,6 +25,8 @@ class TraceOptions(ModelSelection):
     out: str
     layout: str | None = None
     lengths: str | None = None
+    padding: str | None = None  # --padding pre|post
+    mask: bool = False  # --mask: Keras masking
     steps: str | None = None  # "A:B"
     units: str | None = None  # "0,3,5-9"
     engine: str = "auto"
@@ -95,7 +97,10 @@ def execute(options: TraceOptions) -> int:
     out = options.out if options.out.endswith(".npz") else options.out + ".npz"
     check_output_path(out, [options.model, options.inputs, options.lengths])
     model = open_model(options)
-    source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths, model=model)
+    source = load_inputs(
+        options.inputs, options.layout or model.input_layout, options.lengths, model=model,
+        padding=options.padding, mask=options.mask,
+    )
     check_against_model(source, model.D)
     from lstm_doctor.capture.budget import check_trace
 

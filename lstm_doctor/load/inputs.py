@@ -64,6 +64,12 @@ class InputSource:
     lengths: np.ndarray | None = None
     probe: str | None = None
     notes: tuple[str, ...] = ()
+    # Keras semantics of masked steps: they leave h and c unchanged, so a
+    # sequence is equivalent to its valid steps moved to the front, in order
+    # (``compact``). ``padding="pre"`` with lengths: the valid steps are the last
+    # ``lengths``; ``mask_value``: a step is valid unless all its features equal it.
+    padding: str = "post"
+    mask_value: float | None = None
 
     def __post_init__(self):
         if self.array.ndim != 3:
@@ -101,12 +107,21 @@ class InputSource:
         return self.path or f"probe:{self.probe}"
 
     def read(self, start: int, stop: int, dtype) -> np.ndarray:
-        """Sequences [start, stop) as a (T, b, D) array of ``dtype``."""
+        """Sequences [start, stop) as a (T, b, D) array of ``dtype`` (valid steps first
+        when the inputs are pre-padded or masked)."""
         if _batch_axis(self.layout) == 0:
             block = self.array[start:stop]
         else:
             block = self.array[:, start:stop]
-        return np.ascontiguousarray(to_time_major(np.asarray(block), self.layout), dtype=dtype)
+        x = to_time_major(np.asarray(block), self.layout)
+        valid = None
+        if self.mask_value is not None:
+            valid = step_mask(x, self.mask_value)
+        elif self.padding == "pre" and self.lengths is not None:
+            valid = np.arange(x.shape[0])[:, None] >= (x.shape[0] - self.lengths[start:stop])[None, :]
+        if valid is not None:
+            x = compact(x, valid)
+        return np.ascontiguousarray(x, dtype=dtype)
 
     def chunks(
         self, size: int, dtype
@@ -116,6 +131,35 @@ class InputSource:
             stop = min(start + size, self.n_sequences)
             lengths = None if self.lengths is None else self.lengths[start:stop]
             yield start, self.read(start, stop, dtype), lengths
+
+
+def step_mask(x_tbd: np.ndarray, mask_value: float) -> np.ndarray:
+    """(T, B) True where a step is valid: Keras' ``Masking`` keeps a step unless
+    every feature equals ``mask_value``."""
+    return np.any(x_tbd != mask_value, axis=-1)
+
+
+def compact(x_tbd: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Each sequence's valid steps moved to the front in order, zeros after them.
+
+    Keras skips a masked step by carrying h and c over it, so the states at the
+    valid steps are those of an LSTM run over the valid steps alone: the
+    compacted sequence with lengths = the number of valid steps.
+    """
+    order = np.argsort(~valid, axis=0, kind="stable")  # (T, B): valid steps first
+    out = np.take_along_axis(np.asarray(x_tbd), order[..., None], axis=0)
+    keep = np.take_along_axis(valid, order, axis=0)
+    return np.where(keep[..., None], out, 0).astype(out.dtype, copy=False)
+
+
+def _mask_lengths(source: "InputSource", chunk: int = 1024) -> np.ndarray:
+    """Valid steps per sequence under ``source.mask_value``, streamed over chunks."""
+    counts = []
+    for start in range(0, source.n_sequences, chunk):
+        stop = min(start + chunk, source.n_sequences)
+        block = source.array[start:stop] if _batch_axis(source.layout) == 0 else source.array[:, start:stop]
+        counts.append(step_mask(to_time_major(np.asarray(block), source.layout), source.mask_value).sum(axis=0))
+    return np.concatenate(counts).astype(np.int64)
 
 
 def _load_array(path: Path, what: str) -> np.ndarray:
@@ -163,12 +207,21 @@ def _check_numeric(array: np.ndarray, path) -> tuple[np.ndarray, tuple[str, ...]
 
 def load_inputs(
     path: str | Path, layout: str = "btd", lengths_path: str | Path | None = None, model=None,
+    padding: str | None = None, mask: bool = False,
 ) -> InputSource:
     """Open an input file (.npy memory-mapped, or .npz) in ``layout``.
 
     Without ``lengths_path``, a ``model`` whose file fixes the lengths
     (``LSTMModel.sequence_lengths``, an ONNX constant ``sequence_lens``) gives them.
+    ``padding="pre"`` (Keras ``pad_sequences``' default): the lengths count the
+    *last* steps. ``mask``: the lengths and valid steps are Keras' mask, every
+    step whose features are all the model's ``mask_value`` (0 by default) being
+    masked; masked steps may be anywhere.
     """
+    if padding not in (None, "pre", "post"):
+        raise InputError(f"unknown padding {padding!r}; choose pre or post")
+    if mask and lengths_path is not None:
+        raise InputError("--mask derives the lengths from the inputs' masked steps; drop --lengths", lengths_path)
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     path = Path(path)
@@ -187,6 +240,27 @@ def load_inputs(
             )
         source.lengths = fixed
         source.notes = source.notes + ("lengths: the model file's sequence_lens (--lengths overrides them)",)
+    masking = getattr(model, "masking", None)
+    if mask:
+        source.mask_value = float(getattr(model, "mask_value", None) or 0.0)
+        lengths = _mask_lengths(source)
+        empty = int((lengths == 0).sum())
+        source.lengths = np.maximum(lengths, 1)
+        source.notes = source.notes + (
+            f"mask: steps whose features all equal {source.mask_value:g} are masked, as Keras' Masking does; "
+            "each sequence's valid steps are moved to the front (Keras carries h and c over masked steps)"
+            + (f"; {empty} sequences are fully masked (one zero step kept)" if empty else ""),
+        )
+    elif padding == "pre":
+        source.padding = "pre"
+        if source.lengths is None:
+            raise InputError("--padding pre needs --lengths (or --mask): which steps are padding", path)
+        source.notes = source.notes + ("padding pre: each sequence's last `lengths` steps are its valid steps",)
+    if masking and not mask and source.lengths is None:
+        source.notes = source.notes + (
+            f"the model declares masking ({masking}) but no mask was given: padded steps are run as data; "
+            "pass --mask (or --lengths with --padding pre|post)",
+        )
     return source
 
 

@@ -662,6 +662,18 @@ def _stackable(entries: list[Entry], containers: dict[int, list[dict]]) -> bool:
     return True
 
 
+def declared_masking(entry: Entry, containers: dict[int, list[dict]]) -> tuple[str | None, float | None]:
+    """A ``Masking`` or ``Embedding(mask_zero=True)`` before the first LSTM, in its model."""
+    for cfg in containers[entry.container][: entry.index]:
+        cls, inner = cfg.get("class_name"), cfg.get("config", {}) or {}
+        if cls == "Masking":
+            value = float(inner.get("mask_value", 0.0))
+            return f"Masking(mask_value={value:g})", value
+        if cls == "Embedding" and inner.get("mask_zero"):
+            return "Embedding(mask_zero=True)", None
+    return None, None
+
+
 def _select(entries: list[Entry], containers, options) -> list[Entry]:
     if not entries:
         raise ModelError("no LSTM layer in the model config")
@@ -716,6 +728,12 @@ def _load(path: Path, options) -> LSTMModel:
         source.close()
     if source.keras_version:
         notes.append(f"saved by Keras {source.keras_version}")
+    masking, mask_value = declared_masking(chosen[0], containers)
+    if masking:
+        notes.append(
+            f"the model masks its inputs ({masking}): Keras skips masked steps, carrying h and c over them; "
+            "pass --mask (steps whose features all equal the mask value) or --lengths with --padding pre|post"
+        )
     return LSTMModel(
         layers=tuple(layers),
         name=chosen[0].name if len(chosen) == 1 else _layer_name(source.config),
@@ -724,4 +742,6 @@ def _load(path: Path, options) -> LSTMModel:
         stored_gate_order="ifco",
         input_layout="btd",
         notes=tuple(notes),
+        masking=masking,
+        mask_value=mask_value,
     )

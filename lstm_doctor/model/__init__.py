@@ -272,6 +272,10 @@ class LSTMModel:
     # Valid length of each sequence when the file fixes them (an ONNX constant
     # ``sequence_lens``): the run's lengths unless the user gives --lengths.
     sequence_lengths: tuple[int, ...] | None = None
+    # The masking the file declares in front of the LSTM (Keras ``Masking`` or an
+    # ``Embedding(mask_zero=True)``), e.g. "Masking(mask_value=0)"; None when none.
+    masking: str | None = None
+    mask_value: float | None = None  # Masking's mask_value (inputs are features, not token ids)
 
     def __post_init__(self):
         layers = tuple(self.layers)
