@@ -273,9 +273,10 @@ def test_array_wrapper_claiming_a_huge_array(tmp_path, monkeypatch):
     import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
     import joblib
 
+    from lstm_doctor.capture import budget
+
     joblib.dump([np.ones((8, 8), np.float32)], tmp_path / "h.pkl")
-    monkeypatch.setattr(safepickle, "MAX_ARRAY_BYTES", 100)
-    with pytest.raises(ModelError, match="limit"):
+    with budget.reading(100), pytest.raises(ModelError, match="over the 100 B allowed by --max-memory"):
         safepickle.load_file(tmp_path / "h.pkl")
 
 

@@ -14,10 +14,13 @@ budget does not swap; they are not exact accounting.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 
-from lstm_doctor.errors import UserError
+from lstm_doctor.errors import ModelError, UserError
 
 DEFAULT_FRACTION = 0.5  # of physical memory, when --max-memory is not given
 FALLBACK_BYTES = 4 << 30  # when the physical memory cannot be read
@@ -27,6 +30,8 @@ CHUNK_VALUES_PER_H = 26  # i f g o c h (6H) + preact, input/recurrent/peephole t
 SAMPLE_VALUES_PER_H = 18  # SAMPLE_FIELDS kept: input_term, recurrent_term, preact (3 × 4H) + i f g o c h (6H)
 TRACE_VALUES_PER_H = 10  # h c i f g o (6H) + preact (4H)
 STATS_FLOAT64_PER_TH = 24  # streaming reducers: float64 arrays of shape (T, H)
+
+MAX_LIMIT = 1 << 60  # a --max-memory beyond this is a typo, not a machine
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -49,10 +54,14 @@ def parse_size(text: str | int | None) -> int:
         return default_limit()
     if isinstance(text, int):
         return text
+    shown = text if len(text) <= 40 else text[:37] + "..."
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", text.upper())
     if not m or float(m.group(1)) <= 0:
-        raise UserError(f"--max-memory {text!r}: expected a size such as 2GB, 512MB or 1.5G")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+        raise UserError(f"--max-memory {shown!r}: expected a size such as 2GB, 512MB or 1.5G")
+    value = float(m.group(1)) * _UNITS[m.group(2)]
+    if not math.isfinite(value) or value > MAX_LIMIT:
+        raise UserError(f"--max-memory {shown!r}: larger than any machine ({human(MAX_LIMIT)} at most)")
+    return int(value)
 
 
 def human(n: float) -> str:
@@ -143,3 +152,79 @@ def sequence_bytes(model, T: int, values_per_h: int, with_inputs: bool = False) 
 def sequences_within(budget_bytes: int, per_sequence: int, requested: int) -> int:
     """``requested`` sequences, or fewer (at least 1) when they would pass ``budget_bytes``."""
     return int(max(1, min(requested, budget_bytes // max(per_sequence, 1))))
+
+
+# ---------------------------------------------------------------------------
+# The budget of the readers: declared sizes are checked before allocating.
+#
+# ``load_model`` (and the input readers) run inside ``reading(max_memory)``.
+# Every reader asks an ``Allowance`` for the bytes a file declares (an array's
+# shape × itemsize, a zip member's uncompressed size, a pickle's bytes) before
+# it allocates them; the allowance sums what one file has taken and refuses,
+# with a one-line ``ModelError``, once the sum passes the limit.
+
+_READ_LIMIT: ContextVar[int | None] = ContextVar("lstm_doctor_read_limit", default=None)
+_READ_SOURCE: ContextVar[str] = ContextVar("lstm_doctor_read_source", default="")
+
+
+@contextmanager
+def reading(max_memory: str | int | None):
+    """Readers called inside this block refuse files declaring more than ``max_memory``."""
+    limit = parse_size(max_memory)
+    token = _READ_LIMIT.set(limit)
+    source = _READ_SOURCE.set("--max-memory" if max_memory else "the default --max-memory")
+    try:
+        yield limit
+    finally:
+        _READ_LIMIT.reset(token)
+        _READ_SOURCE.reset(source)
+
+
+def read_limit() -> int:
+    """Bytes one file may make a reader allocate (``--max-memory``, else the default)."""
+    limit = _READ_LIMIT.get()
+    return default_limit() if limit is None else limit
+
+
+class BudgetError(ModelError):
+    """A file declares more than ``--max-memory`` allows: refused before reading.
+
+    Format sniffers let it through (the file is too big whatever its format).
+    """
+
+
+class Allowance:
+    """The bytes one file's reader has allocated so far, against ``read_limit()``."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit = read_limit() if limit is None else limit
+        self.used = 0
+
+    def take(self, nbytes: int, what: str) -> None:
+        """Count ``nbytes`` for ``what``; refuse before allocating when over the limit."""
+        nbytes = int(nbytes)
+        if nbytes < 0:
+            raise ModelError(f"{what} declares a negative size")
+        if self.used + nbytes > self.limit:
+            source = _READ_SOURCE.get() or "the default --max-memory"
+            raise BudgetError(
+                f"{what} declares {human(nbytes)}, over the {human(self.limit)} allowed by {source} "
+                "(refused before reading)"
+            )
+        self.used += nbytes
+
+
+def check_declared(nbytes: int, what: str) -> None:
+    """One declared size against the read limit (``Allowance`` for a running total)."""
+    Allowance().take(nbytes, what)
+
+
+def declared_bytes(shape, itemsize: int) -> int:
+    """shape × itemsize as a Python int (no overflow), refusing negative dimensions."""
+    n = int(itemsize)
+    for s in shape:
+        s = int(s)
+        if s < 0:
+            raise ModelError(f"a declared shape {tuple(shape)} has a negative dimension")
+        n *= s
+    return n

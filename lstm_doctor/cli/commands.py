@@ -129,13 +129,14 @@ def trace(model, inputs, layout, lengths, padding, mask, out, steps, units, mode
 @click.argument("model", type=click.Path())
 @model_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def inspect_command(model, model_format, preset, layer_prefix, layer_name, trust_pickle, fmt):
+@max_memory_option
+def inspect_command(model, model_format, preset, layer_prefix, layer_name, trust_pickle, fmt, max_memory):
     """Describe MODEL: layers, directions, D, H, gate order, activations, peepholes, parameter statistics."""
     from lstm_doctor.jobs.inspect import InspectOptions, execute
 
     run_job(execute, InspectOptions(
         model=model, model_format=model_format, preset=preset, layer_prefix=layer_prefix,
-        layer_name=layer_name, trust_pickle=trust_pickle, format=fmt,
+        layer_name=layer_name, trust_pickle=trust_pickle, format=fmt, max_memory=max_memory,
     ))
 
 

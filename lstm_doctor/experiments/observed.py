@@ -51,6 +51,7 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,26 +97,45 @@ class Observation:
         return None if self.final else int(self.h.shape[0])
 
 
-def load_observation(path: str, model: LSTMModel, n_sequences: int, T: int) -> Observation:
-    """Read ``--observed FILE`` and orient it against the model and the inputs."""
+def load_observation(path: str, model: LSTMModel, n_sequences: int, T: int, *, max_memory=None) -> Observation:
+    """Read ``--observed FILE`` and orient it against the model and the inputs.
+
+    The file is read like every input (``lstm_doctor.load.npyfile``): a regular
+    file only, plain numeric arrays (``layout`` may be a string), and every
+    declared size (an .npz member's, an .npy header's) checked against
+    ``max_memory`` before anything is inflated.
+    """
+    from lstm_doctor.capture import budget
+    from lstm_doctor.load import check_readable_file
+    from lstm_doctor.load.npyfile import load_npy, load_npz
+
     p = Path(path)
-    if not p.is_file():
-        raise UserError("--observed: no such file", path)
     try:
-        data = np.load(p, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
-        raise UserError(f"--observed: not a .npy/.npz array file ({exc.__class__.__name__})", path) from None
+        check_readable_file(p)
+    except UserError as exc:
+        raise UserError(f"--observed: {exc.problem}", path) from None
     c = units = layout = None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            if "h" not in data.files:
-                raise UserError(f"--observed: the .npz has no array 'h' (it has {', '.join(data.files)})", path)
-            h = np.asarray(data["h"])
-            c = np.asarray(data["c"]) if "c" in data.files else None
-            units = np.asarray(data["units"]).astype(np.int64).reshape(-1) if "units" in data.files else None
-            layout = str(data["layout"]) if "layout" in data.files else None
-    else:
-        h = np.asarray(data)
+    try:
+        with budget.reading(max_memory):
+            if zipfile.is_zipfile(p):
+                data = load_npz(p, ("h", "c", "units", "layout"), strings=("layout",))
+                if "h" not in data:
+                    raise UserError("--observed: the .npz has no array 'h'", path)
+                h, c, units, layout = data["h"], data.get("c"), data.get("units"), data.get("layout")
+            else:
+                h = load_npy(p)
+    except UserError as exc:
+        if exc.problem.startswith("--observed"):
+            raise
+        raise UserError(f"--observed: {exc.problem}", path) from None
+    if units is not None:
+        if units.dtype.kind not in "iu":
+            raise UserError(f"--observed: 'units' has dtype {units.dtype}; expected integer unit indices", path)
+        units = units.astype(np.int64).reshape(-1)
+    if layout is not None:
+        if layout.dtype.kind not in "US" or layout.size != 1:
+            raise UserError("--observed: 'layout' must be one string, btd or tbd", path)
+        layout = str(layout.reshape(-1)[0])[:20]
     return make_observation(h, model, n_sequences, T, c=c, units=units, layout=layout, path=str(path))
 
 

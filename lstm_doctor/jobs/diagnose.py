@@ -113,6 +113,7 @@ def open_inputs(options: DiagnoseOptions, model):
     return load_inputs(
         options.inputs, options.layout or model.input_layout, options.lengths, model=model,
         padding=options.padding, mask=options.mask,
+        max_memory=options.max_memory,
     )
 
 
@@ -211,7 +212,9 @@ def attach_differential(options: DiagnoseOptions, model, result) -> None:
         if not options.inputs:
             raise UserError("--observed needs --inputs: the inputs your code produced the trace from")
 
-        observation = load_observation(options.observed, model, result.n_sequences, result.T)
+        observation = load_observation(
+            options.observed, model, result.n_sequences, result.T, max_memory=options.max_memory
+        )
         result.observed = search_capture(result, observation)
     if options.gradients:
         from lstm_doctor.experiments.gradients import analyze_gradients

@@ -21,11 +21,12 @@ class ModelSelection:
     layer_prefix: str | None = None  # torch/lasagne: the submodule whose LSTM to load
     layer_name: str | None = None  # keras/onnx: the LSTM layer or node
     trust_pickle: bool = False  # allow arbitrary pickles (runs code from the file!)
+    max_memory: str | None = None  # --max-memory: sizes the file declares are checked against it before reading
 
     def load_options(self) -> LoadOptions:
         return LoadOptions(
             preset=self.preset, layer_prefix=self.layer_prefix, layer_name=self.layer_name,
-            trust_pickle=self.trust_pickle,
+            trust_pickle=self.trust_pickle, max_memory=self.max_memory,
         )
 
 

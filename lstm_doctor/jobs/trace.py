@@ -100,6 +100,7 @@ def execute(options: TraceOptions) -> int:
     source = load_inputs(
         options.inputs, options.layout or model.input_layout, options.lengths, model=model,
         padding=options.padding, mask=options.mask,
+        max_memory=options.max_memory,
     )
     check_against_model(source, model.D)
     from lstm_doctor.capture.budget import check_trace

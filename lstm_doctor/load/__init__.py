@@ -10,6 +10,7 @@ which format the weights came from.
 from __future__ import annotations
 
 import importlib
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class LoadOptions:
     layer_prefix: str | None = None  # torch: which submodule's LSTM
     trust_pickle: bool = False  # allow arbitrary pickles (executes code!)
     layer_name: str | None = None  # keras/onnx: which LSTM layer or node
+    max_memory: str | int | None = None  # --max-memory: declared sizes are checked against it before reading
 
 
 def _importer(fmt: str):
@@ -51,19 +53,27 @@ def available_formats() -> list[str]:
 
 
 def check_readable_file(path: Path, *, allow_dir: bool = False) -> Path:
-    """Fail with a one-line ``UserError`` unless ``path`` can be read."""
+    """Fail with a one-line ``UserError`` unless ``path`` is a readable regular file (or folder).
+
+    Anything else is refused before it is opened: opening a FIFO blocks until a
+    writer appears (forever), and a device can stream without end.
+    """
     try:
-        exists = path.exists()
-    except OSError as exc:  # symlink loop, name too long, ...
+        st = path.stat()
+    except FileNotFoundError:
+        raise UserError("no such file", path) from None
+    except OSError as exc:  # symlink loop, name too long, permission ...
         raise UserError(f"cannot access: {exc.strerror or exc}", path) from None
-    if not exists:
-        raise UserError("no such file", path)
-    if path.is_dir() and not allow_dir:
-        raise UserError("is a directory, expected a file", path)
+    if stat.S_ISDIR(st.st_mode):
+        if not allow_dir:
+            raise UserError("is a directory, expected a file", path)
+        return path
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        raise UserError(f"is {kind}, not a regular file (refused: reading it could block or never end)", path)
     try:
-        if path.is_file():
-            with open(path, "rb") as fh:
-                fh.read(1)
+        with open(path, "rb") as fh:
+            fh.read(1)
     except OSError as exc:
         raise UserError(f"cannot read: {exc.strerror or exc}", path) from None
     return path
@@ -74,6 +84,10 @@ def detect_format(path: Path) -> str:
         try:
             if _importer(fmt).sniff(path):
                 return fmt
+        except UserError as exc:  # e.g. a declared size over --max-memory: too big whatever the format
+            if exc.path is None:
+                raise type(exc)(exc.problem, path) from None
+            raise
         except (OSError, ValueError, RuntimeError, OverflowError, SyntaxError, zipfile.BadZipFile):
             # a sniffer choking on a damaged file (h5py raises RuntimeError): not this format
             continue
@@ -90,8 +104,15 @@ def load_model(
     options: LoadOptions | None = None,
 ) -> LSTMModel:
     """Load any supported model file (or native directory) as an ``LSTMModel``."""
+    from lstm_doctor.capture import budget
+
     path = check_readable_file(Path(path), allow_dir=True)
     options = options or LoadOptions()
+    with budget.reading(options.max_memory):
+        return _load(path, model_format, options)
+
+
+def _load(path: Path, model_format: str | None, options: LoadOptions) -> LSTMModel:
     fmt = model_format or detect_format(path)
     if fmt not in available_formats():
         raise UserError(

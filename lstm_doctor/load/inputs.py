@@ -14,7 +14,6 @@ of sequences at a time, so memory does not grow with the number of sequences.
 
 from __future__ import annotations
 
-import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Iterator
 import numpy as np
 
 from lstm_doctor.choices import LAYOUTS
-from lstm_doctor.errors import InputError
+from lstm_doctor.errors import InputError, UserError
 from lstm_doctor.load import check_readable_file
+from lstm_doctor.load.npyfile import load_npy, load_npz, npz_names
 
 PROBES = ("normal", "uniform", "zeros")
 
@@ -163,34 +163,31 @@ def _mask_lengths(source: "InputSource", chunk: int = 1024) -> np.ndarray:
 
 
 def _load_array(path: Path, what: str) -> np.ndarray:
+    """An .npy (memory-mapped, its header checked against the file's size) or one array of an .npz.
+
+    Every declared size is checked before reading (``lstm_doctor.load.npyfile``):
+    an .npz member is inflated only when its size fits the budget.
+    """
     check_readable_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                keys = list(npz.files)
-                if not keys:
-                    raise InputError(f"the .npz holds no array (expected the {what})", path)
-                key = next((k for k in ("x", "inputs", "X", what) if k in keys), None)
-                if key is None:
-                    if len(keys) != 1:
-                        raise InputError(
-                            f"the .npz holds {len(keys)} arrays ({', '.join(keys[:6])}); "
-                            "name the inputs 'x'",
-                            path,
-                        )
-                    key = keys[0]
-                return npz[key]
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except InputError:
-        raise
-    except ValueError as exc:
-        text = str(exc)
-        if "allow_pickle" in text:
-            text = "holds Python objects (a pickle), not a numeric array"
-        raise InputError(f"not a readable {what} array: {text}", path) from None
-    except (OSError, EOFError, OverflowError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError) as exc:
-        # SyntaxError / TokenError: numpy parses a .npy header with ast and tokenize
+            keys = npz_names(path)
+            if not keys:
+                raise InputError(f"the .npz holds no array (expected the {what})", path)
+            key = next((k for k in ("x", "inputs", "X", what) if k in keys), None)
+            if key is None:
+                if len(keys) != 1:
+                    shown = ", ".join(k[:40] for k in keys[:6])
+                    raise InputError(f"the .npz holds {len(keys)} arrays ({shown}); name the inputs 'x'", path)
+                key = keys[0]
+            return load_npz(path, [key])[key]
+        return load_npy(path, mmap=True)
+    except UserError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"not a readable {what} array: {exc.problem}", path) from None
+    except (OSError, EOFError, OverflowError, ValueError, zipfile.BadZipFile) as exc:
         raise InputError(f"not a readable {what} array: {type(exc).__name__}: {exc}", path) from None
 
 
@@ -207,7 +204,7 @@ def _check_numeric(array: np.ndarray, path) -> tuple[np.ndarray, tuple[str, ...]
 
 def load_inputs(
     path: str | Path, layout: str = "btd", lengths_path: str | Path | None = None, model=None,
-    padding: str | None = None, mask: bool = False,
+    padding: str | None = None, mask: bool = False, *, max_memory=None,
 ) -> InputSource:
     """Open an input file (.npy memory-mapped, or .npz) in ``layout``.
 
@@ -217,7 +214,15 @@ def load_inputs(
     *last* steps. ``mask``: the lengths and valid steps are Keras' mask, every
     step whose features are all the model's ``mask_value`` (0 by default) being
     masked; masked steps may be anywhere.
+    Sizes the files declare are checked against ``max_memory`` (``--max-memory``) before reading.
     """
+    from lstm_doctor.capture import budget
+
+    with budget.reading(max_memory):
+        return _load_inputs(path, layout, lengths_path, model, padding, mask)
+
+
+def _load_inputs(path, layout: str, lengths_path, model, padding, mask) -> InputSource:
     if padding not in (None, "pre", "post"):
         raise InputError(f"unknown padding {padding!r}; choose pre or post")
     if mask and lengths_path is not None:

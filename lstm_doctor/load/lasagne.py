@@ -45,8 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_doctor.capture.budget import BudgetError
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.load import safepickle
+from lstm_doctor.load.npyfile import load_npz, npz_names
 from lstm_doctor.load.tweet2vec import preset_activations
 from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
 from lstm_doctor.model.activations import get_activation
@@ -75,11 +77,7 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".p", ".joblib", ".npy", ".gz", ".z", ".bz
 
 def _read(path: Path, trust: bool):
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                return {name: npz[name] for name in npz.files}
-        except (ValueError, zipfile.BadZipFile, EOFError) as exc:
-            raise ModelError(f"not a readable .npz: {exc}") from None
+        return load_npz(path)  # each member's declared size checked before it is inflated
     return safepickle.load_file(path, trust=trust)
 
 
@@ -134,8 +132,7 @@ def sniff(path: Path) -> bool:
         return False
     if path.suffix == ".npz":
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                return any(name.endswith(ANCHOR) for name in npz.files)
+            return any(name.endswith(ANCHOR) for name in npz_names(path))
         except (ValueError, OSError, zipfile.BadZipFile, EOFError):
             return False
     if path.suffix not in PICKLE_SUFFIXES or not safepickle.looks_like_pickle(path):
@@ -144,6 +141,8 @@ def sniff(path: Path) -> bool:
         obj = safepickle.load_file(path)
     except safepickle.UnsafePickleError:
         return path.suffix != ".npy"  # a refused pickle: load() names the refusal
+    except BudgetError:
+        raise  # too big whatever its format: say so, not "unknown format"
     except ModelError:
         return False
     if _find_lstm_layers(obj):

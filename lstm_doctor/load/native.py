@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from lstm_doctor.errors import ConfigError, ModelError
+from lstm_doctor.load.npyfile import load_npz
 from lstm_doctor.model import (
     Activations,
     Layer,
@@ -88,13 +89,11 @@ def _allowed(table: dict, allowed: set[str], where: str, path: Path):
         )
 
 
-def open_npz(path: Path):
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The weights .npz, each member's declared size checked against the budget first."""
     if not path.is_file():
         raise ModelError("weights file not found", path)
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelError(f"not a readable .npz: {exc}", path) from None
+    return load_npz(path)
 
 
 def load(path: Path, options) -> LSTMModel:
@@ -128,16 +127,7 @@ def load(path: Path, options) -> LSTMModel:
     if not isinstance(layer_specs, list) or not layer_specs:
         raise ConfigError("[[layers]] must be a non-empty array of tables", spec_file)
 
-    with open_npz(weights_path) as npz:
-        try:
-            arrays = {name: npz[name] for name in npz.files}
-        except ValueError as exc:
-            text = str(exc)
-            if "allow_pickle" in text:
-                text = "holds Python objects (a pickle), not numeric arrays"
-            raise ModelError(f"not a readable .npz: {text}", weights_path) from None
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise ModelError(f"not a readable .npz: {exc}", weights_path) from None
+    arrays = read_npz(weights_path)
     multi = len(layer_specs) > 1
     layers = []
     for k, lspec in enumerate(layer_specs):

@@ -40,22 +40,39 @@ import lzma
 import math
 import os
 import pickle
+import re
+import reprlib
 import struct
 import types
 import zlib
 from collections import OrderedDict
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from lstm_doctor.capture.budget import Allowance, declared_bytes, read_limit
 from lstm_doctor.errors import ModelError
 
-# Refuse single arrays and decompressed streams beyond these sizes (bytes): a
-# malformed or hostile header must not make us allocate without bound.
-MAX_ARRAY_BYTES = 4 << 30
-MAX_DECOMPRESSED_BYTES = 8 << 30
+# Every size a pickle declares (arrays, bytearrays, the bytes its opcodes read,
+# decompressed data) is counted against the read budget (``--max-memory``,
+# ``capture.budget.read_limit``) before it is allocated.
 _CHUNK = 16 << 20
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def safe_repr(obj: Any) -> str:
+    """A bounded repr for messages: a pickle can share one list 48 levels deep,
+    whose full repr would be 2**48 characters long."""
+    try:
+        text = _REPR.repr(obj)
+    except Exception:  # a stand-in or array whose repr fails: its type is enough
+        text = f"<{type(obj).__name__}>"
+    return text if len(text) <= 120 else text[:117] + "..."
 
 TRUST_HINT = "pass --trust-pickle only if you trust this file (loading it may run code)"
 
@@ -196,14 +213,172 @@ def as_array(obj) -> np.ndarray | None:
 # Safe replacements for the few callables pickles legitimately use
 
 
+# Plain builtin dtypes only: a code such as '<f4' (bool, ints, floats, complex,
+# or object for joblib's nested lists). A structured dtype can place a field at
+# any offset inside (or far outside) its item, so copying such an array reads
+# and writes outside its buffer: no fields, offsets or subarrays ever.
+_DTYPE_CODE = re.compile(r"[<>|=]?(?:b1|\?|[iu][1248]|f[248]|c(?:8|16)|O[48]?|[bhilqBHILQefdgFD])")
+_PLAIN_KINDS = "biufcO"
+
+
+def check_dtype(dtype, what: str = "an array") -> np.dtype:
+    """``dtype`` if it is a plain builtin dtype, else ``UnsafePickleError``."""
+    if not isinstance(dtype, np.dtype):
+        raise UnsafePickleError(f"{what} has dtype {safe_repr(dtype)}, not a NumPy dtype")
+    if (
+        dtype.fields is not None
+        or dtype.subdtype is not None
+        or dtype.kind not in _PLAIN_KINDS
+        or dtype.itemsize != np.dtype(dtype.str).itemsize
+        or dtype.metadata
+    ):
+        raise UnsafePickleError(
+            f"{what} has dtype {safe_repr(dtype.descr if dtype.fields else dtype)}: only plain "
+            "numeric dtypes (a code like '<f4', no fields, offsets or subarrays) are read"
+        )
+    return dtype
+
+
+def check_array(array: np.ndarray, what: str = "an array") -> np.ndarray:
+    """A loaded array's dtype, shape and strides: plain dtype, contiguous (C or F), its own memory."""
+    check_dtype(array.dtype, what)
+    if array.size and not (array.flags.c_contiguous or array.flags.f_contiguous):
+        raise UnsafePickleError(f"{what} of shape {array.shape} has strides {array.strides}: not contiguous")
+    return array
+
+
+def _shape(shape, what: str) -> tuple[int, ...]:
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, tuple) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise UnsafePickleError(f"{what} has shape {safe_repr(shape)}, not a tuple of integers")
+    if len(shape) > 32 or any(s < 0 for s in shape):
+        raise UnsafePickleError(f"{what} has shape {safe_repr(shape)}")
+    return shape
+
+
+_ALLOWANCE: ContextVar[Allowance | None] = ContextVar("lstm_doctor_pickle_allowance", default=None)
+
+
+def _take(nbytes: int, what: str) -> None:
+    """Count bytes the pickle makes us allocate, against the read budget of this load."""
+    allowance = _ALLOWANCE.get()
+    if allowance is None:
+        allowance = Allowance()
+        _ALLOWANCE.set(allowance)
+    allowance.take(nbytes, what)
+
+
+def _safe_dtype(obj, align=False, copy=True):
+    """``numpy.dtype(code, align, copy)`` for a plain code; always a fresh copy.
+
+    (``copy=True`` matters: a later BUILD sets the state of the object made
+    here, which must never be NumPy's shared builtin dtype.)
+    """
+    if isinstance(obj, bytes):
+        obj = obj.decode("latin1")
+    if not isinstance(obj, str) or not _DTYPE_CODE.fullmatch(obj):
+        raise UnsafePickleError(
+            f"the pickle builds numpy.dtype({safe_repr(obj)}): only plain numeric dtype codes such as '<f4' are read"
+        )
+    return check_dtype(np.dtype(obj, align=False, copy=True), "a dtype")
+
+
+def _set_dtype_state(dtype: np.dtype, state) -> None:
+    """BUILD of a dtype: only its byte order may be set, the rest must be NumPy's own."""
+    ok = (
+        isinstance(state, tuple)
+        and len(state) in (8, 9)
+        and state[0] in (2, 3, 4)
+        and state[1] in ("<", ">", "|", "=")
+        and state[2] is None and state[3] is None and state[4] is None
+        and state[5] == -1 and state[6] == -1
+        and (len(state) == 8 or state[8] is None)
+    )
+    if not ok:
+        raise UnsafePickleError(
+            f"the pickle sets a dtype's state to {safe_repr(state)}: only plain dtypes "
+            "(no fields, offsets, subarrays or item sizes) are read"
+        )
+    order = state[1]
+    if dtype.itemsize == 1 or dtype.kind == "O":
+        order = "|"
+    elif order == "|":
+        raise UnsafePickleError(f"the pickle gives a {dtype.itemsize}-byte dtype no byte order")
+    dtype.__setstate__((3, order, None, None, None, -1, -1, dtype.flags))
+
+
+def _set_array_state(array: np.ndarray, state) -> None:
+    """BUILD of an ndarray: shape, plain dtype and data checked, size counted first."""
+    if not (isinstance(state, tuple) and len(state) in (4, 5)):
+        raise UnsafePickleError(f"malformed array state {safe_repr(state)}")
+    if len(state) == 5:
+        version, shape, dtype, fortran, data = state
+        if version != 1:
+            raise UnsafePickleError(f"array state version {safe_repr(version)} is not read")
+    else:
+        shape, dtype, fortran, data = state
+    shape = _shape(shape, "an array")
+    check_dtype(dtype)
+    nbytes = declared_bytes(shape, dtype.itemsize)
+    _take(nbytes, f"an array of shape {shape}")
+    count = math.prod(shape)
+    if dtype.hasobject:
+        if not (isinstance(data, list) and len(data) == count):
+            raise UnsafePickleError(f"an object array of shape {shape} without its {count} items")
+    elif not (isinstance(data, (bytes, bytearray)) and len(data) == nbytes):
+        raise UnsafePickleError(f"an array of shape {shape} and dtype {dtype} without its {nbytes} bytes of data")
+    array.__setstate__((1, shape, dtype, bool(fortran), data))
+
+
 def _safe_reconstruct(subtype, shape, dtype):
-    if subtype is not np.ndarray:
-        raise UnsafePickleError(f"array reconstruction of a {subtype!r} subclass is not allowed")
-    dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
-        raise ModelError(f"an array of shape {tuple(shape)} exceeds the size limit")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    if subtype is not np.ndarray and subtype is not _safe_ndarray:
+        raise UnsafePickleError(f"array reconstruction of a {safe_repr(subtype)} subclass is not allowed")
+    shape = _shape(shape, "an array")
+    dtype = np.dtype("b") if dtype in (b"b", "b") else check_dtype(dtype)
+    _take(declared_bytes(shape, dtype.itemsize), f"an array of shape {shape}")
+    return np.zeros(shape, dtype)
+
+
+def _safe_ndarray(shape, dtype=float, buffer=None, offset=0, strides=None, order=None):
+    """``numpy.ndarray(shape, dtype)`` called by a pickle: zeros, counted; no buffer or strides."""
+    if buffer is not None or offset or strides is not None:
+        raise UnsafePickleError("the pickle calls numpy.ndarray with a buffer, offset or strides")
+    shape = _shape(shape, "numpy.ndarray")
+    dtype = check_dtype(np.dtype(dtype) if dtype is float else dtype, "numpy.ndarray")
+    _take(declared_bytes(shape, dtype.itemsize), f"numpy.ndarray of shape {shape}")
+    return np.zeros(shape, dtype, order="F" if order == "F" else "C")
+
+
+def _safe_scalar(dtype, obj=None):
+    check_dtype(dtype, "a scalar")
+    if dtype.hasobject:
+        return obj
+    if not (isinstance(obj, bytes) and len(obj) == dtype.itemsize):
+        raise UnsafePickleError(f"a {dtype} scalar without its {dtype.itemsize} bytes")
+    return np.frombuffer(obj, dtype=dtype, count=1)[0]
+
+
+def _safe_frombuffer(buf, dtype, shape, order):
+    """NumPy's protocol-5 array path: bytes, plain dtype, shape checked against the data."""
+    check_dtype(dtype)
+    shape = _shape(shape, "an array")
+    nbytes = declared_bytes(shape, dtype.itemsize)
+    data = memoryview(buf).cast("B") if not isinstance(buf, (bytes, bytearray)) else buf
+    if len(data) != nbytes:
+        raise UnsafePickleError(f"an array of shape {shape} and dtype {dtype} without its {nbytes} bytes of data")
+    _take(nbytes, f"an array of shape {shape}")
+    array = np.frombuffer(bytes(data), dtype=dtype)
+    return array.reshape(shape, order="F" if order == "F" else "C").copy(order="K")
+
+
+def _safe_bytearray(*args):
+    """``bytearray(data)``; ``bytearray(n)`` only within the budget (bytearray(6e9) is 24 bytes of pickle)."""
+    if args and isinstance(args[0], int):
+        _take(max(args[0], 0), f"bytearray({args[0]})")
+    if args and isinstance(args[0], str):
+        _take(len(args[0]), "a bytearray")
+    return bytearray(*args)
 
 
 def _safe_copyreg_reconstructor(cls, base, state):
@@ -227,23 +402,18 @@ def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
-    # np._core in NumPy 2, np.core in NumPy 1 (legacy Theano environments); the
-    # paths below cover the pickles of both.
-    package = getattr(np, "_core", None)
-    if package is None or not hasattr(package, "multiarray"):
-        package = np.core
-    core = package.multiarray
-    numeric = package.numeric
+    # np._core in NumPy 2, np.core in NumPy 1 (legacy Theano environments): the
+    # pickles of both name these paths; none of NumPy's own callables is handed out.
     out = {}
     for pkg in ("numpy.core", "numpy._core"):
         out[(f"{pkg}.multiarray", "_reconstruct")] = _safe_reconstruct
-        out[(f"{pkg}.multiarray", "scalar")] = core.scalar
-        out[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer
-    out[("numpy", "ndarray")] = np.ndarray
-    out[("numpy", "dtype")] = np.dtype
-    out[("numpy", "memmap")] = np.ndarray  # only ever a subclass tag (joblib)
-    out[("numpy.core.memmap", "memmap")] = np.ndarray
-    out[("numpy._core.memmap", "memmap")] = np.ndarray
+        out[(f"{pkg}.multiarray", "scalar")] = _safe_scalar
+        out[(f"{pkg}.numeric", "_frombuffer")] = _safe_frombuffer
+    out[("numpy", "ndarray")] = _safe_ndarray
+    out[("numpy", "dtype")] = _safe_dtype
+    out[("numpy", "memmap")] = _safe_ndarray  # only ever a subclass tag (joblib)
+    out[("numpy.core.memmap", "memmap")] = _safe_ndarray
+    out[("numpy._core.memmap", "memmap")] = _safe_ndarray
     return out
 
 
@@ -253,7 +423,7 @@ SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "complex"): complex,
     ("builtins", "slice"): slice,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _safe_bytearray,
     ("builtins", "object"): object,  # only usable through _safe_copyreg_reconstructor
     ("collections", "OrderedDict"): OrderedDict,
     ("copyreg", "_reconstructor"): _safe_copyreg_reconstructor,
@@ -263,6 +433,28 @@ SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 
 # ---------------------------------------------------------------------------
 # joblib's array wrappers
+
+
+# The attributes joblib's wrappers pickle, and nothing else: a state that set
+# ``read`` (or any other name) would shadow the wrapper's own methods.
+_WRAPPER_FIELDS = {
+    "subclass": object, "shape": (tuple, list), "order": str, "dtype": np.dtype, "allow_mmap": bool,
+    "numpy_array_alignment_bytes": (int, type(None)), "filename": (str, bytes), "init_args": tuple,
+    "state": tuple, "mmap_mode": (str, type(None)),
+}
+
+
+def _wrapper_state(state) -> dict:
+    if not isinstance(state, dict):
+        raise ModelError("malformed joblib array wrapper")
+    for key, value in state.items():
+        kind = _WRAPPER_FIELDS.get(key) if isinstance(key, str) else None
+        if kind is None or not isinstance(value, kind):
+            raise UnsafePickleError(
+                f"a joblib array wrapper with field {safe_repr(key)} = {safe_repr(value)}, "
+                "which joblib does not write"
+            )
+    return state
 
 
 class _JoblibArrayWrapper:
@@ -275,17 +467,11 @@ class _JoblibArrayWrapper:
     numpy_array_alignment_bytes = None  # absent in joblib <= 1.1 files
 
     def __setstate__(self, state):
-        if not isinstance(state, dict):
-            raise ModelError("malformed joblib array wrapper")
-        self.__dict__.update(state)
+        self.__dict__.update(_wrapper_state(state))
 
     def read(self, unpickler: "RestrictedUnpickler") -> np.ndarray:
-        dtype = self.dtype
-        if not isinstance(dtype, np.dtype):
-            raise ModelError(f"joblib array wrapper has dtype {dtype!r}")
-        shape = tuple(int(s) for s in self.shape)
-        if any(s < 0 for s in shape):
-            raise ModelError(f"joblib array has negative shape {shape}")
+        dtype = check_dtype(self.dtype, "a joblib array")
+        shape = _shape(tuple(self.shape), "a joblib array")
         fh = unpickler.file_handle
         if dtype.hasobject:
             # joblib pickles object arrays as a nested pickle: same restrictions.
@@ -297,7 +483,9 @@ class _JoblibArrayWrapper:
             if padding[0]:
                 fh.read(padding[0])
         count = math.prod(shape)
-        data = _read_exact(fh, count * dtype.itemsize)
+        nbytes = declared_bytes(shape, dtype.itemsize)
+        _take(nbytes, f"a joblib array of shape {shape}")
+        data = _read_exact(fh, nbytes)
         array = np.frombuffer(data, dtype=dtype, count=count).copy()
         if self.order == "F":
             array = array.reshape(shape[::-1]).transpose()
@@ -313,16 +501,14 @@ class _JoblibLegacyWrapper:
     subclass = np.ndarray
 
     def __setstate__(self, state):
-        if not isinstance(state, dict):
-            raise ModelError("malformed joblib array wrapper")
-        self.__dict__.update(state)
+        self.__dict__.update(_wrapper_state(state))
 
     def companion(self, unpickler: "RestrictedUnpickler") -> Path:
         name = self.filename
         if isinstance(name, bytes):
             name = name.decode("latin1")
         if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
-            raise ModelError(f"joblib companion file name {name!r} is not a plain file name")
+            raise ModelError(f"joblib companion file name {safe_repr(name)} is not a plain file name")
         if unpickler.context.folder is None:
             raise ModelError("this joblib file keeps its arrays in companion files; load it by path")
         return unpickler.context.folder / name
@@ -330,7 +516,9 @@ class _JoblibLegacyWrapper:
     def read(self, unpickler: "RestrictedUnpickler") -> np.ndarray:
         path = self.companion(unpickler)
         try:
-            array = np.load(path, allow_pickle=False)
+            from lstm_doctor.load.npyfile import load_npy
+
+            array = load_npy(path)
         except FileNotFoundError:
             raise ModelError(f"joblib companion file {path.name} is missing") from None
         except ValueError as exc:
@@ -354,7 +542,7 @@ class _JoblibZLegacyWrapper(_JoblibLegacyWrapper):
                 data = _read_zfile(fh)
         except FileNotFoundError:
             raise ModelError(f"joblib companion file {path.name} is missing") from None
-        array.__setstate__(self.state + (data,))
+        _set_array_state(array, self.state + (data,))
         return _native(array)
 
 
@@ -409,20 +597,39 @@ def _find_class(context: _Context, module: str, name: str, fallback: Callable):
     )
 
 
-class RestrictedUnpickler(pickle._Unpickler):
-    """``pickle``'s unpickler with a restricted ``find_class`` and two hooks.
+# The one use of pickle's private API, kept here and tested by
+# tests/test_attack_pickles.py::test_the_pickle_adapter_still_intercepts_build:
+# the pure-Python unpickler (which joblib's own loader also subclasses), whose
+# dispatch table lets BUILD be replaced. The C unpickler has no such hook.
+_PurePythonUnpickler = pickle._Unpickler
+_BUILD = pickle.BUILD[0]
 
-    It is the pure-Python ``pickle._Unpickler`` (which joblib's own loader
-    also subclasses) rather than the C one, because ``BUILD`` needs a hook:
 
-    - joblib writes each array's raw bytes into the stream right after the
-      ``BUILD`` of its wrapper; the hook reads them (as joblib's
-      ``NumpyUnpickler`` does) instead of letting joblib run;
-    - ``BUILD`` may only set the state of instances: a pickle must not set
-      attributes on the classes and functions ``find_class`` hands out.
+def _dispatch_with_build(load_build: Callable) -> dict:
+    """A copy of the pure-Python unpickler's opcode table, with BUILD replaced."""
+    dispatch = _PurePythonUnpickler.dispatch.copy()
+    if _BUILD not in dispatch:  # pragma: no cover - a Python whose pickle changed shape
+        raise RuntimeError("pickle._Unpickler has no BUILD handler: safepickle needs updating")
+    dispatch[_BUILD] = load_build
+    return dispatch
+
+
+class RestrictedUnpickler(_PurePythonUnpickler):
+    """``pickle``'s unpickler with a restricted ``find_class`` and its own BUILD.
+
+    BUILD (set an object's state) is where a pickle reaches inside the objects
+    ``find_class`` handed out, so it only applies to:
+
+    - inert stand-ins (their ``__setstate__`` stores the state, nothing else);
+    - arrays and dtypes, with the state validated first (plain dtype, shape,
+      exactly the data's bytes, the size counted against the budget);
+    - joblib's wrappers, with only the fields joblib writes; the array's raw
+      bytes follow in the stream and are read here, as joblib's own
+      ``NumpyUnpickler`` does, instead of letting joblib run.
+
+    Anything else (a class, a function, an ``OrderedDict`` whose state would
+    shadow its methods) is refused unless the file is trusted.
     """
-
-    dispatch = pickle._Unpickler.dispatch.copy()
 
     def __init__(self, file, context: _Context | None = None, persistent_load=None):
         super().__init__(file, encoding="latin1")
@@ -439,25 +646,70 @@ class RestrictedUnpickler(pickle._Unpickler):
         return self._persistent_load(pid)
 
     def load_build(self):
-        target = self.stack[-2] if len(self.stack) >= 2 else None
-        if isinstance(target, (type, types.FunctionType, types.BuiltinFunctionType)) and not (
-            self.context.trust
-        ):
-            raise UnsafePickleError(
-                f"the pickle sets attributes of {getattr(target, '__name__', target)!s}, "
-                f"not of an instance; {TRUST_HINT}"
-            )
-        pickle._Unpickler.load_build(self)
+        if len(self.stack) < 2:
+            raise ModelError("malformed pickle: BUILD with nothing to build")
+        state, target = self.stack[-1], self.stack[-2]
+        if isinstance(target, (PickledObject, _JoblibArrayWrapper, _JoblibLegacyWrapper)) or self.context.trust:
+            _PurePythonUnpickler.load_build(self)  # their __setstate__ validates or stores
+        elif type(target) is np.ndarray:
+            self.stack.pop()
+            _set_array_state(target, state)
+        elif isinstance(target, np.dtype):
+            self.stack.pop()
+            _set_dtype_state(target, state)
+        elif type(target) is OrderedDict and _plain_attributes(OrderedDict, state):
+            self.stack.pop()  # torch's state_dict carries ``_metadata`` this way
+            target.__dict__.update(state)
+        else:
+            what = getattr(target, "__name__", None) if isinstance(target, (type, types.FunctionType)) else None
+            kind = f"of {what}, not of an instance" if what else f"of a {type(target).__name__}"
+            raise UnsafePickleError(f"the pickle sets attributes {kind}, which restricted loading refuses; {TRUST_HINT}")
         top = self.stack[-1]
         if isinstance(top, (_JoblibArrayWrapper, _JoblibLegacyWrapper)):
             self.stack[-1] = top.read(self)
 
-    dispatch[pickle.BUILD[0]] = load_build
+    dispatch = _dispatch_with_build(load_build)
+
+
+def _plain_attributes(cls: type, state) -> bool:
+    """A dict of new attribute names: none of them shadows something ``cls`` defines."""
+    return isinstance(state, dict) and all(
+        isinstance(k, str) and not k.startswith("__") and not hasattr(cls, k) for k in state
+    )
+
+
+class _BoundedStream:
+    """The pickle stream, read in pieces of at most ``_CHUNK`` bytes.
+
+    A pickle opcode may declare a length (BINBYTES8 of 6e9): the unpickler
+    then asks for that many bytes at once, and a buffered file object would
+    allocate them all before finding that the file is short. Served in pieces,
+    a read allocates no more than the data that is really there (and a
+    decompressed stream is capped at the budget).
+    """
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = read_limit() + 1
+        if n <= _CHUNK:
+            return self._inner.read(n)
+        parts, left = [], n
+        while left > 0:
+            chunk = self._inner.read(min(left, _CHUNK))
+            if not chunk:
+                break
+            parts.append(chunk)
+            left -= len(chunk)
+        return b"".join(parts)
+
+    def readline(self, size=-1):
+        return self._inner.readline(_CHUNK if size is None or size < 0 else min(size, _CHUNK))
 
 
 def _read_exact(fh, nbytes: int) -> bytes:
-    if nbytes > MAX_ARRAY_BYTES:
-        raise ModelError(f"an array of {nbytes} bytes exceeds the {MAX_ARRAY_BYTES}-byte limit")
     parts, remaining = [], nbytes
     while remaining:
         chunk = fh.read(min(remaining, _CHUNK))
@@ -483,8 +735,7 @@ def _read_zfile(fh) -> bytes:
         length = int(header[2:], 16)
     except ValueError:
         raise ModelError("malformed joblib z-file header") from None
-    if length > MAX_DECOMPRESSED_BYTES:
-        raise ModelError(f"compressed data claims {length} bytes, over the limit")
+    _take(length, "joblib z-file data")
     rest = fh.read()
     if rest[:1] == b" ":  # joblib <= 0.8.4 wrote one more header byte
         rest = rest[1:]
@@ -519,8 +770,8 @@ class _DecompressReader(io.RawIOBase):
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         self._total += n
-        if self._total > MAX_DECOMPRESSED_BYTES:
-            raise ModelError("decompressed data exceeds the size limit")
+        if self._total > read_limit():
+            raise ModelError(f"decompressed data exceeds the {read_limit()}-byte --max-memory")
         return n
 
 
@@ -536,8 +787,8 @@ class _CappedReader(io.RawIOBase):
         data = self._inner.read(len(b))
         b[: len(data)] = data
         self._total += len(data)
-        if self._total > MAX_DECOMPRESSED_BYTES:
-            raise ModelError("decompressed data exceeds the size limit")
+        if self._total > read_limit():
+            raise ModelError(f"decompressed data exceeds the {read_limit()}-byte --max-memory")
         return len(data)
 
 
@@ -594,12 +845,20 @@ _READ_ERRORS = (
 
 
 def _run(loader: Callable[[], Any]):
+    """Run one load with its own allowance; any reading error becomes one line."""
+    token = _ALLOWANCE.set(Allowance())
     try:
         return loader()
     except ModelError:
         raise
+    except RecursionError:
+        raise ModelError("not a readable pickle: nested too deeply") from None
     except _READ_ERRORS as exc:
-        raise ModelError(f"not a readable pickle: {type(exc).__name__}: {exc}") from None
+        text = str(exc)
+        text = text if len(text) <= 200 else text[:197] + "..."
+        raise ModelError(f"not a readable pickle: {type(exc).__name__}: {text}") from None
+    finally:
+        _ALLOWANCE.reset(token)
 
 
 def load_file(path: str | Path, *, trust: bool = False) -> Any:
@@ -613,7 +872,7 @@ def load_file(path: str | Path, *, trust: bool = False) -> Any:
 
     def loader():
         with open(path, "rb") as raw:
-            stream = _open_stream(raw)
+            stream = _BoundedStream(_open_stream(raw))
             return RestrictedUnpickler(stream, context).load()
 
     return _run(loader)
@@ -629,5 +888,7 @@ def loads(
     """Unpickle ``data`` with the restrictions, plus ``extra_globals``."""
     context = _Context(trust=trust, extra_globals=extra_globals)
     return _run(
-        lambda: RestrictedUnpickler(io.BytesIO(data), context, persistent_load).load()
+        lambda: RestrictedUnpickler(
+            _BoundedStream(io.BytesIO(data)), context, persistent_load
+        ).load()
     )

@@ -40,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
+from lstm_doctor.capture.budget import Allowance, declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.load import safepickle
 from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
-MAX_STORAGE_BYTES = safepickle.MAX_ARRAY_BYTES
 MAX_SAFETENSORS_HEADER = 100 << 20
 MAX_PICKLE_BYTES = 100 << 20  # data.pkl holds structure only; the data is in storages
 KEY_RE = re.compile(r"^(?P<prefix>.*)weight_ih(?:_l(?P<k>\d+)(?P<rev>_reverse)?)?$")
@@ -169,6 +169,9 @@ def _strided(storage: np.ndarray, offset, size, stride) -> np.ndarray:
         raise ModelError(f"malformed tensor (size {size}, stride {stride}, offset {offset})")
     if math.prod(size) == 0:
         return np.zeros(size, storage.dtype)
+    # The copy below allocates size × itemsize whatever the storage holds: a
+    # stride of 0 makes one stored value a tensor of any declared size.
+    _ALLOWANCE.take(declared_bytes(size, storage.itemsize), f"a tensor of size {size}")
     last = offset + sum((s - 1) * st for s, st in zip(size, stride))
     if any(st < 0 for st in stride) or last >= storage.size:
         raise ModelError(
@@ -216,8 +219,32 @@ def _torch_globals() -> dict[tuple[str, str], Any]:
     return out
 
 
+class _Allowances:
+    """The running allowance of the checkpoint being read (storages and tensor copies)."""
+
+    current: Allowance | None = None
+
+    def take(self, nbytes: int, what: str) -> None:
+        (self.current or Allowance()).take(nbytes, what)
+
+
+_ALLOWANCE = _Allowances()
+
+
 def read_zip_checkpoint(path: Path, trust: bool = False) -> Any:
-    """A ``torch.save`` zip checkpoint read without torch: tensors become arrays."""
+    """A ``torch.save`` zip checkpoint read without torch: tensors become arrays.
+
+    Every storage's uncompressed size and every tensor's declared size are
+    counted against the read budget (``--max-memory``) before they are read.
+    """
+    _ALLOWANCE.current = Allowance()
+    try:
+        return _read_zip_checkpoint(path, trust)
+    finally:
+        _ALLOWANCE.current = None
+
+
+def _read_zip_checkpoint(path: Path, trust: bool) -> Any:
     with zipfile.ZipFile(path) as zf:
         pkl = _data_pkl(zf)
         if pkl is None:
@@ -231,18 +258,17 @@ def read_zip_checkpoint(path: Path, trust: bool = False) -> Any:
 
         def persistent_load(pid):
             if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-                raise ModelError(f"unexpected persistent id {pid!r:.60} in data.pkl")
+                raise ModelError(f"unexpected persistent id {safepickle.safe_repr(pid)} in data.pkl")
             _, storage_type, key, _location, numel = pid
             if not isinstance(storage_type, _StorageType):
-                raise ModelError(f"unknown storage type {storage_type!r:.60}")
+                raise ModelError(f"unknown storage type {safepickle.safe_repr(storage_type)}")
             key = str(key)
             if key not in storages:
                 member = f"{root}data/{key}"
                 if member not in names:
                     raise ModelError(f"storage {member} is missing from the checkpoint")
                 info = zf.getinfo(member)
-                if info.file_size > MAX_STORAGE_BYTES:
-                    raise ModelError(f"storage {member} has {info.file_size} bytes, over the limit")
+                _ALLOWANCE.take(info.file_size, f"storage {member}")
                 storages[key] = _decode(zf.read(member), storage_type.dtype, byteorder)
             return storages[key]
 
@@ -275,16 +301,12 @@ _ST_DTYPES = {
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of a ``.safetensors`` file (``safetensors.numpy`` when installed)."""
-    if importlib.util.find_spec("safetensors") is not None:
-        from safetensors.numpy import load_file
+    """All tensors of a ``.safetensors`` file, read here (the format is simple; the
+    ``safetensors`` package, when installed, is used only by the tests to check this).
 
-        try:
-            return load_file(path)
-        except TypeError:
-            pass  # a dtype NumPy lacks (bfloat16): the reader below widens it
-        except Exception as exc:  # safetensors raises its own SafetensorError
-            raise ModelError(f"not a readable .safetensors file: {exc}") from None
+    Every entry's offsets must lie in the file and match its declared shape,
+    and its size is counted against the read budget before it is read.
+    """
     return _read_safetensors_here(path)
 
 
@@ -305,6 +327,7 @@ def _read_safetensors_here(path: Path) -> dict[str, np.ndarray]:
             raise ModelError("safetensors header is not a JSON object")
         out = {}
         base = 8 + n
+        allowance = Allowance()
         for name, info in header.items():
             if name == "__metadata__":
                 continue
@@ -313,10 +336,16 @@ def _read_safetensors_here(path: Path) -> dict[str, np.ndarray]:
                 shape = tuple(int(s) for s in info["shape"])
                 begin, end = (int(v) for v in info["data_offsets"])
             except (KeyError, TypeError, ValueError):
-                raise ModelError(f"safetensors entry {name!r} is malformed") from None
+                raise ModelError(f"safetensors entry {safepickle.safe_repr(name)} is malformed") from None
             itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
-            if end - begin != math.prod(shape) * itemsize or begin < 0 or base + end > size:
-                raise ModelError(f"safetensors entry {name!r} has inconsistent offsets")
+            if (
+                any(s < 0 for s in shape)
+                or end - begin != math.prod(shape) * itemsize
+                or begin < 0
+                or base + end > size
+            ):
+                raise ModelError(f"safetensors entry {safepickle.safe_repr(name)} has inconsistent offsets")
+            allowance.take(2 * (end - begin), f"safetensors entry {safepickle.safe_repr(name)}")
             fh.seek(base + begin)
             out[name] = _decode(fh.read(end - begin), dtype, "little").reshape(shape)
         return out
@@ -394,6 +423,13 @@ def read_tensors(path: Path, trust: bool = False) -> tuple[dict[str, np.ndarray]
     """
     if path.suffix == ".safetensors":
         return read_safetensors(path), {}
+    if not trust and _is_torch_zip(path):
+        # The project's own reader: only tensors are rebuilt, nothing of torch is imported.
+        try:
+            return _flatten(read_zip_checkpoint(path, trust), None), {}
+        except zipfile.BadZipFile as exc:
+            raise ModelError(f"a damaged zip checkpoint: {exc}") from None
+    # A legacy (torch < 1.6) file, or --trust-pickle (a pickled module needs torch's classes).
     torch = _torch()
     if torch is not None:
         obj = _torch_load(path, torch, trust)
@@ -582,4 +618,9 @@ def load(path: Path, options) -> LSTMModel:
     others = {p: e for p, e in groups.items() if p != prefix}
     if others:
         model = model.with_notes(f"loaded {_show(prefix)}; the file also holds " + _describe(tensors, others))
+    if path.suffix != ".safetensors" and (options.trust_pickle or not _is_torch_zip(path)):
+        why = "--trust-pickle (a pickled module needs torch's classes)" if options.trust_pickle else (
+            "a legacy (torch < 1.6) file, which the project's own reader does not read"
+        )
+        model = model.with_notes(f"read with torch.load: {why}")
     return model

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_doctor.capture.budget import BudgetError
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.load import safepickle
 from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
@@ -97,6 +98,8 @@ def sniff(path: Path) -> bool:
         arrays = _array_list(safepickle.load_file(path))
     except safepickle.UnsafePickleError:
         return True  # let load() report the refusal and --trust-pickle
+    except BudgetError:
+        raise  # too big whatever its format: say so, not "unknown format"
     except ModelError:
         return False
     if arrays is None or len(arrays) not in (N_LSTM, N_LSTM + N_CONV):
