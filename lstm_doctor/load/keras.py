@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from lstm_doctor.capture.budget import check_declared, declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.model import (
     Activations,
@@ -148,6 +149,8 @@ def _json(text: bytes | str, what: str) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ModelError(f"{what} is JSON nested too deeply to be a model config") from None
 
 
 def _member(zf: zipfile.ZipFile, name: str, limit: int) -> zipfile.ZipInfo:
@@ -452,9 +455,20 @@ def _dataset(obj, what: str) -> np.ndarray:
     h5py = _h5py()
     if not isinstance(obj, h5py.Dataset):
         raise ModelError(f"{what} is not a dataset")
-    nbytes = int(np.prod(obj.shape, dtype=np.int64)) * obj.dtype.itemsize
+    # Reading outside the model: an HDF5 dataset may keep its bytes in external
+    # files or map other files' datasets (virtual): either could read any file
+    # on the machine (/etc/passwd as a recurrent kernel). Refused, as the ONNX
+    # reader refuses external data outside its folder.
+    if obj.external:
+        raise ModelError(f"{what} keeps its data in external files ({obj.external[0][0]!s:.80}): refused")
+    if obj.is_virtual:
+        raise ModelError(f"{what} is a virtual dataset (its data lives in other files): refused")
+    nbytes = declared_bytes(obj.shape, obj.dtype.itemsize)
     if nbytes > MAX_DATASET_BYTES:
         raise ModelError(f"{what} has {nbytes} bytes, over the {MAX_DATASET_BYTES}-byte limit")
+    # Counted before reading: an unwritten dataset (fill value only) costs no
+    # disk but reads as its full declared size.
+    check_declared(nbytes, what)
     if obj.dtype.kind not in "fiu":
         raise ModelError(f"{what} has dtype {obj.dtype}, expected floats")
     return np.asarray(obj[()])
@@ -701,13 +715,40 @@ def load(path: Path, options) -> LSTMModel:
         return _load(path, options)
     except zipfile.BadZipFile as exc:
         raise ModelError(f"a damaged .keras archive: {exc}") from None
+    except RecursionError:  # a RuntimeError too, but the cause is the JSON, not the HDF5
+        raise ModelError("the Keras config is nested too deeply to be a model") from None
     except RuntimeError as exc:  # h5py reports damaged HDF5 structures so
         raise ModelError(f"damaged HDF5 data: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _check_config_shape(config: Any) -> None:
+    """Every ``"config"`` in the architecture is an object (or a legacy list of layers).
+
+    Walked without recursion, so a deeply nested file cannot exhaust the stack.
+    """
+    stack, seen = [(config, "the config")], 0
+    while stack:
+        node, where = stack.pop()
+        seen += 1
+        if seen > 1_000_000:
+            raise ModelError("the Keras config has over a million entries")
+        if isinstance(node, dict):
+            if "config" in node and not isinstance(node["config"], (dict, list)):
+                kind = "null" if node["config"] is None else type(node["config"]).__name__
+                name = node.get("class_name")
+                name = name[:60] if isinstance(name, str) else "a layer"
+                raise ModelError(f'the "config" of {name} is {kind}, expected an object')
+            stack.extend((v, where) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, where) for v in node)
+    if not isinstance(config, dict):
+        raise ModelError(f"the Keras config is a {type(config).__name__}, expected an object")
 
 
 def _load(path: Path, options) -> LSTMModel:
     source = open_source(path)
     try:
+        _check_config_shape(source.config)
         entries, containers = walk(source.config)
         chosen = _select(entries, containers, options)
         major, version_note = keras_major(source)

@@ -288,16 +288,17 @@ def load(path: Path, options) -> LSTMModel:
     layers = _find_lstm_layers(obj)
     if layers:
         if len(layers) > 1:
-            names = [layer.get("name") for layer in layers]
+            names = [n if isinstance(n, str) else None for n in (layer.get("name") for layer in layers)]
             if options.layer_name is None or options.layer_name not in names:
                 raise ModelError(
                     f"{len(layers)} LSTMLayers in the pickle ("
-                    + ", ".join(repr(n) for n in names)
+                    + ", ".join(safepickle.safe_repr(n) for n in names)
                     + "); choose one with --layer-name"
                 )
             layers = [layers[names.index(options.layer_name)]]
         named, acts, backwards, notes = _from_layer(layers[0])
-        name = layers[0].get("name") or name
+        stored = layers[0].get("name")
+        name = stored if isinstance(stored, str) and stored else name  # a pickle may store anything here
         prefix = ""
     else:
         found = _named_from(obj)

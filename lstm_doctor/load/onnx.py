@@ -37,10 +37,12 @@ reason, and each node can be diagnosed on its own with ``--layer-name``.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
+from lstm_doctor.capture.budget import check_declared, declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.model import (
     Activations,
@@ -103,7 +105,8 @@ class Graph:
             itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"tensor {tensor.name!r} has an unsupported data type") from None
-        nbytes = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+        nbytes = declared_bytes(tensor.dims, itemsize)
+        check_declared(nbytes, f"tensor {tensor.name[:60]!r}")
         if nbytes > MAX_TENSOR_BYTES:
             raise ModelError(f"tensor {tensor.name!r} has {nbytes} bytes, over the {MAX_TENSOR_BYTES}-byte limit")
         if external_data_helper.uses_external_data(tensor):
@@ -114,8 +117,25 @@ class Graph:
                     f"tensor {tensor.name!r} points to external data {location!r}, "
                     "not a plain file name beside the model"
                 )
-            external_data_helper.load_external_data_for_tensor(tensor, str(self.folder))
+            self._check_external(tensor.name, self.folder / location)
+            try:
+                external_data_helper.load_external_data_for_tensor(tensor, str(self.folder))
+            except self.onnx.checker.ValidationError as exc:  # onnx's own refusal (a symlink, ...)
+                text = str(exc).splitlines()[0][:160] if str(exc) else "refused"
+                raise ModelError(f"tensor {tensor.name!r}: external data {location!r} refused ({text})") from None
         return numpy_helper.to_array(tensor)
+
+    @staticmethod
+    def _check_external(name: str, ext: Path) -> None:
+        """External data must be a regular file beside the model, not a link out of its folder."""
+        try:
+            st = os.lstat(ext)
+        except FileNotFoundError:
+            raise ModelError(f"tensor {name!r}: its external data file {ext.name} is missing") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise ModelError(f"tensor {name!r}: its external data file {ext.name} is a symbolic link: refused")
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"tensor {name!r}: its external data file {ext.name} is not a regular file: refused")
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of a tensor when the graph fixes it, else None."""
