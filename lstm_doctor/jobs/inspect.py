@@ -164,7 +164,6 @@ def render_text(description: dict) -> str:
 @dataclass(kw_only=True)
 class InspectOptions(ModelSelection):
     format: str = "text"  # text | json
-    max_memory: str | None = None  # declared sizes in the file are checked against it before reading
 
 
 def execute(options: InspectOptions) -> int:
