@@ -677,3 +677,35 @@ def test_check_with_exit_zero_says_what_it_found_in_text_and_concise(tmp_path):
     assert "fixed: 0 root causes, 1 info, exit 0" in concise
     strict = check(invoke("check", "--config", config, "--format", "concise"), 1).stdout.splitlines()
     assert strict[-1].endswith(", exit 1")
+
+
+def _finding(code, severity, gate=None, explains=None, **evidence):
+    if explains:
+        evidence["explains"] = explains
+    return {"code": code, "severity": severity, "message": f"{code} message: details", "fix": f"Fix {code}; more.",
+            "location": {"layer": 0, "direction": "fwd", "gate": gate, "units": None, "steps": None},
+            "evidence": evidence}
+
+
+def test_the_diagnosis_sentence_names_the_worst_symptom_present():
+    from lstm_doctor.report.diagnosis import diagnosis
+
+    def report(*findings):
+        counts = {sev: sum(f["severity"] == sev for f in findings) for sev in ("error", "warning", "info")}
+        return {"findings": list(findings), "summary": {**counts, "exit_code": 0, "headline": None},
+                "config": {"fail_on": "error"}, "inputs": None}
+
+    cell = _finding("C401", "error", "c", max_abs_c=255.0, slope_second_half=0.99)
+    cause = _finding("W101", "error", "U", explains=["C401"], matrix="U", drift=6.4,
+                     gates={"i": {"mean": 0.1, "std": 0.05}})
+    d = diagnosis(report(cause, cell))
+    assert d["sentence"].startswith("the cell state grows without bound: max |c| 255") and "(C401)" in d["sentence"]
+    assert [rc["code"] for rc in d["root_causes"]] == ["W101"] and d["explained"][0]["code"] == "C401"
+    assert d["root_causes"][0]["fix"] == "Fix W101"  # the fix's first clause
+    only_warning = diagnosis(report(_finding("I504", "warning", "x", step_correlation=0.0, feature_correlation=0.8)))
+    assert only_warning["sentence"].startswith("no errors, 1 warning; first: I504")
+    assert [rc["code"] for rc in only_warning["root_causes"]] == ["I504"]
+    # a rule whose evidence has another shape falls back to the message's first clause
+    odd = diagnosis(report(_finding("S301", "warning", "f", share="n/a")))
+    assert odd["groups"][0]["locations"][0]["key"]
+    assert diagnosis(report())["healthy"]

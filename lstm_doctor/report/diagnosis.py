@@ -236,12 +236,15 @@ def _headline_sentence(report: dict, groups: list[dict], findings: list[dict]) -
         )
     if "H602" in by_code:
         return False, "the encoding does not respond to its inputs (H602)"
+    def key(code: str) -> str:
+        return key_number(findings[by_code[code]["locations"][0]["finding"]])
+
     if "I501" in by_code:
-        return False, f"the output cannot depend on the input: {key_number(findings[by_code['I501']['locations'][0]['finding']])} (I501)"
+        return False, f"the output cannot depend on the input: {key('I501')} (I501)"
     if "C401" in by_code:
-        return False, f"the cell state grows without bound: {key_number(findings[by_code['C401']['locations'][0]['finding']])} (C401)"
+        return False, f"the cell state grows without bound: {key('C401')} (C401)"
     if "S301" in by_code and by_code["S301"]["severity"] == "error":
-        return False, f"the gates are stuck: {key_number(findings[by_code['S301']['locations'][0]['finding']])} (S301)"
+        return False, f"the gates are stuck: {key('S301')} (S301)"
     top = groups[0]
     first = findings[top["locations"][0]["finding"]]
     if s.get("error", 0) == 0:
