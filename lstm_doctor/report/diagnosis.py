@@ -104,6 +104,11 @@ def _key_s301(ev: dict, loc: dict) -> str:
     return f"gate {loc.get('gate')} {_g(ev.get('share'), '.0%')} saturated ({side}){pinned}"
 
 
+def _key_c401(ev: dict, loc: dict) -> str:
+    slope = ev.get("slope", ev.get("slope_second_half"))  # the name changed with the calibrated rule
+    return f"max |c| {_g(ev.get('max_abs_c'), '.3g')}" + (f", growing {slope:.2g} per step" if slope else "")
+
+
 def _key_i503(ev: dict, loc: dict) -> str:
     if ev.get("all_non_negative"):
         return f"all {ev.get('features')} features ≥ 0 ({_g(ev.get('zero_share'), '.0%')} exact zeros)"
@@ -121,9 +126,7 @@ KEYS = {
     "S301": _key_s301,
     "S302": lambda ev, loc: f"{_g(ev.get('share'), '.0%')} of h values at a bound",
     "S303": lambda ev, loc: f"{_g(ev.get('candidate_share'), '.0%')} of candidate values at ±1",
-    "C401": lambda ev, loc: (
-        f"max |c| {_g(ev.get('max_abs_c'), '.3g')}, growing {_g(ev.get('slope_second_half'), '.2g')} per step"
-    ),
+    "C401": _key_c401,
     "H601": lambda ev, loc: (
         f"mean pairwise cosine {_g(ev.get('mean_pairwise_cosine'), '.6f')} over {ev.get('sequences')} inputs"
     ),
