@@ -195,3 +195,15 @@ def test_i503_counts_get_their_own_advice():
     (f,) = i503(counts)
     assert f.evidence["input_kind"] == "bag-of-features"
     assert "log(1 + x)" in f.fix and "standardise indicator" in f.fix and "Standardise per feature" not in f.fix
+
+
+def test_h603_ignores_the_tail_of_one_long_sequence():
+    lengths = np.full(64, 40)
+    lengths[0] = 160
+    x = normal_inputs(D=D, T=160)
+    x[0, 40:] = 0.0  # the long one is fed zeros: it settles on a fixed point on its own
+    x[1:, 40:] = 0.0  # (padding)
+    analysis, cap = run(model(D, H, init="torch"), x, lengths=lengths)
+    st = cap.directions[(0, "fwd")]
+    assert st.max_dh_t[120:].max() / np.sqrt(H) < 1e-4  # the old H603 read "fixed from step ~100 for every sequence"
+    assert not found(analysis, "H603")
