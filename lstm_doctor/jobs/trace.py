@@ -51,16 +51,20 @@ def parse_steps(text: str | None, T: int) -> slice:
 def parse_units(text: str | None, H: int) -> np.ndarray | None:
     if not text:
         return None
-    out: list[int] = []
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    chosen = np.zeros(H, bool)  # bounded by H: a range such as 0-999999999 is checked, never expanded
     try:
         for part in text.split(","):
             a, sep, b = part.partition("-")
-            out.extend(range(int(a), int(b) + 1) if sep else [int(a)])
+            lo, hi = (int(a), int(b)) if sep else (int(a), int(a))
+            if lo < 0 or hi >= H or lo > hi:
+                raise UserError(f"--units {shown!r}: units must be in 0..{H - 1}")
+            chosen[lo : hi + 1] = True
     except ValueError:
-        raise UserError(f"--units {text!r}: expected a list such as 0,3,5-9") from None
-    units = np.array(sorted(set(out)))
-    if units.size == 0 or units.min() < 0 or units.max() >= H:
-        raise UserError(f"--units {text!r}: units must be in 0..{H - 1}")
+        raise UserError(f"--units {shown!r}: expected a list such as 0,3,5-9") from None
+    units = np.flatnonzero(chosen)
+    if units.size == 0:
+        raise UserError(f"--units {shown!r}: units must be in 0..{H - 1}")
     return units
 
 

@@ -1,0 +1,272 @@
+"""Attack suite, resources and containers: declared-size bombs under --max-memory 1GB,
+reading outside the model (HDF5 external/virtual storage, ONNX external data links),
+FIFOs, and options that would allocate without bound.
+
+Memory cases run in a subprocess under an address-space limit (RLIMIT_AS), so a
+failure cannot take the test runner down; each must exit 2 with one line naming the
+file, and the child's peak RSS (from wait4) must stay under the 1 GB budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import attack_factory as af
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET = 1 << 30
+ADDRESS_SPACE = 3 << 30  # room for Python + NumPy's own mappings; a bomb needs more than this
+
+
+def run_measured(*args, timeout=90):
+    """Like run_limited, with the child's own peak RSS (os.wait4)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    err_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"lstm-doctor-attack-{os.getpid()}.err"
+    with open(err_path, "wb") as err_fh:
+        pid = os.fork()
+        if pid == 0:  # the child: limit, redirect, exec
+            try:
+                resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+                os.dup2(err_fh.fileno(), 2)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.environ.update(env)
+                os.execv(sys.executable, [sys.executable, "-m", "lstm_doctor", *map(str, args)])
+            finally:
+                os._exit(127)
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.wait4(pid, 0)
+            pytest.fail(f"timed out: {args}")
+        time.sleep(0.05)
+    err = err_path.read_text("utf-8", "replace")
+    err_path.unlink()
+    return os.waitstatus_to_exitcode(status), err, usage.ru_maxrss * 1024
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def refused_under_budget(tmp_path, path, *args, needle=""):
+    before = snapshot(tmp_path)
+    code, err, rss = run_measured(*args, "--max-memory", "1GB")
+    line = err.strip()
+    assert code == 2, (code, err[-2000:])
+    assert "\n" not in line and "Traceback" not in line, line
+    assert str(path) in line and needle in line, line
+    assert rss < BUDGET, f"peak RSS {rss / 2**20:.0f} MB"
+    assert snapshot(tmp_path) == before
+    return line
+
+
+# ---------------------------------------------------------------------------
+# Declared-size bombs
+
+
+def test_a_24_byte_bytearray_pickle(tmp_path):
+    path = af.bytearray_bomb(tmp_path)
+    refused_under_budget(tmp_path, path, "inspect", path, "--model-format", "lasagne", needle="--max-memory")
+
+
+def test_a_1kb_lasagne_ndarray_pickle(tmp_path):
+    path = af.ndarray_bomb(tmp_path)
+    assert path.stat().st_size < 1024
+    refused_under_budget(tmp_path, path, "inspect", path, needle="--max-memory")
+
+
+def test_an_npz_that_inflates_past_the_budget(tmp_path):
+    """A deflated member of 1.2 GB of zeros in a file of ~1 MB: refused from its sizes, never inflated."""
+    path = tmp_path / "params.npz"
+    n = (1200 << 20) // 4
+    header = {"descr": "<f4", "fortran_order": False, "shape": (n,)}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("W_in_to_ingate.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+            zero = bytes(32 << 20)
+            for _ in range(n * 4 // len(zero)):
+                fh.write(zero)
+            fh.write(bytes(n * 4 % len(zero)))
+    assert path.stat().st_size < 20 << 20
+    refused_under_budget(tmp_path, path, "inspect", path, "--model-format", "lasagne", needle="--max-memory")
+
+
+def test_an_npz_header_declaring_more_than_its_member(tmp_path):
+    path = af.npz_bomb(tmp_path)
+    refused_under_budget(tmp_path, path, "inspect", path, "--model-format", "lasagne", needle="header declares")
+
+
+def test_a_zero_stride_torch_storage(tmp_path):
+    path = af.torch_zero_stride(tmp_path)
+    refused_under_budget(tmp_path, path, "inspect", path, needle="--max-memory")
+
+
+def test_a_safetensors_header_declaring_40_gb(tmp_path):
+    path = af.safetensors_header_bomb(tmp_path)
+    refused_under_budget(tmp_path, path, "inspect", path)
+
+
+def _native_model(folder: Path, D=3, H=4) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(folder / "weights.npz", W=rng.normal(size=(D, 4 * H)), U=rng.normal(size=(H, 4 * H)), b=np.zeros(4 * H))
+    (folder / "lstm.toml").write_text('[model]\nweights = "weights.npz"\n')
+    return folder
+
+
+def test_deflated_inputs_and_observed_npz(tmp_path):
+    model = _native_model(tmp_path / "m")
+    bomb = af.npz_declared_bomb(tmp_path, "x.npz")
+    refused_under_budget(tmp_path, bomb, "diagnose", model, "--inputs", bomb)
+    np.save(tmp_path / "ok.npy", np.zeros((2, 5, 3), np.float32))
+    obs = af.npz_declared_bomb(tmp_path, "obs.npz", shape=(100000, 1000, 4))
+    # the observed member is named x; rename it h
+    with zipfile.ZipFile(obs) as zf:
+        data = zf.read("x.npy")
+    obs.unlink()
+    with zipfile.ZipFile(obs, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("h.npy", data)
+    refused_under_budget(tmp_path, obs, "diagnose", model, "--inputs", tmp_path / "ok.npy", "--observed", obs)
+
+
+def test_trace_units_range_is_not_expanded(tmp_path):
+    model = _native_model(tmp_path / "m")
+    np.save(tmp_path / "x.npy", np.zeros((2, 5, 3), np.float32))
+    code, err, rss = run_measured(
+        "trace", model, "--inputs", tmp_path / "x.npy", "--out", tmp_path / "t.npz", "--units", "0-999999999",
+        "--max-memory", "1GB",
+    )
+    assert code == 2 and "0..3" in err and "\n" not in err.strip(), err
+    assert rss < BUDGET
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_max_memory_with_400_digits_is_one_line(tmp_path):
+    model = _native_model(tmp_path / "m")
+    code, err, _ = run_measured("inspect", model, "--max-memory", "9" * 400)
+    assert code == 2 and "--max-memory" in err and "\n" not in err.strip() and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------------------
+# Not a regular file
+
+
+def test_a_fifo_as_inputs_or_model_is_refused_without_blocking(tmp_path):
+    model = _native_model(tmp_path / "m")
+    fifo = tmp_path / "x.npy"
+    os.mkfifo(fifo)
+    code, err, _ = run_measured("diagnose", model, "--inputs", fifo, timeout=30)
+    assert code == 2 and str(fifo) in err and "FIFO" in err, err
+    fifo_model = tmp_path / "m.pt"
+    os.mkfifo(fifo_model)
+    code, err, _ = run_measured("inspect", fifo_model, timeout=30)
+    assert code == 2 and str(fifo_model) in err and "FIFO" in err, err
+
+
+# ---------------------------------------------------------------------------
+# Reading outside the model: HDF5 external storage and virtual datasets
+
+
+def _h5_weights(tmp_path: Path, how: str) -> Path:
+    h5py = pytest.importorskip("h5py")
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4)])
+    path = tmp_path / "m.h5"
+    model.save(path)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n" * 64)
+    with h5py.File(path, "r+") as f:
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and "recurrent" in n else None)
+        target = names[0]
+        shape, dtype = f[target].shape, f[target].dtype
+        del f[target]
+        if how == "external":
+            f.create_dataset(target, shape=shape, dtype=dtype, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+        else:
+            src = tmp_path / "src.h5"
+            with h5py.File(src, "w") as g:
+                g.create_dataset("d", data=np.frombuffer(secret.read_bytes()[: 4 * int(np.prod(shape))], "<f4").reshape(shape))
+            layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+            layout[...] = h5py.VirtualSource(str(src), "d", shape=shape)
+            f.create_virtual_dataset(target, layout)
+    return path
+
+
+@pytest.mark.parametrize("how, needle", [("external", "external"), ("virtual", "virtual")])
+def test_hdf5_external_and_virtual_storage_is_refused(tmp_path, how, needle):
+    path = _h5_weights(tmp_path, how)
+    code, err, _ = run_measured("inspect", path)
+    line = err.strip()
+    assert code == 2 and str(path) in line and needle in line and "\n" not in line, err
+
+
+def test_keras_configs_that_are_null_or_a_string(tmp_path):
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4)])
+    model.save(tmp_path / "m.keras")
+    for value in (None, "x"):
+        with zipfile.ZipFile(tmp_path / "m.keras") as zf:
+            members = {n: zf.read(n) for n in zf.namelist()}
+        cfg = json.loads(members["config.json"])
+        cfg["config"]["layers"][-1]["config"] = value
+        members["config.json"] = json.dumps(cfg).encode()
+        bad = tmp_path / f"bad_{value}.keras"
+        with zipfile.ZipFile(bad, "w") as zf:
+            for n, d in members.items():
+                zf.writestr(n, d)
+        code, err, _ = run_measured("inspect", bad)
+        assert code == 2 and str(bad) in err and "\n" not in err.strip() and "Traceback" not in err, err
+    deep = dict(members)
+    deep["config.json"] = ("[" * 100000 + "]" * 100000).encode()
+    bad = tmp_path / "deep.keras"
+    with zipfile.ZipFile(bad, "w") as zf:
+        for n, d in deep.items():
+            zf.writestr(n, d)
+    code, err, _ = run_measured("inspect", bad)
+    assert code == 2 and "nested too deeply" in err and "HDF5" not in err, err
+
+
+def test_onnx_external_data_through_a_symlink_is_one_line(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    D, H = 3, 2
+    rng = np.random.default_rng(0)
+    W = numpy_helper.from_array(rng.normal(size=(1, 4 * H, D)).astype(np.float32), "W")
+    R = numpy_helper.from_array(rng.normal(size=(1, 4 * H, H)).astype(np.float32), "R")
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=H)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 1, D])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], [W, R],
+    )
+    model = helper.make_model(graph)
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    onnx.save_model(model, folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="w.bin", size_threshold=0)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes((folder / "w.bin").read_bytes())
+    (folder / "w.bin").unlink()
+    (folder / "w.bin").symlink_to(secret)
+    code, err, _ = run_measured("inspect", folder / "m.onnx")
+    line = err.strip()
+    assert code == 2 and str(folder / "m.onnx") in line and "symbolic link" in line and "\n" not in line, err
