@@ -192,7 +192,7 @@ def read_texts(path: str | Path, text_field: str = "text") -> TextRecords:
             else:
                 try:
                     value = json.loads(text)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # nested too deeply: not a text record
                     records.skip("not_json", number)
                     continue
                 _take(records, number, value, seen_keys)
@@ -219,6 +219,8 @@ def _read_json(raw: bytes, path: Path, text_field: str, seen_keys: set) -> TextR
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply to be a list of texts", path) from None
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list)]
         hint = f" (it is an object; its lists: {', '.join(lists[:6])})" if lists else " (it is an object)"

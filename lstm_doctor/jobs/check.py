@@ -137,6 +137,10 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError("config file not found", path) from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read the config: {exc}", path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read the config: not UTF-8 text (byte {exc.start})", path) from None
+    except RecursionError:
+        raise ConfigError("cannot read the config: nested too deeply", path) from None
 
 
 def _section(path: Path) -> dict:
@@ -322,6 +326,8 @@ def load_baseline(path: str) -> set[tuple]:
         raise UserError("baseline not found (write one with --write-baseline)", path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read the baseline: {exc}", path) from None
+    except RecursionError:
+        raise UserError("cannot read the baseline: JSON nested too deeply", path) from None
     if not isinstance(data, dict):
         raise UserError("not an lstm-doctor baseline, check output or report", path)
     kind = data.get("kind")

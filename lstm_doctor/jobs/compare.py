@@ -128,6 +128,8 @@ def load_report(path: str) -> dict:
         raise UserError("file not found", path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"not a JSON report: {exc}", path) from None
+    except RecursionError:
+        raise UserError("not a JSON report: JSON nested too deeply", path) from None
     if isinstance(data, dict) and data.get("kind") == "lstm-doctor-check":
         if len(data.get("models", [])) != 1:
             raise UserError(f"a check output with {len(data.get('models', []))} models: compare one report", path)
