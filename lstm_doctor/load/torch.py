@@ -237,6 +237,7 @@ def read_zip_checkpoint(path: Path, trust: bool = False) -> Any:
     Every storage's uncompressed size and every tensor's declared size are
     counted against the read budget (``--max-memory``) before they are read.
     """
+    refuse_torchscript(path, trust)
     _ALLOWANCE.current = Allowance()
     try:
         return _read_zip_checkpoint(path, trust)
@@ -389,13 +390,18 @@ def is_torchscript(path: Path) -> bool:
     )
 
 
+def refuse_torchscript(path: Path, trust: bool) -> None:
+    """A TorchScript archive holds code, which runs when it loads: only with --trust-pickle."""
+    if not trust and is_torchscript(path):
+        raise ModelError(
+            "a TorchScript archive (torch.jit.save): loading it runs its code; pass --trust-pickle "
+            "if you trust the file, or save the module's state_dict() instead"
+        )
+
+
 def _torch_load(path: Path, torch, trust: bool):
     if is_torchscript(path):
-        if not trust:
-            raise ModelError(
-                "a TorchScript archive (torch.jit.save): loading it runs its code; pass --trust-pickle "
-                "if you trust the file, or save the module's state_dict() instead"
-            )
+        refuse_torchscript(path, trust)
         try:
             return torch.jit.load(str(path), map_location="cpu").state_dict()
         except (RuntimeError, ValueError) as exc:
