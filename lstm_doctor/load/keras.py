@@ -592,6 +592,7 @@ def _direction(kernel, recurrent, bias, where: str, notes: list[str] | None = No
         # from the 8H bias alone and converts kernels and biases together.
         kernel, recurrent, bias = cudnn_to_keras(kernel, recurrent, bias)
         if notes is not None:
+            notes.append(("assumption", "bias layout", "cuDNN (8H bias): biases summed, kernels converted", "file"))
             notes.append(
                 f"{where}: cuDNN weight layout (8H bias): kernels converted per gate "
                 "(input kernel transposed in Fortran order, recurrent kernel transposed) "
@@ -769,6 +770,8 @@ def _load(path: Path, options) -> LSTMModel:
         source.close()
     if source.keras_version:
         notes.append(f"saved by Keras {source.keras_version}")
+    stated = tuple(dict.fromkeys(n[1:] for n in notes if isinstance(n, tuple)))
+    notes = [n for n in notes if not isinstance(n, tuple)]
     masking, mask_value = declared_masking(chosen[0], containers)
     if masking:
         notes.append(
@@ -785,4 +788,5 @@ def _load(path: Path, options) -> LSTMModel:
         notes=tuple(notes),
         masking=masking,
         mask_value=mask_value,
+        assumptions=stated,
     )

@@ -608,6 +608,10 @@ def build_model(tensors, prefix: str, entries, path: Path, fmt: str, layout: str
         stored_gate_order="ifgo",
         input_layout=layout or "btd",
         notes=tuple(notes),
+        assumptions=(
+            ("input layout", "btd (the file does not record batch_first)", "default") if layout is None
+            else ("input layout", layout, "file"),
+        ),
     )
 
 

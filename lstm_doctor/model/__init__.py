@@ -276,6 +276,10 @@ class LSTMModel:
     # ``Embedding(mask_zero=True)``), e.g. "Masking(mask_value=0)"; None when none.
     masking: str | None = None
     mask_value: float | None = None  # Masking's mask_value (inputs are features, not token ids)
+    # (item, value, source) an importer states about what it read, source ∈
+    # {"file", "default", "flag"}: e.g. ("bias layout", "cuDNN 8H, halves summed", "file").
+    # The report completes them (``report.build.assumptions``).
+    assumptions: tuple[tuple[str, str, str], ...] = ()
 
     def __post_init__(self):
         layers = tuple(self.layers)

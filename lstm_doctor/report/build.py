@@ -121,7 +121,71 @@ def file_identity(path: str) -> dict[str, Any]:
         return {"path": str(path), "sha256": None, "bytes": None}
 
 
-def describe_model(model: LSTMModel) -> dict[str, Any]:
+# What each format's file fixes by itself (the format defines gate order, bias
+# layout and activations); anything else is a default unless an importer says so.
+_FORMAT_FIXES = {
+    "torch": {"gate order", "activations", "bias layout"},
+    "onnx": {"gate order", "activations", "bias layout", "input layout"},
+    "keras": {"gate order", "activations", "bias layout", "input layout"},
+    "native": {"gate order", "activations", "bias layout", "input layout"},
+    "tweet2vec": {"gate order", "bias layout"},
+    "lasagne": {"gate order", "bias layout"},
+}
+
+
+def assumptions(model: LSTMModel, k: int, source=None) -> list[dict[str, str]]:
+    """What the diagnosis of layer ``k`` assumed, and where each item came from.
+
+    ``source`` ∈ {file, default, flag}: read from the model file, a default
+    lstm_doctor (or the format) supplies, or given on the command line. The
+    importers' own statements (``LSTMModel.assumptions``) win over the generic
+    ones; the input layout, padding and masking come from the run's inputs.
+    """
+    layer = model.layers[k]
+    fixes = _FORMAT_FIXES.get(model.source_format, set())
+    preset = any("preset" in n for n in model.notes)
+
+    def origin(item):
+        return "file" if item in fixes else "default"
+
+    acts = layer.activations
+    bias = "one bias per gate" if model.source_format in ("keras", "native") else "two biases summed"
+    items = {
+        "gate order": (model.stored_gate_order, origin("gate order")),
+        "activations": (
+            f"gate {acts.gate}, candidate {acts.candidate}, cell output {acts.cell_output}",
+            "flag" if preset else origin("activations"),
+        ),
+        "bias layout": (bias, origin("bias layout")),
+        "input layout": (model.input_layout, origin("input layout")),
+        "padding and masking": ("none: every step is valid", "default"),
+    }
+    if layer.go_backwards:
+        items["direction"] = ("runs from the last step (go_backwards / reverse)", "file")
+    for item, value, src in model.assumptions:
+        if item.startswith(f"l{k}:"):
+            item = item[len(f"l{k}:"):]
+        elif item[:1] == "l" and ":" in item:
+            continue  # another layer's
+        items[item] = (value, src)
+    if source is not None:
+        if source.layout != model.input_layout:
+            items["input layout"] = (source.layout, "flag")
+        if getattr(source, "mask_value", None) is not None:
+            items["padding and masking"] = (f"Keras mask: steps whose features all equal {source.mask_value:g}", "flag")
+        elif source.lengths is not None:
+            fixed = model.sequence_lengths is not None and any("sequence_lens" in n for n in source.notes)
+            where = "pre" if getattr(source, "padding", "post") == "pre" else "post"
+            items["padding and masking"] = (
+                f"lengths given, padding {where}" if not fixed else "lengths: the file's sequence_lens",
+                "file" if fixed else "flag",
+            )
+        elif model.masking:
+            items["padding and masking"] = (f"none, although the model declares {model.masking}", "default")
+    return [{"item": i, "value": v, "source": src} for i, (v, src) in items.items()]
+
+
+def describe_model(model: LSTMModel, source=None) -> dict[str, Any]:
     return {
         "name": model.name,
         "format": model.source_format,
@@ -143,6 +207,7 @@ def describe_model(model: LSTMModel) -> dict[str, Any]:
                     "cell_output": layer.activations.cell_output,
                 },
                 "equation": layer.activations.equations(),
+                "assumptions": assumptions(model, k, source),
             }
             for k, layer in enumerate(model.layers)
         ],
@@ -378,7 +443,7 @@ def build_report(
     report = {
         **envelope(created or "now"),
         **({"timings": timings} if timings else {}),
-        "model": describe_model(model),
+        "model": describe_model(model, capture.source if capture is not None else None),
         "inputs": describe_inputs(capture) if capture is not None else None,
         "engine": engine_name(capture) if capture is not None else None,
         "config": {

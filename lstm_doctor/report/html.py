@@ -193,6 +193,13 @@ def _overview(report: dict) -> str:
             f"fail-on {escape(cfg['fail_on'])}",
         )
     )
+    for layer in m["layers"]:
+        stated = layer.get("assumptions") or []
+        if stated:
+            rows.append((
+                f"assumes (L{layer['index']})",
+                "<br>".join(f"{escape(a['item'])}: {escape(a['value'])} <i>[{escape(a['source'])}]</i>" for a in stated),
+            ))
     notes = m["notes"] + (inp["notes"] if inp else [])
     if notes:
         rows.append(("notes", "<br>".join(escape(n) for n in notes)))

@@ -61,6 +61,13 @@ def _header(report: dict) -> Panel:
         )
     else:
         lines.append(Text.assemble(("inputs ", "bold"), "none: weight rules only"))
+    for layer in layers:
+        stated = layer.get("assumptions") or []
+        if stated:
+            lines.append(Text.assemble(
+                ("assumes", "bold"),
+                f" L{layer['index']}: " + " · ".join(f"{a['item']} {a['value']} [{a['source']}]" for a in stated),
+            ))
     for note in m["notes"] + (inp["notes"] if inp else []):
         lines.append(Text(f"note   {note}", style="dim"))
     return Panel(Group(*lines), title=f"lstm-doctor {report['tool']['version']}", expand=False)
