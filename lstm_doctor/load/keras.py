@@ -138,6 +138,7 @@ class Source:
     files: list[str]
     notes: list[str] = field(default_factory=list)
     closers: list = field(default_factory=list)
+    stated: tuple = ()  # (item, value, source) of an inferred architecture
 
     def close(self):
         for closer in reversed(self.closers):
@@ -261,6 +262,10 @@ def _open_h5(path: Path) -> Source:
                     files.append(str(candidate))
                     break
             else:
+                inferred = infer_keras2_config(h5, version) if layout == "legacy" else None
+                if inferred is not None:
+                    config, notes, stated = inferred
+                    return Source(config, version, weights, layout, files, notes=notes, closers=[h5], stated=stated)
                 raise ModelError(
                     "a weights-only Keras file: the architecture (activations, go_backwards) "
                     "is needed; save model.to_json() as "
@@ -271,6 +276,54 @@ def _open_h5(path: Path) -> Source:
         h5.close()
         raise
     return Source(config, version, weights, layout, files, closers=[h5])
+
+
+def infer_keras2_config(h5, version: str | None):
+    """The architecture of a Keras 2 ``save_weights`` file without its JSON, where it
+    can be inferred: LSTM layers from their weight names (``<layer>/kernel:0``,
+    ``recurrent_kernel:0``, ``bias:0``; ``forward_*``/``backward_*`` under a
+    Bidirectional) and the Keras version's defaults: ``activation='tanh'``,
+    ``recurrent_activation`` ``'hard_sigmoid'`` before Keras 2.3 and
+    ``'sigmoid'`` from 2.3, ``go_backwards=False``. Returns (config, notes,
+    stated assumptions), or None when the file is not a Keras 2 legacy weights file.
+    """
+    m = re.match(r"(\d+)\.(\d+)", version or "")
+    if m is None or int(m.group(1)) != 2:
+        return None
+    before_23 = (int(m.group(1)), int(m.group(2))) < (2, 3)
+    gate = "hard_sigmoid" if before_23 else "sigmoid"
+    layers = []
+    for name in [_attr_str(n) for n in h5.attrs.get("layer_names", [])]:
+        group = h5.get(name)
+        wnames = [_attr_str(n) for n in group.attrs.get("weight_names", [])] if group is not None else []
+        roles = {w.split("/")[-1].split(":")[0] for w in wnames}
+        if not {"kernel", "recurrent_kernel"} <= roles:
+            continue
+        rec = [w for w in wnames if w.split("/")[-1].startswith("recurrent_kernel")]
+        shape = group[rec[0]].shape if rec[0] in group else ()
+        if len(shape) != 2 or shape[1] != 4 * shape[0]:
+            continue  # a GRU or SimpleRNN
+        inner = {"name": name, "activation": "tanh", "recurrent_activation": gate, "go_backwards": False,
+                 "return_sequences": False, "use_bias": "bias" in roles}
+        if any(p.startswith("forward") for w in wnames for p in w.split("/")):
+            layers.append({"class_name": "Bidirectional", "config": {
+                "name": name, "layer": {"class_name": "LSTM", "config": dict(inner)}, "merge_mode": "concat",
+                "backward_layer": {"class_name": "LSTM", "config": {**inner, "go_backwards": True}}}})
+        else:
+            layers.append({"class_name": "LSTM", "config": inner})
+    if not layers:
+        return None
+    backend = _attr_str(h5.attrs["backend"]) if "backend" in h5.attrs else "unknown"
+    notes = [
+        f"weights-only Keras {version} file (backend {backend}) without its architecture JSON: "
+        f"activation='tanh', recurrent_activation={gate!r} (Keras {version}'s defaults) and go_backwards=False "
+        "are assumed; if the model set them otherwise, save model.to_json() beside the file"
+    ]
+    stated = (
+        ("activations", f"gate {gate}, candidate tanh, cell output tanh (Keras {version} defaults)", "default"),
+        ("direction", "forward (go_backwards=False assumed)", "default"),
+    )
+    return {"class_name": "Sequential", "config": {"name": "model", "layers": layers}}, notes, stated
 
 
 def open_source(path: Path) -> Source:
@@ -770,8 +823,8 @@ def _load(path: Path, options) -> LSTMModel:
         source.close()
     if source.keras_version:
         notes.append(f"saved by Keras {source.keras_version}")
-    stated = tuple(dict.fromkeys(n[1:] for n in notes if isinstance(n, tuple)))
-    notes = [n for n in notes if not isinstance(n, tuple)]
+    stated = tuple(dict.fromkeys(n[1:] for n in notes if isinstance(n, tuple))) + source.stated
+    notes = [n for n in notes if not isinstance(n, tuple)] + source.notes
     masking, mask_value = declared_masking(chosen[0], containers)
     if masking:
         notes.append(
