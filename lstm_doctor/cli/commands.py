@@ -28,29 +28,59 @@ from lstm_doctor.cli.options import (
 )
 
 EXIT_USAGE = 2
+EXIT_BUG = 3
 EXIT_INTERRUPTED = 130
 
 
 def fail(message: str) -> None:
     """One line on stderr, exit 2."""
-    # A non-UTF-8 file name arrives with lone surrogates: show its bytes as \xNN, on one line.
-    message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    message = " ".join(message.splitlines())
-    click.echo(f"lstm-doctor: error: {message}", err=True)
+    click.echo(f"lstm-doctor: error: {one_line(message)}", err=True)
     sys.exit(EXIT_USAGE)
 
 
+def one_line(message: str) -> str:
+    # A non-UTF-8 file name arrives with lone surrogates: show its bytes as \xNN, on one line.
+    message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return " ".join(message.splitlines())
+
+
+def report_bug(exc: BaseException) -> None:
+    """An exception no reader or job expected: a bug. One line asking for a report, exit 3;
+    the traceback with ``--debug`` or LSTM_DOCTOR_DEBUG=1."""
+    import os
+
+    if os.environ.get("LSTM_DOCTOR_DEBUG", "") not in ("", "0"):
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    detail = one_line(f"{type(exc).__name__}: {exc}")
+    if len(detail) > 300:
+        detail = detail[:300] + "..."
+    click.echo(
+        f"lstm-doctor: internal error (a bug in lstm-doctor, please report it with the command that ran): "
+        f"{detail} (--debug shows the traceback)",
+        err=True,
+    )
+    sys.exit(EXIT_BUG)
+
+
 def run_job(execute: Callable[[Any], int], options: Any) -> None:
-    """Run a job and exit with its code: 2 (one line) for a user error, 130 when interrupted."""
+    """Run a job and exit with its code: 2 (one line) for a user error, 130 when interrupted,
+    3 (one line) for a bug. Every file the job reads is protected from its outputs
+    (``lstm_doctor.output.tracking``)."""
     from lstm_doctor.errors import UserError
+    from lstm_doctor.output import tracking
 
     try:
-        code = execute(options)
+        with tracking():
+            code = execute(options)
     except UserError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         click.echo("lstm-doctor: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        report_bug(exc)
     sys.exit(code)
 
 

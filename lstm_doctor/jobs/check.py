@@ -447,7 +447,7 @@ def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
     """Diagnose every model, apply the baseline, write the outputs; return (exit code, document, config)."""
     from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
     from lstm_doctor.jobs.diagnose import check_plots_dir, run_diagnosis
-    from lstm_doctor.output import check_output_path, write_atomic
+    from lstm_doctor.output import allow_replacing, check_output_path, one_unit, same_file, write_atomic
     from lstm_doctor.report import RenderOptions
 
     config = resolve(options)
@@ -455,14 +455,19 @@ def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
     validate_prefixes(config.select, "select")
     validate_prefixes(config.ignore, "ignore")
     parse_thresholds(config.thresholds)
-    protected = [p for e in config.models for p in (e.model, e.inputs, e.lengths)]
+    # Every file the check reads; the read-set (lstm_doctor.output) adds what the loaders open.
+    protected = [p for e in config.models for p in (e.model, e.inputs, e.lengths)] + [config.source]
+    # --write-baseline FILE may refresh the baseline it is compared with: the one input it may replace.
+    refresh = bool(options.write_baseline and config.baseline and same_file(options.write_baseline, config.baseline))
     for out in config.outputs.values():
-        check_output_path(out, protected)
+        check_output_path(out, protected + [config.baseline])
     if options.write_baseline:
-        check_output_path(options.write_baseline, protected)
+        check_output_path(options.write_baseline, protected + ([] if refresh else [config.baseline]))
     if config.plots_dir:
         check_plots_dir(config.plots_dir, "markdown")
     known = load_baseline(config.baseline) if config.baseline else None
+    if refresh:
+        allow_replacing(config.baseline)
     results: list[tuple[str, dict]] = []
     for entry in config.models:
         try:
@@ -476,13 +481,14 @@ def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
         code = 0
     created = options.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     document = check_document(results, config, created, code)
-    for fmt, out in config.outputs.items():
-        render_options = RenderOptions(output=out, plots_dir=config.plots_dir if fmt == "markdown" else None)
-        write_atomic(out, render_outputs(fmt, results, document, render_options))
-    if options.write_baseline:
-        from lstm_doctor.report import to_json
+    with one_unit():  # the reports, their plots and the baseline: all or none
+        for fmt, out in config.outputs.items():
+            render_options = RenderOptions(output=out, plots_dir=config.plots_dir if fmt == "markdown" else None)
+            write_atomic(out, render_outputs(fmt, results, document, render_options))
+        if options.write_baseline:
+            from lstm_doctor.report import to_json
 
-        write_atomic(options.write_baseline, to_json(baseline_document(results)))
+            write_atomic(options.write_baseline, to_json(baseline_document(results)))
     return code, document, config
 
 
@@ -536,7 +542,7 @@ def summary_text(document: dict, config: CheckConfig, written: list[str], color:
 def execute(options: CheckOptions) -> int:
     import sys
 
-    from lstm_doctor.output import emit
+    from lstm_doctor.output import emit, one_unit
     from lstm_doctor.report import REPORTERS, RenderOptions
     from lstm_doctor.report.terminal import text_width, use_color
 
@@ -557,7 +563,9 @@ def execute(options: CheckOptions) -> int:
         emit(text + summary_text(document, config, written, color, width), None)
     else:
         render_options = RenderOptions(color=color, width=width, plots_dir=config.plots_dir)
-        emit(render_outputs(options.format, results, document, render_options), None)
+        with one_unit():  # the plots land only with the report
+            data = render_outputs(options.format, results, document, render_options)
+        emit(data, None)
         if options.write_baseline:
             print(f"lstm-doctor: wrote baseline {options.write_baseline}", file=sys.stderr)
     return code

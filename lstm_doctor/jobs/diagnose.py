@@ -244,8 +244,9 @@ def render(
 
 
 def execute(options: DiagnoseOptions) -> int:
-    from lstm_doctor.output import check_output_path, emit
+    from lstm_doctor.output import check_output_path, emit, one_unit
 
+    # The files named here, and (lstm_doctor.output's read-set) every file the loaders open.
     protected = [options.model, options.inputs, options.lengths, options.observed, *options.extra_protected]
     if options.output:
         check_output_path(options.output, protected)
@@ -253,12 +254,16 @@ def execute(options: DiagnoseOptions) -> int:
         check_plots_dir(options.plots_dir, options.format)
     report = run_diagnosis(options)
     args = (options.format, options.color, options.output is None, options.output, options.plots_dir, options.verbose)
-    clock = time.perf_counter()
-    text = render(report, *args)
-    report = with_timings(report, {"render_seconds": time.perf_counter() - clock})
-    if options.format == "json":  # again, with its own render time in it
+    with one_unit():  # the PNGs of --plots and the report: both or neither
+        clock = time.perf_counter()
         text = render(report, *args)
-    emit(text, options.output)
+        report = with_timings(report, {"render_seconds": time.perf_counter() - clock})
+        if options.format == "json":  # again, with its own render time in it
+            text = render(report, *args)
+        if options.output:
+            emit(text, options.output)
+    if not options.output:
+        emit(text, None)
     if options.verbose:
         print("timings: " + ", ".join(f"{k.removesuffix('_seconds')} {v:.3f} s" for k, v in report["timings"].items()),
               file=sys.stderr)
@@ -269,10 +274,13 @@ def check_plots_dir(plots_dir: str, fmt: str) -> None:
     """``--plots DIR`` goes with ``--format markdown`` (html embeds its plots); DIR may not be a file."""
     from pathlib import Path
 
+    from lstm_doctor.output import check_output_folder
+
     if fmt != "markdown":
         raise UserError(f"--plots writes the PNGs of --format markdown (html embeds them), not of --format {fmt}")
     if Path(plots_dir).exists() and not Path(plots_dir).is_dir():
         raise UserError("--plots: not a folder", plots_dir)
+    check_output_folder(plots_dir)
 
 
 class _progress:

@@ -96,9 +96,10 @@ def collect_trace(model, source, engine="numpy", chunk_size=64, steps=None, unit
 def execute(options: TraceOptions) -> int:
     from lstm_doctor.jobs.selection import open_model
     from lstm_doctor.load.inputs import check_against_model, load_inputs
-    from lstm_doctor.output import atomic_path, check_output_path
+    from lstm_doctor.output import check_output_path, output_file
 
     out = options.out if options.out.endswith(".npz") else options.out + ".npz"
+    # The files named here; the read-set adds every file the loaders open.
     check_output_path(out, [options.model, options.inputs, options.lengths])
     model = open_model(options)
     source = load_inputs(
@@ -118,7 +119,6 @@ def execute(options: TraceOptions) -> int:
         parse_steps(options.steps, source.T),
         parse_units(options.units, min(layer.H for layer in model.layers)),
     )
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with output_file(out) as fh:  # atomic over a regular file; in place to a device or FIFO
+        np.savez(fh, **arrays)
     return 0

@@ -46,11 +46,16 @@ class WhatIfCommandOptions(ModelSelection):
 
 
 def check_fixed_folder(folder: str, protected: list[str | None]) -> Path:
-    """Refuse a ``--write-fixed`` destination that exists and is not an empty folder,
-    that is (or holds) one of the user's files, or whose parent folder is missing."""
-    from lstm_doctor.errors import UserError
+    """Before the experiment: refuse a ``--write-fixed`` destination that exists and is
+    not an empty folder, that is (or holds) one of the user's files, whose parent folder
+    is missing, or where nothing can be written. A symlink is followed: the fixed model
+    goes into the (empty) folder it points to. Returns the real folder to write."""
+    import os
 
-    out = Path(folder)
+    from lstm_doctor.errors import UserError
+    from lstm_doctor.output import check_output_folder
+
+    out = Path(os.path.realpath(folder)) if Path(folder).is_symlink() else Path(folder)
     for item in protected:
         if not item:
             continue
@@ -63,7 +68,10 @@ def check_fixed_folder(folder: str, protected: list[str | None]) -> Path:
         if any(out.iterdir()):
             raise UserError("folder is not empty; --write-fixed writes only into a new or empty folder", folder)
     elif not out.parent.is_dir():
+        if out.parent.exists() or any(q.exists() and not q.is_dir() for q in out.parent.parents):
+            raise UserError(f"cannot make the folder: a part of {out.parent} is a file", folder)
         raise UserError(f"folder {out.parent} does not exist", folder)
+    check_output_folder(out.parent)  # read-only, permission: now, not after the experiment
     return out
 
 
@@ -77,8 +85,13 @@ def write_fixed(folder: Path, model, notes: tuple[str, ...], arrays: dict) -> Pa
 
     from lstm_doctor.load import native
 
-    tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:12]}.tmp"
-    os.mkdir(tmp)  # the usual permissions (umask), unlike mkdtemp's 0700
+    from lstm_doctor.output import os_error
+
+    tmp = folder.parent / f".{folder.name[:200]}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        os.mkdir(tmp)  # the usual permissions (umask), unlike mkdtemp's 0700
+    except OSError as exc:
+        raise os_error(exc, folder) from None
     try:
         native.save(model, tmp, notes)
         if arrays:
@@ -86,6 +99,9 @@ def write_fixed(folder: Path, model, notes: tuple[str, ...], arrays: dict) -> Pa
         if folder.exists():
             folder.rmdir()  # empty (checked before the experiment)
         os.rename(tmp, folder)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise os_error(exc, folder) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

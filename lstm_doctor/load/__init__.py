@@ -2,8 +2,9 @@
 
 Each importer is one module with a ``load(path, options) -> LSTMModel`` and a
 ``sniff(path) -> bool`` that recognises its files from extension and content.
-``load_model`` picks the importer (or takes ``model_format``) and turns every
-failure into a ``UserError`` that names the file. Nothing downstream knows
+``load_model`` picks the importer (or takes ``model_format``); importers raise
+``UserError`` for a bad file, and ``load_model`` adds the file's name. Any other
+exception is a bug and surfaces as one. Nothing downstream knows
 which format the weights came from.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from lstm_doctor.choices import MODEL_FORMATS
 from lstm_doctor.errors import ModelError, UserError
 from lstm_doctor.model import LSTMModel
+from lstm_doctor.output import declare_read, recheck_outputs
 
 # Detection order matters: the most specific content checks first.
 
@@ -118,18 +120,20 @@ def _load(path: Path, model_format: str | None, options: LoadOptions) -> LSTMMod
         raise UserError(
             f"unknown model format {fmt!r}; choose one of {', '.join(available_formats())}"
         )
+    declare_read(path)  # h5py and safetensors open it in C, unseen by the read-set's audit hook
     try:
-        return _importer(fmt).load(path, options)
+        model = _importer(fmt).load(path, options)
     except UserError as exc:
         if exc.path is None:
             raise type(exc)(exc.problem, path) from None
         raise
     except MemoryError:
         raise ModelError("not enough memory to load this file", path) from None
-    except (
-        OSError, ValueError, KeyError, IndexError, TypeError, EOFError, SyntaxError, OverflowError, zipfile.BadZipFile,
-        RuntimeError,  # h5py on a damaged HDF5 file ("invalid datatype size", ...)
-    ) as exc:
-        # Importers validate what they read; anything that still escapes is a
-        # malformed file, reported in one line rather than as a traceback.
-        raise ModelError(f"cannot read as {fmt}: {type(exc).__name__}: {exc}", path) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        # The file itself cannot be read (an I/O error, a truncated file or archive).
+        # Anything else that escapes an importer is a bug, reported as one (exit 3).
+        detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ModelError(f"cannot read as {fmt}: {detail}", path) from None
+    declare_read(*model.source_files)
+    recheck_outputs()  # an output over the model's own files is refused now, before the work
+    return model

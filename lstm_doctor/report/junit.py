@@ -83,8 +83,10 @@ def render_many(reports: list[dict], options=None) -> str:
     rules = {code: r.name for code, r in RULES.items()}
     root = ET.Element("testsuites", name="lstm-doctor")
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    from lstm_doctor.output import escape_controls_in
+
     for report in reports:
-        suite = _suite(report, rules)
+        suite = _suite(escape_controls_in(report), rules)  # control characters are not XML
         root.append(suite)
         for key in totals:
             totals[key] += int(suite.get(key))

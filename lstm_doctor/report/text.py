@@ -344,6 +344,9 @@ def _details(report: dict) -> list:
 
 
 def render(report: dict, console: Console, verbose: bool = False) -> None:
+    from lstm_doctor.output import escape_controls_in
+
+    report = escape_controls_in(report)  # names from a model file: no raw ESC to the terminal
     console.print(_header(report))
     for part in diagnosis_block(report):
         console.print(part)
