@@ -217,9 +217,10 @@ def check_output_path(output: str | Path, protected: list[str | None] = ()) -> P
             raise UserError(f"cannot write: {nearest} is a file, not a folder", output)
         raise UserError(f"folder {parent} does not exist", output)
     try:  # create and remove the temporary: read-only, permission, name length, full inode table
-        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(real.name), suffix=".tmp", dir=parent)
-        os.close(fd)
-        os.unlink(tmp)
+        with signals_held():
+            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(real.name), suffix=".tmp", dir=parent)
+            os.close(fd)
+            os.unlink(tmp)
     except OSError as exc:
         raise os_error(exc, output) from None
     if len(os.fsencode(real.name)) > _NAME_MAX:
@@ -241,15 +242,33 @@ def check_output_folder(folder: str | Path) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"cannot write: {probe} is not writable", folder)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".lstm-doctor.", suffix=".tmp", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
+        with signals_held():
+            fd, tmp = tempfile.mkstemp(prefix=".lstm-doctor.", suffix=".tmp", dir=probe)
+            os.close(fd)
+            os.unlink(tmp)
     except OSError as exc:
         raise os_error(exc, folder) from None
     return path
 
 
 # -- writing -------------------------------------------------------------------------
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for a few system calls (create a temporary and note its
+    name; rename a set of files), so an interrupt cannot fall between them."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _give_mode(tmp: Path, target: Path) -> None:
@@ -284,13 +303,14 @@ def one_unit() -> Iterator[None]:
             tmp.unlink(missing_ok=True)
         raise
     _UNITS.remove(pending)
-    try:
-        for k, (tmp, target) in enumerate(pending):
-            _replace(tmp, target)
-    except BaseException:
-        for tmp, _ in pending[k:]:
-            tmp.unlink(missing_ok=True)
-        raise
+    with signals_held():  # all the renames, or (an error) none of the rest
+        try:
+            for tmp, target in pending:
+                _replace(tmp, target)
+        except BaseException:
+            for tmp, _ in pending:
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 def _replace(tmp: Path, target: Path) -> None:
@@ -310,14 +330,16 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     if _direct(given):
         raise UserError("cannot write this output atomically: not a regular file", target)
     real = _real_target(given)
+    tmp_path = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(real.name), suffix=".tmp", dir=real.parent)
-    except OSError as exc:
-        raise os_error(exc, target) from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    _give_mode(tmp_path, real)
-    try:
+        with signals_held():  # a Ctrl-C lands after tmp_path is known, so the temporary is removed
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(real.name), suffix=".tmp", dir=real.parent)
+            except OSError as exc:
+                raise os_error(exc, target) from None
+            tmp_path = Path(tmp)
+            os.close(fd)
+        _give_mode(tmp_path, real)
         try:
             yield tmp_path
         except OSError as exc:
@@ -325,9 +347,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         if _UNITS:
             _UNITS[-1].append((tmp_path, real))
             return
-        _replace(tmp_path, real)
+        with signals_held():
+            _replace(tmp_path, real)
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
         raise
 
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from lstm_doctor.capture.budget import check_declared, declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
+from lstm_doctor.output import declare_read
 from lstm_doctor.model import (
     Activations,
     Layer,
@@ -118,6 +119,7 @@ class Graph:
                     "not a plain file name beside the model"
                 )
             self._check_external(tensor.name, self.folder / location)
+            declare_read(self.folder / location)  # onnx opens it in C++, unseen by the output read-set's audit hook
             try:
                 external_data_helper.load_external_data_for_tensor(tensor, str(self.folder))
             except self.onnx.checker.ValidationError as exc:  # onnx's own refusal (a symlink, ...)
