@@ -310,7 +310,7 @@ def test_read_only_folder_and_full_disk(model, tmp_path):
     (ro / "report.json").write_text("old\n")
     before = hashes(model, ro)
     x = str(model / "x.npy")
-    run = "$LSTM_DOCTOR diagnose \"$1\" --inputs \"$2\" --format json --exit-zero"
+    run = "$LSTM_DOCTOR diagnose \"$1\" --inputs \"$2\" --format json --exit-zero --engine numpy"
     r = _in_namespace(f'mount --bind "$3" "$3" && mount -o remount,bind,ro "$3" && {run} --output "$3/report.json"',
                       str(model), x, str(ro))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "read-only" in r.stderr, r.stderr
@@ -322,7 +322,7 @@ def test_read_only_folder_and_full_disk(model, tmp_path):
     assert "no space left" in r.stderr, r.stderr
     assert r.stdout.split() == ["old.", "..", "report.json"], r.stdout  # the old report, no temporary
     r = _in_namespace(f'mount -t tmpfs -o size=4k tmpfs "$3" && printf old > "$3/t.npz" && '
-                      f'$LSTM_DOCTOR trace "$1" --inputs "$2" --out "$3/t.npz"; code=$?; ls -a "$3"; exit $code',
+                      f'$LSTM_DOCTOR trace "$1" --inputs "$2" --engine numpy --out "$3/t.npz"; code=$?; ls -a "$3"; exit $code',
                       str(model), x, str(full))
     assert r.returncode == 2 and "no space left" in r.stderr and r.stdout.split() == [".", "..", "t.npz"], r
     assert hashes(model, ro) == before

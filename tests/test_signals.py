@@ -150,18 +150,35 @@ def test_a_signal_mid_run(tmp_path, sig):
     assert _digest(out) == before and sorted(p.name for p in out.iterdir()) == ["report.json"]
 
 
+# The console script again, with an audit hook that signals itself when the third PNG's
+# temporary file is created: two PNGs are complete by then, the report not yet.
+MID_WRITE = """\
+import os, signal, sys
+seen = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str) and ".png." in args[0] and args[0].endswith(".tmp"):
+        seen.append(args[0])
+        if len(seen) == 3:
+            os.kill(os.getpid(), {sig})
+sys.addaudithook(hook)
+from lstm_doctor.cli.main import main
+sys.exit(main())
+"""
+
+
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_a_signal_mid_write(model, tmp_path, sig):
     """While the PNGs of --plots are being written: no PNG, no report, no temporary."""
     plots, report = tmp_path / "plots", tmp_path / "report.md"
     plots.mkdir()
-    cmd = [sys.executable, "-m", "lstm_doctor", "diagnose", str(model), "--inputs", str(model / "x.npy"),
-           "--format", "markdown", "--plots", str(plots), "--output", str(report), "--exit-zero"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            preexec_fn=_default_sigint)
-    _wait_for(lambda: any(p.name.endswith(".tmp") for p in plots.iterdir()), proc, what="the first PNG")
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
-    _assert_interrupted(proc, stderr)
+    script = tmp_path / "bin" / "lstm-doctor"
+    script.parent.mkdir()
+    script.write_text(MID_WRITE.format(sig=int(sig)))
+    r = subprocess.run(
+        [sys.executable, str(script), "diagnose", str(model), "--inputs", str(model / "x.npy"), "--engine", "numpy",
+         "--format", "markdown", "--plots", str(plots), "--output", str(report), "--exit-zero"],
+        capture_output=True, text=True, env=_env(), preexec_fn=_default_sigint, timeout=120,
+    )
+    _assert_interrupted(r, r.stderr)
     assert list(plots.iterdir()) == [] and not report.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

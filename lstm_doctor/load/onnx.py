@@ -125,7 +125,10 @@ class Graph:
             except self.onnx.checker.ValidationError as exc:  # onnx's own refusal (a symlink, ...)
                 text = str(exc).splitlines()[0][:160] if str(exc) else "refused"
                 raise ModelError(f"tensor {tensor.name!r}: external data {location!r} refused ({text})") from None
-        return numpy_helper.to_array(tensor)
+        try:
+            return numpy_helper.to_array(tensor)
+        except (ValueError, TypeError) as exc:  # dims that do not match the data, an undefined type
+            raise ModelError(f"tensor {tensor.name!r} cannot be read: {str(exc)[:160]}") from None
 
     @staticmethod
     def _check_external(name: str, ext: Path) -> None:
