@@ -129,8 +129,9 @@ def _load(path: Path, model_format: str | None, options: LoadOptions) -> LSTMMod
         raise
     except MemoryError:
         raise ModelError("not enough memory to load this file", path) from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        # The file itself cannot be read (an I/O error, a truncated file or archive).
+    except (OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        # The file itself cannot be read (an I/O error, a truncated file or archive, bytes
+        # that should be text: zipfile decodes a damaged member header's name).
         # Anything else that escapes an importer is a bug, reported as one (exit 3).
         detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise ModelError(f"cannot read as {fmt}: {detail}", path) from None
