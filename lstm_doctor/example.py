@@ -1,4 +1,4 @@
-"""The bundled example: a Tweet2Vec-like encoder with CASE.md's defects, and its fixed twin.
+"""The bundled example: a Tweet2Vec-like encoder with the case study's defects, and its fixed twin.
 
 ``examples/tweet2vec_like/make_example.py`` calls ``write_example`` to produce
 the committed files; ``lstm-doctor demo`` uses them from a source checkout and
@@ -70,7 +70,7 @@ def write_example(folder: Path) -> Path:
             "peephole": positive(3, H),
         },
         """
-# Tweet2Vec-like encoder with the four defects of CASE.md (see make_example.py).
+# Tweet2Vec-like encoder with the four defects of the case study, docs/case-study.md (see examples/tweet2vec_like/make_example.py).
 [model]
 name = "tweet2vec_like_broken"
 weights = "weights.npz"

@@ -31,3 +31,13 @@ def test_every_document_the_code_cites_exists():
     assert cited, "the package cites its docs"
     missing = sorted(c for c in cited if not (ROOT / c).is_file())
     assert not missing, missing
+
+
+def test_the_package_cites_no_document_that_does_not_ship():
+    # Notes kept outside the repository (CASE.md, RULES.md, ENGINE.md, STYLE.md) are not for users.
+    offenders = []
+    for path in list((ROOT / "lstm_doctor").rglob("*.py")) + [ROOT / "README.md"]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\b(CASE|RULES|ENGINE|STYLE)\.md\b", line):
+                offenders.append(f"{path.relative_to(ROOT)}:{n}")
+    assert not offenders, offenders

@@ -2,7 +2,7 @@
 
 The generator lives in ``lstm_doctor/example.py`` (so ``lstm-doctor demo`` can
 rebuild the same files where no checkout exists); its docstring says what each
-file is and which CASE.md defect it carries. Seeded: the output is reproducible.
+file is and which case-study defect it carries. Seeded: the output is reproducible.
 """
 
 from pathlib import Path

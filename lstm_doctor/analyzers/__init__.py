@@ -21,7 +21,7 @@ from lstm_doctor.analyzers import (  # noqa: F401  (register rules)
 from lstm_doctor.analyzers.registry import RULES, Context, Rule, with_explains
 from lstm_doctor.findings import Finding, Severity, is_selected
 
-# What a root cause explains, on the same layer (CASE.md: W101 on U explains
+# What a root cause explains, on the same layer (case study, docs/case-study.md: W101 on U explains
 # S301, C401 and H601). Only error-level root causes claim explanations, and a
 # W101 warning whose drift still moves the gates by |Δz| ≥ 1.
 EXPLAINS = {
@@ -113,7 +113,7 @@ def _can_explain(f: Finding) -> bool:
 
 
 def _strength(f: Finding) -> tuple[bool, float]:
-    # The recurrent matrix first: CASE.md's root cause is the mean of U, which
+    # The recurrent matrix first: the case study's root cause is the mean of U, which
     # the peepholes then amplify through the growing cell.
     ev = f.evidence
     return ev.get("matrix") == "U", abs(float(ev.get("drift", ev.get("spectral_norm", 0.0)) or 0.0))

@@ -58,7 +58,7 @@ sequence: h ≥ 0 everywhere while c takes both signs (each sign in at least
 residual of tanh(c). The behavioural check catches code that differs from its
 declared configuration (e.g. an observed trace, `--observed`).""",
     why="""
-CASE.md: the Tweet2Vec encoder computed h = o·σ(c). With saturated gates h_t ≈
+Case study (docs/case-study.md): the Tweet2Vec encoder computed h = o·σ(c). With saturated gates h_t ≈
 σ(t+1): .73, .88, .95, .98 — exactly the numbers the user printed. Even with
 everything else fixed, σ(c) keeps h non-negative and offset by ≈ 0.25, so the
 encodings cannot use half their space. Nothing in the weights reveals this.""",

@@ -148,7 +148,7 @@ from the second to the last quarter and is rising only where it stays under
 off at 17.7 (13.8 → 16.5 → 17.7) with 16% of its |c| beyond what its forget
 gates hold; at most 16.5% of any working model's values are, against
 `value_share` 50%. The twin charlm_saturated grows 3.1–3.3× with no plateau
-(11.6 → 23.6 → 38.2), and CASE.md's encoder 2.3× (94.8 → 158 → 222, c_t ≈ t + 1):
+(11.6 → 23.6 → 38.2), and the case study's encoder 2.3× (94.8 → 158 → 222, c_t ≈ t + 1):
 both keep C401 as an error.""",
     example="""
 C401 error  layer 0 fwd: mean |c| over the valid values goes 94.8 → 158 → 222 over

@@ -51,7 +51,7 @@ configuration fits when its mean |diff| is at most `tolerance` × the mean
 another does, naming the difference as the equation the user's code computes;
 fires (warning) when no configuration fits, listing the closest ones.""",
     why="""
-CASE.md: the weights could not reveal that the user's code applied σ instead of
+Case study (docs/case-study.md): the weights could not reveal that the user's code applied σ instead of
 tanh to the cell; the printed per-step values could (σ(1..4) = .73, .88, .95,
 .98). Any diagnosis of the declared model is about a different computation
 than the user's when the two disagree. "No configuration fits" is a warning,
@@ -194,7 +194,7 @@ the per-step sensitivity strip and the memory horizon: the fewest final steps
 that explain 99% of Σ‖∂h_T/∂x_t‖².""",
     why="""
 Gradients reaching the weights are these derivatives times the errors: when
-they vanish, training cannot move the weights that would fix the layer (CASE.md:
+they vanish, training cannot move the weights that would fix the layer (Case study (docs/case-study.md):
 gradients reaching the input weights were ~1e-6 against ~1.6 with a zero-mean
 init, which is why the defect survived training). Measured: a Glorot model
 with forget bias 1 keeps 1e-3 of its sensitivity beyond 40 steps (horizon 18
@@ -311,7 +311,7 @@ encodings move, relative to their mean norm. Fires when that is below
 if it does not, the finding is a warning (a flat region the gradients do not
 see, or the reverse).""",
     why="""
-CASE.md: the final encoding did not depend on the tweet (cross-tweet std 4e-8)
+Case study (docs/case-study.md): the final encoding did not depend on the tweet (cross-tweet std 4e-8)
 because the recurrent term (~25) drowned the input term (~0.02) and every gate
 saturated. An encoder whose output does not depend on its input is a constant,
 whatever its loss says.""",

@@ -53,7 +53,7 @@ of different inputs. Fires when the mean pairwise cosine exceeds `cosine` and
 the cross-input std is under `relative_std` × mean |h|: every input gives the
 same vector. Needs at least `min_sequences` sequences.""",
     why="""
-This is the symptom of CASE.md: every tweet encoded to a vector of ones, mean
+This is the symptom of the case study (docs/case-study.md): every tweet encoded to a vector of ones, mean
 pairwise cosine 0.999997 and cross-tweet std 4e-8. An encoder whose outputs do
 not differ cannot be used downstream, however well it "trained".""",
     example="H601 error  encodings: mean pairwise cosine 0.999997, cross-input std 4e-08 (mean |h| 0.98)",
@@ -100,7 +100,7 @@ of the sequence (at least `min_remaining` steps). Whatever the input after
 step k, the output is the same: the effective memory horizon is k steps.""",
     why="""
 A fixed point reached regardless of input means the later inputs are ignored.
-CASE.md: h reached 1.0 by step 15 for every tweet, and stayed.""",
+Case study (docs/case-study.md): h reached 1.0 by step 15 for every tweet, and stayed.""",
     example="H603 warning  layer 0 fwd: h stops changing at step 15 for every sequence (240 more steps ignored)",
     fix="Fix the saturation that pins the state (S301, C401).",
 )

@@ -40,7 +40,7 @@ measures the input term's share of the variance, and of the mean square
 under `share`: the recurrent term and the bias dominate, so the output cannot
 depend on the input.""",
     why="""
-CASE.md: x·W averaged |0.017| against ≈ 25 for the recurrent term; the final
+Case study (docs/case-study.md): x·W averaged |0.017| against ≈ 25 for the recurrent term; the final
 encodings of different tweets differed by 4e-8 (cosine 0.999997), and the
 gradient reaching W was ≈ 1e-6, so training could not repair it.""",
     example="I501 error  layer 0 fwd: the input term carries at most 0.0004% of any gate's variance",
@@ -171,7 +171,7 @@ std) or from unit scale (RMS under low_scale or over high_scale), constant
 features, and all-non-negative features feeding positive-mean weights
 (a warning: every unit then receives the same positive push).""",
     why="""
-LSTMs are initialised for standardised inputs. CASE.md's conv output was ReLU,
+LSTMs are initialised for standardised inputs. The case study's conv output was ReLU,
 0 to 0.07: tiny, non-negative, and fed into weights of mean 0.1 — the input
 term was a small constant push, not information.
 
@@ -184,7 +184,7 @@ log or tf-idf scaling when their RMS passes `high_scale`). The positive-push
 warning still applies to them, with re-centring W as its fix.
 Calibration (corpus/, issue 14): classifier (one-hot, 88% zeros) and the
 embedding outputs of charlm and tagger get no I503; adding's raw
-(value, marker) pairs in [0, 1] get the info; CASE.md's conv output
+(value, marker) pairs in [0, 1] get the info; the case study's conv output
 (all ≥ 0, 68% zeros, W mean 0.1) keeps the warning.""",
     example="I503 warning  inputs: all 10 features are ≥ 0 (RMS 0.02) and W has mean 0.1 > 0",
     fix="Standardise per feature with statistics from the training data (`what-if` fix `standardize-inputs`).",
@@ -276,7 +276,7 @@ are less correlated than adjacent features (by more than `margin`), as happens
 when a channels-first conv output (batch, channels, length) is read as
 (batch, time, features).""",
     why="""
-CASE.md: the conv stack produced (batch, 256 channels, 10 positions) and the
+Case study (docs/case-study.md): the conv stack produced (batch, 256 channels, 10 positions) and the
 LSTM stepped over the 256 filters with the 10 positions as features. A sequence
 length equal to a channel count, with very few features, is the smell; the
 correlation test confirms it, since neighbouring positions of a conv output

@@ -1,4 +1,4 @@
-"""The rule registry: the single source of truth for codes (RULES.md is the contract).
+"""The rule registry: the single source of truth for codes (docs/rules.md is the contract).
 
 Each rule is declared once with ``@rule(...)`` next to its check function:
 code, name, default severity, the statistic it reads, default thresholds and
@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 from lstm_doctor.errors import ConfigError
 from lstm_doctor.findings import Finding, Location, Severity
 
-# |z| beyond which σ(z) is within 0.01 of 0 or 1 (RULES.md). The same value as
+# |z| beyond which σ(z) is within 0.01 of 0 or 1 (docs/rules.md). The same value as
 # ``lstm_doctor.stats.LINEAR_RANGE``, repeated here so that registering the
 # rules (``lstm-doctor rules``, ``explain``) imports no NumPy.
 LINEAR_RANGE = 4.6

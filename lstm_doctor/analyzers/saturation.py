@@ -2,7 +2,7 @@
 
 Saturation is not always a defect: trained LSTMs use gates as switches that
 flip with the input and right-saturated forget gates as integrators (Karpathy,
-Johnson & Fei-Fei 2015). What CASE.md shows is saturation that does not depend
+Johnson & Fei-Fei 2015). What docs/case-study.md shows is saturation that does not depend
 on the input: the same units pinned the same way for every sequence and step.
 These rules therefore measure, for the saturated values, the switching rate of
 their units and their cross-input std, and escalate only input-independent
@@ -122,13 +122,13 @@ Calibration (corpus/, issue 14): on the working models 1% to 85% of the i, f,
 o values are saturated; the highest, charlm's layer-1 input gate (85%, 84%
 right, mostly identical across inputs while h keeps a cross-input std of
 0.37), is the open-gate case and stays info, as does every other saturated
-gate there (units that switch with the input). CASE.md's 98–99%, identical for
+gate there (units that switch with the input). The case study's 98–99%, identical for
 every input with h's cross-input std 1.4e-05, stays an error.""",
     why="""
 The 0.1 / 0.9 bounds and the left/right split are those of Karpathy, Johnson &
 Fei-Fei (2015), "Visualizing and Understanding Recurrent Networks". A gate
 pinned at 0 or 1 for every input has σ' ≈ 0: it passes no gradient and no
-information. In CASE.md every gate of every unit sat at 1 from step 1 on, for
+information. In docs/case-study.md every gate of every unit sat at 1 from step 1 on, for
 every tweet.""",
     example="""
 S301 error  layer 0 fwd, gate f: 100% saturated (0% left, 100% right); 64/64 units
@@ -244,7 +244,7 @@ above `error_share`, when the hidden values do not vary across inputs (mean
 cross-input std below `cross_input_std`); otherwise info.""",
     why="""
 A hidden state at its bound carries one bit at most, and the same bit for every
-input when it does not vary across inputs. CASE.md: h reached 1.0 from step 15
+input when it does not vary across inputs. Case study (docs/case-study.md): h reached 1.0 from step 15
 on for every tweet.""",
     example="S302 error  layer 0 fwd: 94% of hidden values at a bound of [0, 1]; cross-input std 3e-08",
     fix="Fix what saturates the gates and the cell first (S301, C401); then re-check.",
@@ -293,7 +293,7 @@ state does not vary across inputs, else info).""",
     why="""
 A candidate at ±1 writes the same value into the cell at every step, so the
 cell counts steps instead of storing content; act(c) at its bound makes h
-independent of c. CASE.md: g sat at +1 and c grew as t + 1.""",
+independent of c. Case study (docs/case-study.md): g sat at +1 and c grew as t + 1.""",
     example="S303 warning  layer 0 fwd: 100% of g and 97% of act(c) at |value| > 0.99",
     fix="Bring the candidate's pre-activation back into range (W101, W102, I502).",
 )

@@ -163,7 +163,7 @@ the entries of one sign). Every unit then receives the same push: the
 pre-activation drifts by about fan_in × mean × typical activation.""",
     why="""
 Zero-mean initialisation is what keeps pre-activations near the linear range of
-σ and tanh. In the Tweet2Vec case (CASE.md) the weights were drawn from
+σ and tanh. In the Tweet2Vec case (docs/case-study.md) the weights were drawn from
 Normal(mean=0.1, std=0.05) instead of Normal(0, 0.1): with H=256 the recurrent
 term is ≈ 256 × 0.1 × h ≈ 25 per gate and every gate saturates after one step.
 Sweeping only mean(U) there: 0 → no saturated units, 0.005 → 1%, 0.01 → 87%,
@@ -179,7 +179,7 @@ Calibration (corpus/, issue 14): on the six working models the largest
 |mean|/std of any gate block of W or U is 0.42 (under `mean_std_ratio` 0.5)
 and W101 does not fire; the broken twin charlm_saturated (Normal(0.1, 0.05))
 has |mean|/std up to 3.4 and keeps W101 as a warning, confirmed by rank-1
-encodings (H604) and a growing cell (C401); CASE.md's encoder (≈ 2.0) keeps it
+encodings (H604) and a growing cell (C401); the case study's encoder (≈ 2.0) keeps it
 as an error, confirmed by S301 and H601.""",
     example="""
 W101 error  layer 0 fwd, U gate f: mean 0.1001 vs std 0.0499 (100% positive);
@@ -301,7 +301,7 @@ gate at 0 or 1.""",
     why="""
 σ(4.6) = 0.99: past it, a gate no longer responds to its input and its gradient
 σ' is below 0.01. A standard init (uniform ±1/√H) gives σ_max ≈ 2/√3 ≈ 1.15 for
-any H; CASE.md's Normal(0.1, 0.05) gives ≈ 0.1·H = 25.6 for H = 256. The max
+any H; the case study's Normal(0.1, 0.05) gives ≈ 0.1·H = 25.6 for H = 256. The max
 row sum Σ_k |U_kj| (shown as evidence) is the per-unit worst case.
 
 The norm is a bound, not a measurement: trained LSTMs routinely have
@@ -320,7 +320,7 @@ Calibration (corpus/, issue 14): the six working models have ‖U_g‖ from 2.0 
 their i, f, o values saturated, and no behavioural failure: W102 is info on
 every one. The twin charlm_saturated (‖U_g‖ 9.6–9.9, 48–51% saturated,
 encodings of effective rank 1.2, cell growing 3.1–3.3× with no plateau) and
-CASE.md's encoder (6.4, 98–99% saturated identically for every input) keep it
+the case study's encoder (6.4, 98–99% saturated identically for every input) keep it
 as an error.""",
     example="""
 W102 error  layer 0 fwd, U gate i: spectral norm 6.43 > 4.6 (max row sum 6.5)""",
@@ -421,7 +421,7 @@ that the input and the recurrent term lift); otherwise it is info. Without
 inputs it is a warning worded as a risk, with the probe's mean f as evidence.
 Calibration (corpus/, issue 14): the working models' observed mean forget
 gate is 0.48–0.89 (τ 1.9–9 steps) per direction and W103 never fires on them;
-CASE.md's zero forget bias stays the info it was.""",
+the case study's zero forget bias stays the info it was.""",
     example="""
 W103 warning  layer 0 fwd, gate f: median forget bias −8.0 gives f = 0.0003 and
 τ = 1.0 steps: memory is wiped every step""",
@@ -516,7 +516,7 @@ push |z| past 4.6 at |c| = 1.""",
     why="""
 Peepholes (Gers & Schmidhuber 2000) let gates see the cell; when they dominate,
 a growing cell drives its own gates into saturation, a feedback loop the inputs
-cannot break (CASE.md's peepholes had mean 0.1 with c growing to ~256).""",
+cannot break (the case study's peepholes had mean 0.1 with c growing to ~256).""",
     example="""
 W104 warning  layer 0 fwd, gate f: the peephole term carries 62% of the
 pre-activation energy (mean |c| 120)""",

@@ -7,7 +7,7 @@ The engines compute the same instrumented step and return the same
   record. It runs on PyTensor, or on legacy Theano when only that is installed,
   and it is the one that differentiates (gradient flow).
 - ``numpy``: the NumPy reference loop. NumPy's vectorised ufuncs make it
-  faster than the scan on CPU (ENGINE.md); it passes the same parity tests.
+  faster than the scan on CPU (docs/engines.md); it passes the same parity tests.
 - ``fused`` (``lstm_doctor.capture.fused.engine``): the NumPy loop's GEMMs with the rest of
   the step and every streaming statistic in one compiled (C) pass per
   step; float32 capture "stats" only, anything else runs the NumPy loop.

@@ -319,7 +319,7 @@ def compare(a, b, inputs, inputs_b, layout, layout_b, engine, select, ignore, th
 @click.option("--output", "-o", type=click.Path(dir_okay=False))
 @color_option
 def demo(engine, fmt, output, color):
-    """Diagnose the bundled CASE.md-like encoder and compare it with its fixed twin."""
+    """Diagnose the bundled case-study-like encoder and compare it with its fixed twin."""
     from lstm_doctor.jobs.demo import execute
     from lstm_doctor.jobs.diagnose import DiagnoseOptions
 

@@ -1,6 +1,6 @@
 """Differential diagnosis: which configuration reproduces a trace the user observed?
 
-The user's own code printed something for the same inputs (CASE.md: the per-step
+The user's own code printed something for the same inputs (case study, docs/case-study.md: the per-step
 hidden values .26, .73, .88, …). ``load_observation`` reads it and ``search``
 re-runs the model's weights under every plausible configuration and ranks them
 by how well each reproduces it. Rule A204 (``analyzers/differential.py``) turns

@@ -1,7 +1,7 @@
 """What-if: apply each proposed fix virtually, measure its effect, rank the root causes.
 
 A list of findings leaves a user guessing which defect to fix first and whether
-the fix will be enough. CASE.md's answer came from re-running the encoder with
+the fix will be enough. The case study's answer came from re-running the encoder with
 each defect fixed, alone and cumulatively. This module runs that experiment.
 
 **Fixes.** Each fix has a stable id, names the codes it addresses, and is a
@@ -70,7 +70,7 @@ Scores 3 and 4 must improve by more than ``SCORE_TOLERANCE`` to count, so
 numerical noise never adds a fix to the path.
 
 **Root causes first.** Fix A *explains* fix B when A's run removes every code
-of B that is present, while B's run leaves one of A's codes. In CASE.md, the
+of B that is present, while B's run leaves one of A's codes. In docs/case-study.md, the
 large spectral norm of U (W102) comes from its mean (W101): centering removes
 W102, rescaling U leaves W101 (as a warning). By the objective alone,
 rescaling U can look as good or better (on the bundled example it shrinks the
@@ -851,7 +851,7 @@ def explains(a: str, b: str, runs: dict[str, Run], current: Run) -> bool:
     """Fix ``a`` explains fix ``b`` (on the state of ``current``): ``a``'s run removes every
     code of ``b`` present on ``current``, while ``b``'s run leaves one of ``a``'s codes.
 
-    CASE.md: centering removes W102 (U's norm came from its mean), but rescaling U
+    Case study (docs/case-study.md): centering removes W102 (U's norm came from its mean), but rescaling U
     leaves W101, so the recurrent gain is a symptom of the mean offset.
     """
     pa = _present(FIXES[a].codes, current)
@@ -860,7 +860,7 @@ def explains(a: str, b: str, runs: dict[str, Run], current: Run) -> bool:
         return False
     # b leaves a's codes if they are still reported at any severity: a weight
     # finding that b's run turns into info (the scan no longer confirms it) is
-    # still b's run's risk, so centering still explains rescaling on CASE.md.
+    # still b's run's risk, so centering still explains rescaling on docs/case-study.md.
     return not _present(pb, runs[a]) and bool(_present(pa, runs[b], risks=True))
 
 

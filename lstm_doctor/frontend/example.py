@@ -5,7 +5,7 @@
   and one long line). ``examples/tweet2vec_like/tweets.txt`` is
   ``write_tweets`` of them (a test checks that the two agree).
 - ``write_encoding(folder)``: ``encoding_tweet2vec_like_3.npy``, the 25-array
-  file of CASE.md: a seeded random conv stack in the documented shapes
+  file of the case study (docs/case-study.md): a seeded random conv stack in the documented shapes
   (256×75×7, 256×256×7, 256×256×3, 256×256×3), then the bundled *broken*
   encoder's LSTM (``examples/tweet2vec_like/broken``, H = 64, D = 10) as the
   17 Tweet2Vec arrays. It is a plain pickle of the list (which the importer
@@ -13,11 +13,11 @@
   folder (``$XDG_CACHE_HOME/lstm_doctor/tweet2vec_like_text``) rather than
   committed. The conv weights are He-scaled normals and the last layer is
   scaled so that the features are small (values 0 to ~0.07, most of them exact
-  zeros), as in CASE.md.
+  zeros), as in docs/case-study.md.
 - ``text_example()``: (encoding file, tweets file), generated once per cache.
 
 ``lstm-doctor diagnose <encoding> --inputs tweets.txt --preset tweet2vec`` is
-then the path a user of CASE.md takes: text → features (the conv output,
+then the path a user of docs/case-study.md takes: text → features (the conv output,
 (B, 256, 10)) → the broken encoder read in its declared layout btd.
 """
 

@@ -15,7 +15,7 @@ kept in memory when it is at most ``CACHE_BYTES``. Slices of the batch axis
 never materialise anything.
 
 While the features are computed, ``FrontendStats`` accumulates the front end's
-output statistics (exact zeros, scale, per-channel spread: in CASE.md these
+output statistics (exact zeros, scale, per-channel spread: in docs/case-study.md these
 were the first clue); ``frontend_stats(source)`` returns them as a dict for the
 report's inputs section, computing any sequence the scan did not read.
 """

@@ -1,11 +1,11 @@
 """The Tweet2Vec front end: raw tweet → cleaned text → one-hot → conv stack → LSTM input.
 
-Rebuilt from the facts in CASE.md ("The Tweet2Vec front end"); the encoder LSTM
+Rebuilt from the facts in docs/case-study.md ("The Tweet2Vec front end"); the encoder LSTM
 receives exactly what ``conv_stack_numpy`` / ``conv_stack_symbolic`` return.
 
 Cleaning (``clean_tweet``)
 --------------------------
-What CASE.md states, and is implemented as stated:
+What docs/case-study.md states, and is implemented as stated:
 
 - the text is made lowercase ASCII;
 - mentions become the marker ``U``, happy emoticons ``H``, sad emoticons ``S``;
@@ -13,14 +13,14 @@ What CASE.md states, and is implemented as stated:
 - most punctuation is dropped;
 - the result is wrapped as ``'B ' + text + ' E'``.
 
-What CASE.md does not pin down, and is therefore a **reconstruction by guess**
+What docs/case-study.md does not pin down, and is therefore a **reconstruction by guess**
 (each choice is the plainest one that fits the stated facts):
 
 - *ASCII*: non-ASCII characters are dropped (``encode('ascii', 'ignore')``),
   not transliterated; HTML entities (``&amp;`` …) are unescaped first, and
   typographic quotes (’ ‘ ” “) become ASCII ones first, so that ``can’t`` is
   still a contraction.
-- *URLs*: CASE.md says URLs are replaced "by single marker letters" but the
+- *URLs*: docs/case-study.md says URLs are replaced "by single marker letters" but the
   alphabet's markers are only B, E, S, H, U, all taken (begin, end, sad, happy,
   user mention). No letter is left for URLs, so a URL (``http…``, ``https…``,
   ``www.…``) is **removed** (replaced by a space). The public Tweet2Vec code,
@@ -39,7 +39,7 @@ What CASE.md does not pin down, and is therefore a **reconstruction by guess**
   space; runs of spaces collapse to one. Which marks survive is a guess ("most
   punctuation is dropped").
 
-Encoding (``one_hot``), as CASE.md states
+Encoding (``one_hot``), as docs/case-study.md states
 -----------------------------------------
 The alphabet below (74 characters, ``-`` twice: the later index, 59, wins) plus
 one unknown channel (74) gives 75 channels. The text is lowercased again before
@@ -50,7 +50,7 @@ unknown channel (a consequence of the alphabet as documented). The first 150
 characters are kept; the rest of the 150 positions are all-zero columns. The
 matrix is built (150, 75) and transposed to channels-first (75, 150).
 
-Conv stack, as CASE.md states
+Conv stack, as docs/case-study.md states
 -----------------------------
 Four 1-D *true* convolutions (the kernel is flipped, as Theano's ``conv`` with
 ``filter_flip=True``): ``out[f, t] = b[f] + Σ_c Σ_k W[f, c, k] · x[c, t + K-1-k]``
@@ -125,7 +125,7 @@ _SPACES = re.compile(r"\s+")
 def clean_tweet(text: str) -> str:
     """A tweet as the Tweet2Vec encoder saw it: ``'B ' + cleaned + ' E'``.
 
-    See the module docstring for what is stated by CASE.md and what is a guess.
+    See the module docstring for what is stated by docs/case-study.md and what is a guess.
 
     >>> clean_tweet("@bob I can't wait!!! :) http://t.co/x #fun")
     'B U i can not wait! H #fun E'

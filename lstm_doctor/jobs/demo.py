@@ -1,6 +1,6 @@
-"""``demo``: diagnose the bundled CASE.md-like encoder, then compare its fixed twin.
+"""``demo``: diagnose the bundled case-study-like encoder, then compare its fixed twin.
 
-The broken encoder carries CASE.md's four defects (``lstm_doctor.example``);
+The broken encoder carries the case study's four defects (``lstm_doctor.example``);
 the fixed twin has all four repaired. The demo prints, in about one screen
 (``demo_text``): the broken encoder's diagnosis (what is wrong, its root causes
 in order, what they explain) and its what-if table; the fixed twin's diagnosis
@@ -34,7 +34,7 @@ def demo_options(base: DiagnoseOptions) -> tuple[DiagnoseOptions, DiagnoseOption
 
     folder = example_folder()
     # The broken encoder also gets the what-if experiment: which fix removes
-    # the saturation, which the collapse (CASE.md's ablation, measured).
+    # the saturation, which the collapse (the case study's ablation, measured).
     # The experiment re-runs 32 of the 96 tweets: the same conclusions as on
     # all of them (tests/test_whatif.py), in a third of the time.
     broken = replace(
@@ -97,7 +97,7 @@ def demo_text(broken: dict, fixed: dict, from_text: dict | None, color: bool = F
     inp = broken["inputs"]
     console.print(Text.assemble(
         ("lstm-doctor demo", "bold"),
-        f": the CASE.md encoder ({BROKEN}, cell {broken['model']['layers'][0]['equation']}), "
+        f": the case-study encoder ({BROKEN}, cell {broken['model']['layers'][0]['equation']}), "
         f"{inp['sequences']} sequences × {inp['T']} steps × {inp['D']} features",
     ))
     console.print()
@@ -140,7 +140,7 @@ def comparison_table(broken: dict, fixed: dict):
     from rich.table import Table
 
     table = Table(
-        title="Broken vs its fixed twin (the four CASE.md defects repaired)", title_justify="left",
+        title="Broken vs its fixed twin (the four case-study defects repaired)", title_justify="left",
         box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
     )
     table.add_column("metric")
@@ -181,7 +181,7 @@ def comparison(broken: dict, fixed: dict, color: str, to_terminal: bool) -> str:
 
     from lstm_doctor.report.terminal import text_width, use_color
 
-    table = Table(title="Broken encoder vs its fixed twin (all four CASE.md defects repaired)", title_justify="left")
+    table = Table(title="Broken encoder vs its fixed twin (all four docs/case-study.md defects repaired)", title_justify="left")
     table.add_column("metric")
     table.add_column("broken", justify="right")
     table.add_column("fixed", justify="right")

@@ -1,4 +1,4 @@
-"""Tweet2Vec encoder files: a joblib-pickled list of float32 arrays (see CASE.md).
+"""Tweet2Vec encoder files: a joblib-pickled list of float32 arrays (see docs/case-study.md).
 
 The file is named ``*.npy`` but is a pickle (``joblib.dump`` of a Python list),
 so ``np.load`` fails on it. No names are stored: the order carries the meaning.
@@ -18,7 +18,7 @@ Beside it, ``<stem>_global.npy`` (when present) is a joblib tuple of
 hyper-parameters whose last element is a pickled Theano shared variable; it is
 read without Theano (``safepickle``) and recorded in ``LSTMModel.notes``.
 
-Equations: the code computes ``h = o·σ(c)`` (defect 2 in CASE.md), with
+Equations: the code computes ``h = o·σ(c)`` (defect 2 in docs/case-study.md), with
 peepholes. ``--preset tweet2vec`` (``LoadOptions.preset``) declares exactly
 that; without it the standard ``h = o·tanh(c)`` is assumed and a note says so.
 Peepholes are part of the weights either way. ``h0 = h_beg``, ``c0 = cell_beg``.

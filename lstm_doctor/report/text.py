@@ -6,7 +6,7 @@ sentence on what is wrong, the independent root causes ranked, one line each
 details, one entry per rule and layer (a rule on several gates is one entry
 with a per-gate breakdown, its fix shown once). Then a per-gate saturation
 summary, the per-step mean h and mean c for the first steps (what the user of
-CASE.md printed by hand), the what-if tables, and the verdict. ``verbose``
+docs/case-study.md printed by hand), the what-if tables, and the verdict. ``verbose``
 adds the full table, one row per finding location, grouped by layer and family.
 """
 

@@ -2,7 +2,7 @@
 
 ``what_if_renderables(report)`` returns the ablation table (the model as
 loaded, each fix alone, the fixes that could not run, then the cumulative
-path, as in CASE.md), the root-cause ranking and the measured conclusions.
+path, as in docs/case-study.md), the root-cause ranking and the measured conclusions.
 ``render_what_if(report, console)`` prints them; it prints nothing when the
 report has no ``what_if`` section.
 """
@@ -77,7 +77,7 @@ def _not_run(row: dict) -> bool:
 
 
 def ablation_table(rows: list[dict], sample: dict | None = None) -> Table:
-    """The headline metrics of every run, as CASE.md's ablation."""
+    """The headline metrics of every run, as the case study's ablation."""
     title = "What-if: each fix alone, then cumulatively (same sample for every run"
     if sample:
         title += f": {sample['sequences']} of {sample['of']} sequences × {sample['T']} steps"

@@ -26,7 +26,7 @@ from lstm_doctor.capture.numpy_loop import (
 )
 from lstm_doctor.model import SIGMOID_GATES, DirectionParams, Layer
 
-# |z| beyond which σ(z) is within 0.01 of 0 or 1 (RULES.md).
+# |z| beyond which σ(z) is within 0.01 of 0 or 1 (docs/rules.md).
 LINEAR_RANGE = 4.6
 
 
@@ -282,7 +282,7 @@ class DirectionReducer:
 
     - moments per (step, unit) of i, f, o and h: float32 sums of the
       deviations d = v − r from the step's first valid row r and of d², so
-      that a large mean costs no precision (CASE.md's gates sit at 1 with a
+      that a large mean costs no precision (the case study's gates sit at 1 with a
       cross-input std of 1e-8); Σv = n·r + Σd and Σv² = n·r² + 2r·Σd + Σd²
       are assembled in float64;
     - counts per (step, unit) as sums of uint8 flags over the sequences, and

@@ -22,7 +22,7 @@ the environment variable ``LSTM_DOCTOR_BACKEND=theano`` asks for it.
 
 The compile mode is chosen on purpose (``compile_mode()``), never left to the
 library's default: PyTensor 3's default is NUMBA, whose JIT costs ~20 s per
-graph and dtype (ENGINE.md), and its C backend (CVM) runs this step 1.5-2x
+graph and dtype (docs/engines.md), and its C backend (CVM) runs this step 1.5-2x
 slower than Python thunks and costs 30-60 s of g++ on a cold cache (measured
 numbers in ``lstm_doctor.capture.symbolic.scan``). The chosen mode runs every op's NumPy
 ``perform`` (Python thunks) with the ``fast_run`` rewrites except element-wise
@@ -30,7 +30,7 @@ fusion, because a fused ``Composite`` has no NumPy implementation and would
 run element by element, plus one rewrite (``_numpy_friendly``) that turns the
 other element-by-element cases back into NumPy ufunc calls.
 
-Theano 1.0.5 on Python 3.11 needs some care (ENGINE.md), done here before the
+Theano 1.0.5 on Python 3.11 needs some care (docs/engines.md), done here before the
 import, and only as defaults that the user's ``THEANO_FLAGS`` can override:
 
 - ``cxx=`` (no C compiler: pure Python thunks, no ~21 s cold compile) and

@@ -34,7 +34,7 @@ Never the library default (NUMBA in PyTensor 3).
 Measured on this project's machine (2 cores, shared with other jobs while
 measuring, load 3-5, so wall times were inflated: the run figures are CPU
 seconds, median over runs; OpenBLAS single-threaded; PyTensor 3.0.7). One
-direction, float32, T=150, B=256, D=H=256 (ENGINE.md's workload):
+direction, float32, T=150, B=256, D=H=256 (the workload of docs/engines.md):
 
 ====================================  ==========================  ==========  ==========
 mode                                  compile per configuration   run, full   run, h
@@ -51,7 +51,7 @@ CVM (C thunks, C loop)                cold 33-58 s / 14-20 s wall 3.4-3.8 s   3.
                                       4.7 s / 2.5 s wall
 JAX                                   fails on dynamic shapes: needs fixed shapes, so a
                                       compile per input size; not pursued
-NUMBA                                 not re-measured: 18-21 s JIT per graph (ENGINE.md)
+NUMBA                                 not re-measured: 18-21 s JIT per graph (docs/engines.md)
 ====================================  ==========================  ==========  ==========
 
 At the tests' size (T=12, B=5, D=4, H=6) a call takes 6-18 ms in the chosen
