@@ -107,9 +107,9 @@ def run_job(execute: Callable[[Any], int], options: Any) -> None:
 @click.option("--observed", type=click.Path(),
               help="A trace your own code printed for the same inputs (.npy h (B,T,H)/(T,B,H)/(B,H), or .npz with h, "
               "c, units, layout): rank the configurations that reproduce it (A204).")
-@click.option("--gradients/--no-gradients", default=False, show_default=True,
-              help="Gradient flow by autodiff over the bounded sample (G701, G702, H602, memory horizon); "
-              "costs a PyTensor compile of several seconds, hence opt-in.")
+@click.option("--gradients/--no-gradients", default=True, show_default=True,
+              help="Gradient flow over the bounded sample (G701, G702, H602, memory horizon) by the LSTM's backward "
+              "recursion in NumPy; with --engine pytensor by PyTensor's grad (a compile of several seconds).")
 @click.option("--verbose", "-v", is_flag=True,
               help="Also print the full findings table, one row per location (text), and each stage's wall time "
               "(load, capture, analyze, render) on stderr.")

@@ -167,11 +167,19 @@ def _seeds(H: int, n: int, rng) -> tuple[np.ndarray, bool]:
     return rng.standard_normal((PROBES, H)), False
 
 
-def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES) -> GradientResult:
-    """Sensitivities of layer 0's first direction over the first ``sequences`` of the sample."""
-    from lstm_doctor.capture.engines import final_hidden, run_chunk
-    from lstm_doctor.capture.symbolic.scan import final_state_gradients, graph_key
+def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str = "numpy") -> GradientResult:
+    """Sensitivities of layer 0's first direction over the first ``sequences`` of the sample.
 
+    ``method`` "numpy" (the default): the backward recursion of
+    ``experiments.sensitivity`` (no PyTensor import, no compile); "pytensor":
+    PyTensor's ``grad`` through the instrumented scan (``--engine pytensor``),
+    the check the recursion is tested against. Both give the same ∂L/∂x_t and
+    ∂L/∂(x_t·W), so everything below is shared.
+    """
+    from lstm_doctor.capture.engines import final_hidden, run_chunk
+
+    if method not in ("numpy", "pytensor"):
+        raise ValueError(f"unknown gradient method {method!r}")
     started = time.perf_counter()
     model: LSTMModel = capture.model
     layer = model.layers[0]
@@ -185,23 +193,29 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES) -> GradientR
     rng = np.random.default_rng(0)
     seeds, exact = _seeds(H, n, rng)
     P = len(seeds)
-    # Replicate the sample once per seed: sequences are independent, so one call.
-    xr = np.repeat(x, P, axis=1)  # (T, n·P, D), sequence-major
-    seed = np.tile(seeds, (n, 1)).astype(params.dtype)  # (n·P, H)
-    mask = None
-    if lengths is not None:
-        lens = np.repeat(lengths, P)
-        mask = np.arange(T)[:, None] < lens[None, :]
-    xin = xr[::-1] if direction == "rev" and lengths is None else xr
-    if direction == "rev" and lengths is not None:
-        from lstm_doctor.capture.engines import reverse_padded
-
-        xin = reverse_padded(xr, lens)
-    key = graph_key(params, layer, mask is not None, "h")
+    lens = None if lengths is None else np.repeat(lengths, P)
+    mask = None if lengths is None else np.arange(T)[:, None] < lens[None, :]  # (T, n·P)
+    compile_seconds = 0.0
     t0 = time.perf_counter()
-    grads = final_state_gradients(params, layer, xin, mask, seed)
-    grad_seconds = time.perf_counter() - t0
-    compile_seconds = _compile_seconds(key)
+    if method == "numpy":
+        from lstm_doctor.experiments import sensitivity
+
+        xin = _processing_order(x, lengths, direction)
+        mask_n = None if lengths is None else np.arange(T)[:, None] < lengths[None, :]
+        grads = sensitivity.final_state_gradients(params, layer, xin, mask_n, seeds)
+        grad_seconds = time.perf_counter() - t0
+    else:
+        from lstm_doctor.capture.symbolic.scan import final_state_gradients, graph_key
+
+        # Replicate the sample once per seed: sequences are independent, so one call.
+        xr = np.repeat(x, P, axis=1)  # (T, n·P, D), sequence-major
+        seed = np.tile(seeds, (n, 1)).astype(params.dtype)  # (n·P, H)
+        xin = _processing_order(xr, lens, direction)
+        key = graph_key(params, layer, mask is not None, "h")
+        grads = final_state_gradients(params, layer, xin, mask, seed)
+        grad_seconds = time.perf_counter() - t0
+        compile_seconds = _compile_seconds(key)
+    seed = np.tile(seeds, (n, 1))  # (n·P, H)
     gx = np.asarray(grads["x"], np.float64)  # (T, n·P, D), processing order
     gz = np.asarray(grads["input_term"], np.float64)  # (T, n·P, 4H)
     gh = np.zeros((T, n * P, H))
@@ -259,8 +273,20 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES) -> GradientR
         probes=P,
         seconds=time.perf_counter() - started,
         compile_seconds=compile_seconds,
-        extra={"gradient_call_seconds": grad_seconds},
+        extra={"gradient_call_seconds": grad_seconds, "method": method},
     )
+
+
+def _processing_order(x: np.ndarray, lengths, direction: str) -> np.ndarray:
+    """x (T, B, D) in the order the direction processes it: reversed for "rev"
+    (each sequence's valid steps reversed in place when padded)."""
+    if direction != "rev":
+        return x
+    if lengths is None:
+        return x[::-1]
+    from lstm_doctor.capture.engines import reverse_padded
+
+    return reverse_padded(x, lengths)
 
 
 def _compile_seconds(key) -> float:

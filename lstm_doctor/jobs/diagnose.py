@@ -55,7 +55,7 @@ class DiagnoseOptions(ModelSelection):
     extra_protected: tuple[str, ...] = field(default_factory=tuple)
     max_memory: str | None = None  # e.g. "2GB"; None: a fraction of physical memory (lstm_doctor.capture.budget)
     observed: str | None = None  # --observed FILE: a trace the user's code printed (A204, lstm_doctor.experiments.observed)
-    gradients: bool = False  # --gradients: autodiff gradient flow (G701, G702, H602); opt-in, costs a compile
+    gradients: bool = True  # gradient flow (G701, G702, H602): NumPy backward recursion; --engine pytensor: PyTensor grad
     # The Python API's seam (lstm_doctor.api): an already-built LSTMModel and an in-memory
     # InputSource stand in for ``model`` and ``inputs``; everything after loading is the same job.
     loaded_model: object | None = None
@@ -219,7 +219,8 @@ def attach_differential(options: DiagnoseOptions, model, result) -> None:
     if options.gradients:
         from lstm_doctor.experiments.gradients import analyze_gradients
 
-        result.gradients = analyze_gradients(result)
+        # --engine pytensor checks the recursion against PyTensor's grad (costs a compile)
+        result.gradients = analyze_gradients(result, method="pytensor" if options.engine == "pytensor" else "numpy")
 
 
 def render(

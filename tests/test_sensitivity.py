@@ -1,0 +1,233 @@
+"""Issue 18.3: the NumPy backward recursion (experiments.sensitivity) against PyTensor's grad and finite differences.
+
+Float64 models, so both paths are exact to rounding: the recursion must match
+``capture.symbolic.scan.final_state_gradients`` to 1e-6 relative, and central
+differences of Σ seed ⊙ h_T (the step of ``capture/step.py``) to 1e-5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from factory import model, normal_inputs, run, with_acts
+
+from lstm_doctor.analyzers import AnalysisConfig, analyze
+from lstm_doctor.capture import step as oracle
+from lstm_doctor.experiments import gradients, sensitivity
+from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
+
+T, N, D, H = 12, 3, 4, 5
+
+
+def _layer_model(layer: Layer) -> LSTMModel:
+    return LSTMModel((layer,), name="t")
+
+
+def _standard():
+    return model(D, H, init="torch", seed=3, dtype=np.float64)
+
+
+def _peephole():
+    p = np.random.default_rng(4).normal(0, 0.5, (3, H))
+    return model(D, H, init="torch", seed=4, dtype=np.float64, peephole=p)
+
+
+def _clip():
+    m = model(D, H, init="torch", seed=5, dtype=np.float64, peephole=np.full((3, H), 0.3))
+    return replace(m, layers=(replace(m.layers[0], clip=0.4),))
+
+
+def _hard_sigmoid():
+    return with_acts(model(D, H, init="glorot", seed=6, dtype=np.float64), gate="hard_sigmoid")
+
+
+def _case_like():
+    """CASE.md-like: Normal(0.1, 0.05) weights and peepholes, h = o·σ(c), gates pinned by large inputs."""
+    rng = np.random.default_rng(7)
+    d = make_direction(
+        rng.normal(0.1, 0.05, (D, 4 * H)), rng.normal(0.1, 0.05, (H, 4 * H)), np.zeros(4 * H),
+        rng.normal(0.1, 0.05, (3, H)), dtype=np.float64,
+    )
+    return _layer_model(Layer(d, None, Activations(cell_output="sigmoid")))
+
+
+def _backwards():
+    m = _peephole()
+    return replace(m, layers=(replace(m.layers[0], go_backwards=True),))
+
+
+CASES = {
+    "standard": (_standard, 1.0, None),
+    "peephole": (_peephole, 1.0, None),
+    "clip": (_clip, 2.0, None),
+    "hard_sigmoid": (_hard_sigmoid, 2.0, None),
+    "case_like": (_case_like, 30.0, None),
+    "lengths": (_peephole, 1.0, np.array([T, 7, 1])),
+}
+
+
+def _inputs(scale, seed=11):
+    return np.random.default_rng(seed).standard_normal((T, N, D)) * scale
+
+
+def _seeds():
+    return np.random.default_rng(12).standard_normal((2, H))
+
+
+def _mask(lengths):
+    return None if lengths is None else np.arange(T)[:, None] < lengths[None, :]
+
+
+def _final_h(m, x, mask):
+    layer = m.layers[0]
+    return oracle.run(layer.forward, layer, x, mask)["h"][-1]  # (n, H): padding carries h_T
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_recursion_matches_pytensor_grad(name):
+    from lstm_doctor.capture.symbolic.scan import final_state_gradients
+
+    make, scale, lengths = CASES[name]
+    m = make()
+    layer = m.layers[0]
+    x, seeds, mask = _inputs(scale), _seeds(), _mask(lengths)
+    P = len(seeds)
+    ours = sensitivity.final_state_gradients(layer.forward, layer, x, mask, seeds)
+    theirs = final_state_gradients(
+        layer.forward, layer, np.repeat(x, P, axis=1), None if mask is None else np.repeat(mask, P, axis=1),
+        np.tile(seeds, (N, 1)),
+    )
+    for key in ("x", "input_term"):
+        a, b = ours[key], np.asarray(theirs[key], np.float64)
+        assert a.shape == b.shape
+        # per step: the gradient decays by orders of magnitude along the lags, so compare step by step
+        scale_t = np.abs(b).reshape(T, -1).max(axis=1)
+        err_t = np.abs(a - b).reshape(T, -1).max(axis=1)
+        assert np.all(err_t <= 1e-6 * scale_t + 1e-300), (key, err_t / np.maximum(scale_t, 1e-300))
+        assert np.any(scale_t > 0)
+    if lengths is not None:  # padding steps receive nothing
+        assert np.all(ours["x"][~np.repeat(mask, P, axis=1)] == 0)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_recursion_matches_central_differences(name):
+    make, scale, lengths = CASES[name]
+    m = make()
+    layer = m.layers[0]
+    x, seeds, mask = _inputs(scale), _seeds(), _mask(lengths)
+    P = len(seeds)
+    gx = sensitivity.final_state_gradients(layer.forward, layer, x, mask, seeds)["x"].reshape(T, N, P, D)
+    rng = np.random.default_rng(13)
+    eps = 1e-6
+    checked = 0
+    for t in (0, T // 2, T - 1):
+        delta = np.zeros_like(x)
+        delta[t] = rng.standard_normal((N, D))
+        up, down = _final_h(m, x + eps * delta, mask), _final_h(m, x - eps * delta, mask)
+        fd = np.einsum("nh,ph->np", up - down, seeds) / (2 * eps)  # (N, P)
+        an = np.einsum("npd,nd->np", gx[t], delta[t])
+        tol = 1e-5 * max(np.abs(an).max(), np.abs(fd).max()) + 1e-9
+        assert np.allclose(an, fd, rtol=0, atol=tol), (t, an, fd)
+        checked += int(np.abs(fd).max() > 1e-6)
+    assert checked >= 1  # at least the last step has a measurable effect
+
+
+def test_case_like_sensitivities_underflow_and_still_agree():
+    """Pinned gates: the sensitivity falls by many orders of magnitude; both paths agree lag by lag."""
+    m = _case_like()
+    x = np.abs(np.random.default_rng(2).standard_normal((16, 40, D))) * 30  # (n, T, D) btd
+    _, cap = run(m, x)
+    a = gradients.analyze_gradients(cap, method="numpy")
+    b = gradients.analyze_gradients(cap, method="pytensor")
+    sa, sb = a.input_sensitivity, b.input_sensitivity
+    assert sa[0] > 0 and sa[-1] < 1e-12 * sa[0]  # vanished
+    assert np.all(np.abs(sa - sb) <= 1e-6 * np.abs(sb) + 1e-300)
+    assert np.allclose(a.state_sensitivity, b.state_sensitivity, rtol=1e-6, atol=1e-300)
+    assert a.memory_horizon == b.memory_horizon
+
+
+@pytest.mark.parametrize("backwards,lengths", [(False, None), (True, None), (True, "padded"), (False, "padded")])
+def test_analyze_gradients_paths_agree(backwards, lengths):
+    m = _backwards() if backwards else _peephole()
+    x = normal_inputs(n=6, T=T, D=D).astype(np.float64)
+    lens = None if lengths is None else np.array([T, 9, 4, T, 2, 7])
+    _, cap = run(m, x, lengths=lens)
+    a = gradients.analyze_gradients(cap, method="numpy")
+    b = gradients.analyze_gradients(cap, method="pytensor")
+    assert a.direction == b.direction == ("rev" if backwards else "fwd")
+    np.testing.assert_allclose(a.input_sensitivity, b.input_sensitivity, rtol=1e-6, atol=1e-300)
+    np.testing.assert_allclose(a.state_sensitivity, b.state_sensitivity, rtol=1e-6, atol=1e-300)
+    assert (a.memory_horizon, a.exact, a.probes, a.sequences) == (b.memory_horizon, b.exact, b.probes, b.sequences)
+    assert a.compile_seconds == 0.0 and a.extra["method"] == "numpy"
+
+
+def test_hutchinson_probes_above_exact_units():
+    """H > EXACT_UNITS: the same Gaussian probes on both paths (float32 model: float32 PyTensor vs float64 NumPy)."""
+    m = model(6, gradients.EXACT_UNITS + 8, init="glorot", forget_bias=1.0, seed=8)
+    _, cap = run(m, normal_inputs(n=10, T=15, D=6))
+    a = gradients.analyze_gradients(cap, method="numpy")
+    b = gradients.analyze_gradients(cap, method="pytensor")
+    assert not a.exact and a.probes == gradients.PROBES
+    np.testing.assert_allclose(a.input_sensitivity, b.input_sensitivity, rtol=1e-4)
+    np.testing.assert_allclose(a.state_sensitivity, b.state_sensitivity, rtol=1e-4)
+
+
+def _gradient_findings(m, cap, method):
+    cap.gradients = gradients.analyze_gradients(cap, method=method)
+    analysis = analyze(m, cap, AnalysisConfig())
+    return sorted(
+        (f.code, str(f.severity), f.message)
+        for f in analysis.findings
+        if f.code in ("G701", "G702", "H602")
+    )
+
+
+def _bundled_example():
+    from lstm_doctor.example import example_folder
+    from lstm_doctor.load import load_model
+
+    folder = example_folder()
+    m = load_model(folder / "broken")
+    x = np.load(folder / "conv_output.npy")
+    return m, x
+
+
+@pytest.mark.parametrize("which", ["bundled_example", "healthy"])
+def test_rules_give_identical_findings_on_both_paths(which):
+    if which == "bundled_example":
+        m, x = _bundled_example()
+    else:
+        m, x = model(8, 16, init="glorot", forget_bias=1.0), normal_inputs(D=8, T=40)
+    _, cap = run(m, x)
+    ours = _gradient_findings(m, cap, "numpy")
+    theirs = _gradient_findings(m, cap, "pytensor")
+    assert ours == theirs
+    codes = {c for c, _, _ in ours}
+    if which == "bundled_example":
+        assert {"G701", "H602"} <= codes  # CASE.md's encoder: vanished gradients, input-insensitive
+    else:
+        assert not codes
+
+
+def test_default_diagnosis_runs_gradients_without_pytensor(tmp_path):
+    """``diagnose`` computes the gradient rules by default (no compile): G701 is not skipped."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lstm_doctor.cli.main import cli
+    from lstm_doctor.example import example_folder
+
+    folder = example_folder()
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(
+        cli, ["diagnose", str(folder / "broken"), "--inputs", str(folder / "conv_output.npy"), "--engine", "numpy",
+              "--format", "json", "--output", str(out), "--exit-zero", "--color", "never"],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    g = report["statistics"]["gradients"]
+    assert g["memory_horizon"] >= 1 and len(g["input_sensitivity_by_lag"]) == 256
+    assert "G701" in {f["code"] for f in report["findings"]}
