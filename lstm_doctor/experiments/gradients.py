@@ -202,7 +202,10 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str 
 
         xin = _processing_order(x, lengths, direction)
         mask_n = None if lengths is None else np.arange(T)[:, None] < lengths[None, :]
-        grads = sensitivity.final_state_gradients(params, layer, xin, mask_n, seeds)
+        from lstm_doctor.capture.numpy_loop import blas_threads_context
+
+        with blas_threads_context(n * P, D, H):  # small GEMMs: one BLAS thread (numpy_loop explains)
+            grads = sensitivity.final_state_gradients(params, layer, xin, mask_n, seeds)
         grad_seconds = time.perf_counter() - t0
     else:
         from lstm_doctor.capture.symbolic.scan import final_state_gradients, graph_key
