@@ -34,9 +34,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lstm_doctor.api import diagnose
-from lstm_doctor.capture.numpy_loop import _one_blas_thread
-
 SEVERITY_RANK = {"info": 1, "warning": 2, "error": 3}
 DEFAULT_BUDGET = 0.03  # a share of training time; steady-state overhead ≈ this, below the 5 % target
 
@@ -96,6 +93,8 @@ class Watch:
 
     def check(self, step: int):
         """Diagnose the probe now; log, warn, decide whether to stop. Returns the ``Report``."""
+        from lstm_doctor.api import diagnose
+        from lstm_doctor.capture.numpy_loop import _one_blas_thread
 
         args = self.probe if isinstance(self.probe, tuple) else (self.probe,)
         started = time.perf_counter()

@@ -27,7 +27,6 @@ from typing import Callable
 
 import numpy as np
 
-from lstm_doctor.capture.fused import engine as fused
 from lstm_doctor.capture.numpy_loop import CAPTURE_FULL, StepRecord
 from lstm_doctor.capture.numpy_loop import run_direction as numpy_run_direction
 from lstm_doctor.choices import DEFAULT_ENGINE, ENGINES
@@ -48,6 +47,7 @@ def resolve_engine(name: str, model: LSTMModel, T: int, n_sequences: int) -> str
     a workload; no engine's choice depends on them now.)"""
     if name not in ("auto", "fused"):
         return name
+    from lstm_doctor.capture.fused import engine as fused
 
     if not fused.supports(model.dtype):
         return "numpy"

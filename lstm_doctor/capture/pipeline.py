@@ -16,7 +16,6 @@ from typing import Callable
 
 import numpy as np
 
-from lstm_doctor.capture import budget
 from lstm_doctor.capture.engines import (
     STREAMING_ENGINES,
     final_hidden,
@@ -25,6 +24,7 @@ from lstm_doctor.capture.engines import (
 )
 from lstm_doctor.capture.numpy_loop import CAPTURE_FULL, CAPTURE_STATS, StepRecord
 from lstm_doctor.choices import DEFAULT_ENGINE
+from lstm_doctor.capture import budget
 from lstm_doctor.load.inputs import InputSource
 from lstm_doctor.model import LSTMModel
 from lstm_doctor.stats import (

@@ -33,7 +33,6 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
-from importlib.metadata import entry_points as _entry_points
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -62,6 +61,7 @@ class Featurizer:
 
 def entry_points() -> dict[str, object]:
     """The installed ``lstm_doctor.featurizers`` entry points, by name."""
+    from importlib.metadata import entry_points as _entry_points
 
     return {ep.name: ep for ep in _entry_points(group=GROUP)}
 

@@ -34,24 +34,16 @@ version control) and exits 0.
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import os
-import sys
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
 from lstm_doctor.choices import LAYOUTS
 from lstm_doctor.errors import ConfigError, UserError
 from lstm_doctor.findings import IDENTITY_FIELDS, Severity, finding_identity
-from lstm_doctor.jobs.diagnose import DiagnoseOptions, check_plots_dir, run_diagnosis
-from lstm_doctor.report.build import envelope
-from lstm_doctor.report.diagnosis import status
-from lstm_doctor.report.html import _where
-from lstm_doctor.report.terminal import text_width, use_color
 
 CONFIG_FILES = ("lstm-doctor.toml", "pyproject.toml")
 TOOL_KEY = "lstm-doctor"
@@ -354,6 +346,7 @@ def load_baseline(path: str) -> set[tuple]:
 
 
 def baseline_document(results: list[tuple[str, dict]]) -> dict:
+    from lstm_doctor.report.build import envelope
 
     keys: dict[tuple, str] = {}
     for model_id, report in results:
@@ -396,6 +389,7 @@ def apply_baseline(
 
 
 def check_document(results: list[tuple[str, dict]], config: CheckConfig, created: str, exit_code: int) -> dict:
+    from lstm_doctor.report.build import envelope
 
     reports = [r for _, r in results]
     new = [r["check"]["new"] for r in reports]
@@ -414,6 +408,7 @@ def check_document(results: list[tuple[str, dict]], config: CheckConfig, created
 
 
 def diagnose_options(entry: ModelEntry, config: CheckConfig, options: CheckOptions):
+    from lstm_doctor.jobs.diagnose import DiagnoseOptions
 
     return DiagnoseOptions(
         model=entry.model,
@@ -450,13 +445,9 @@ def render_outputs(fmt: str, results: list[tuple[str, dict]], document: dict, op
 
 def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
     """Diagnose every model, apply the baseline, write the outputs; return (exit code, document, config)."""
-    from lstm_doctor.output import (
-        allow_replacing,
-        check_output_path,
-        one_unit,
-        same_file,
-        write_atomic,
-    )
+    from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
+    from lstm_doctor.jobs.diagnose import check_plots_dir, run_diagnosis
+    from lstm_doctor.output import allow_replacing, check_output_path, one_unit, same_file, write_atomic
     from lstm_doctor.report import RenderOptions
 
     config = resolve(options)
@@ -503,10 +494,12 @@ def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
 
 def summary_text(document: dict, config: CheckConfig, written: list[str], color: bool, width: int) -> str:
     """The closing table of ``check``: one row per model, then the verdict."""
+    import io
 
     from rich.console import Console
     from rich.table import Table
 
+    from lstm_doctor.report.html import _where
 
     baseline = config.baseline is not None
     table = Table(title=f"lstm-doctor check ({config.source}, fail-on {config.fail_on})", title_justify="left")
@@ -534,6 +527,7 @@ def summary_text(document: dict, config: CheckConfig, written: list[str], color:
             console.print(line, markup=False)
     for line in written:
         console.print(f"wrote {line}", markup=False)
+    from lstm_doctor.report.diagnosis import status
 
     code = document["summary"]["exit_code"]
     failing = sum(status(m["report"])["failing"] for m in document["models"])
@@ -546,9 +540,11 @@ def summary_text(document: dict, config: CheckConfig, written: list[str], color:
 
 
 def execute(options: CheckOptions) -> int:
+    import sys
 
     from lstm_doctor.output import emit, one_unit
     from lstm_doctor.report import REPORTERS, RenderOptions
+    from lstm_doctor.report.terminal import text_width, use_color
 
     if options.format not in REPORTERS:
         raise UserError(f"unknown format {options.format!r}; choose one of {', '.join(REPORTERS)}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lstm_doctor.jobs.selection import ModelSelection, open_model
+from lstm_doctor.jobs.selection import ModelSelection
 from lstm_doctor.model import GATES, PEEPHOLE_GATES, DirectionParams, LSTMModel
 
 ROLES = ("W", "U", "b", "peephole", "h0", "c0")
@@ -167,6 +167,7 @@ class InspectOptions(ModelSelection):
 
 
 def execute(options: InspectOptions) -> int:
+    from lstm_doctor.jobs.selection import open_model
 
     description = describe(open_model(options))
     if options.format == "json":

@@ -26,8 +26,6 @@ import numpy as np
 
 from lstm_doctor.errors import ModelError, UserError
 from lstm_doctor.live import ArrayInputs, LiveLSTM, Skipped, compact, is_prefix_mask
-from lstm_doctor.load.keras import _activations
-from lstm_doctor.load.keras import _direction as keras_direction
 from lstm_doctor.model import Layer, LSTMModel
 
 
@@ -126,6 +124,7 @@ def capture_model(model, args: tuple, kwargs: dict | None = None) -> tuple[list[
 
 
 def _direction(layer, where: str):
+    from lstm_doctor.load.keras import _direction as keras_direction
 
     weights = [np.asarray(w) for w in layer.get_weights()]
     kernel, recurrent = weights[0], weights[1]
@@ -149,6 +148,7 @@ def _sequence_output(entry) -> tuple[np.ndarray | None, np.ndarray | None]:
 def _convert(path: str, kind: str, layer, calls: dict) -> LiveLSTM | Skipped:
     import keras
 
+    from lstm_doctor.load.keras import _activations
 
     entries = calls[id(layer)]
     if not entries:

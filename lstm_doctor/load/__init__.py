@@ -16,7 +16,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lstm_doctor.capture import budget
 from lstm_doctor.choices import MODEL_FORMATS
 from lstm_doctor.errors import ModelError, UserError
 from lstm_doctor.model import LSTMModel
@@ -107,6 +106,7 @@ def load_model(
     options: LoadOptions | None = None,
 ) -> LSTMModel:
     """Load any supported model file (or native directory) as an ``LSTMModel``."""
+    from lstm_doctor.capture import budget
 
     path = check_readable_file(Path(path), allow_dir=True)
     options = options or LoadOptions()

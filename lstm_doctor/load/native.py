@@ -34,6 +34,7 @@ for the backward direction.
 from __future__ import annotations
 
 import tomllib
+import zipfile
 from pathlib import Path
 
 import numpy as np

@@ -44,6 +44,7 @@ import numpy as np
 
 from lstm_doctor.capture.budget import check_declared, declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
+from lstm_doctor.output import declare_read
 from lstm_doctor.model import (
     Activations,
     Layer,
@@ -52,7 +53,6 @@ from lstm_doctor.model import (
     reorder_gates,
 )
 from lstm_doctor.model.activations import get_activation
-from lstm_doctor.output import declare_read
 
 ONNX_ORDER = "iofc"
 PASS_THROUGH = ("Squeeze", "Transpose", "Reshape", "Identity", "Cast")

@@ -8,11 +8,7 @@ where ``report`` is the JSON-able dict built by ``build_report`` and
 
 from __future__ import annotations
 
-import importlib
-import io
-import json
 from dataclasses import dataclass
-from importlib.resources import files
 from typing import Callable
 
 from lstm_doctor.report.build import SCHEMA_VERSION, build_report, to_json
@@ -32,6 +28,7 @@ def _json(report: dict, options: RenderOptions) -> str:
 
 
 def _text(report: dict, options: RenderOptions) -> str:
+    import io
 
     from rich.console import Console
 
@@ -95,6 +92,7 @@ MULTI = {"html": "html", "markdown": "markdown", "junit": "junit", "github": "gi
 
 def render_many(fmt: str, reports: list[dict], options: RenderOptions) -> str | bytes:
     """Several reports in one output of format ``fmt`` (not json: see ``lstm_doctor.jobs.check``)."""
+    import importlib
 
     if fmt in MULTI:
         return importlib.import_module(f"{__name__}.{MULTI[fmt]}").render_many(reports, options)
@@ -105,6 +103,8 @@ def render_many(fmt: str, reports: list[dict], options: RenderOptions) -> str | 
 
 def load_schema() -> dict:
     """The JSON Schema (draft 2020-12) of the report, shipped as ``report/schema.json``."""
+    import json
+    from importlib.resources import files
 
     return json.loads(files(__name__).joinpath("schema.json").read_text(encoding="utf-8"))
 

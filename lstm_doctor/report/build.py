@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,8 @@ import numpy as np
 
 from lstm_doctor import __version__
 from lstm_doctor.analyzers import RULES, Analysis, AnalysisConfig
-from lstm_doctor.capture.pipeline import headline_metrics
 from lstm_doctor.findings import Severity
-from lstm_doctor.frontend import frontend_stats
 from lstm_doctor.model import GATES, SIGMOID_GATES, LSTMModel
-from lstm_doctor.report.diagnosis import add_diagnosis
-from lstm_doctor.stats import input_energy_share, input_variance_share
 
 SCHEMA_VERSION = "1.1"  # 1.1: ``diagnosis``, ``summary.failing`` and ``summary.exit_forced``
 
@@ -93,6 +88,7 @@ def to_json(value: Any, indent: int = 2) -> str:
     """JSON text of a cleaned report, as ``json.dumps(indent=2)`` but with every
     list of scalars on one line (per-step series, matrix rows), so that a
     report stays readable and small. Deterministic for a given value."""
+    import json
 
     def scalar(v: Any) -> bool:
         return not isinstance(v, (dict, list))
@@ -220,6 +216,7 @@ def describe_model(model: LSTMModel, source=None) -> dict[str, Any]:
 
 
 def describe_inputs(capture) -> dict[str, Any]:
+    from lstm_doctor.frontend import frontend_stats
 
     src = capture.source
     st = capture.inputs
@@ -307,6 +304,7 @@ def energy_shares(terms, bias: np.ndarray, H: int) -> dict[str, dict[str, float]
 
 def layer_statistics(capture) -> list[dict[str, Any]]:
     """Per (layer, direction): what the summaries and plots are drawn from."""
+    from lstm_doctor.stats import input_energy_share, input_variance_share
 
     out = []
     for (k, d), st in capture.directions.items():
@@ -436,6 +434,7 @@ def build_report(
     ``exit_zero``: --exit-zero was given, so ``summary.exit_forced`` records that an
     exit code of 0 does not mean that nothing reached ``fail_on``. The ``diagnosis``
     section (``report/diagnosis.py``) is computed here, once, from the findings."""
+    from lstm_doctor.capture.pipeline import headline_metrics
 
     config = config or AnalysisConfig()
     timings = stage_timings(capture) if capture is not None else {}
@@ -472,6 +471,7 @@ def build_report(
         if capture is not None
         else None,
     }
+    from lstm_doctor.report.diagnosis import add_diagnosis
 
     return add_diagnosis(clean(report))
 

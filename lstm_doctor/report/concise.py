@@ -13,15 +13,12 @@ It reads the report's ``diagnosis`` only; nothing is computed here.
 
 from __future__ import annotations
 
-import os
-
-from lstm_doctor.report.diagnosis import count_line, diagnosis, status
-
 
 def _model(report: dict) -> str:
     check = report.get("check") or {}
     if check.get("model_id"):
         return str(check["model_id"])
+    import os
 
     files = report["model"]["files"]
     if not files:
@@ -35,6 +32,7 @@ def _model(report: dict) -> str:
 
 
 def lines(report: dict) -> list[str]:
+    from lstm_doctor.report.diagnosis import diagnosis
 
     d = report.get("diagnosis") or diagnosis(report)
     model = _model(report)
@@ -59,6 +57,7 @@ def lines(report: dict) -> list[str]:
 
 
 def render(report: dict, options=None) -> str:
+    from lstm_doctor.report.diagnosis import count_line
 
     return "\n".join(lines(report) + [count_line(report)]) + "\n"
 
@@ -67,6 +66,7 @@ def render_many(reports: list[dict], options=None) -> str:
     """Every model's lines, each model's count line, then the total."""
     if len(reports) == 1:
         return render(reports[0], options)
+    from lstm_doctor.report.diagnosis import count_line
 
     out: list[str] = []
     for report in reports:
@@ -77,6 +77,7 @@ def render_many(reports: list[dict], options=None) -> str:
     roots = sum(len((r.get("diagnosis") or {}).get("root_causes") or []) for r in reports)
     parts = [f"{len(reports)} models", f"{roots} root cause{'s' if roots != 1 else ''}"]
     parts += [f"{n} {sev}{'s' if n != 1 and sev != 'info' else ''}" for sev, n in total.items() if n]
+    from lstm_doctor.report.diagnosis import status
 
     forced = code == 0 and any(status(r)["state"] == "forced" for r in reports)
     out.append(", ".join(parts + [f"exit {code}" + (" (forced by --exit-zero)" if forced else "")]))

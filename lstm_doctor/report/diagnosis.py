@@ -37,13 +37,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from lstm_doctor.analyzers import RULES
-
 RANK = {"error": 3, "warning": 2, "info": 1}
 FAMILY_ORDER = "WASCIHG"
 
 
 def _names() -> dict[str, str]:
+    from lstm_doctor.analyzers import RULES
 
     return {code: r.name for code, r in RULES.items()}
 

@@ -10,7 +10,6 @@ file in a pull request. Values are escaped as the runner expects
 
 from __future__ import annotations
 
-from lstm_doctor.analyzers import RULES
 from lstm_doctor.report.html import _where
 
 LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
@@ -25,6 +24,7 @@ def escape_property(text: str) -> str:
 
 
 def _names() -> dict[str, str]:
+    from lstm_doctor.analyzers import RULES
 
     return {code: r.name for code, r in RULES.items()}
 

@@ -14,10 +14,6 @@ import json
 import re
 from html import escape
 
-from lstm_doctor.analyzers import RULES, all_rules
-from lstm_doctor.analyzers.registry import FAMILIES
-from lstm_doctor.report.diagnosis import diagnosis, status
-
 RANK = {"error": 3, "warning": 2, "info": 1}
 
 CSS = """
@@ -102,6 +98,7 @@ def _where(loc: dict) -> str:
 
 
 def _rule_names() -> dict[str, str]:
+    from lstm_doctor.analyzers import RULES
 
     return {code: r.name for code, r in RULES.items()}
 
@@ -114,6 +111,7 @@ def _file(f: dict) -> str:
 
 
 def _header(report: dict) -> str:
+    from lstm_doctor.report.diagnosis import status
 
     s = report["summary"]
     st = status(report)  # never "pass" while a finding reaches --fail-on, whatever the exit code
@@ -269,6 +267,7 @@ def _findings(report: dict, names: dict[str, str]) -> str:
 
 def _diagnosis(report: dict) -> str:
     """The diagnosis block: what is wrong, the root causes in order (code, where, key number, fix), the rest collapsed."""
+    from lstm_doctor.report.diagnosis import diagnosis
 
     d = report.get("diagnosis") or diagnosis(report)
     out = [f'<section class="diagnosis {"healthy" if d["healthy"] else "sick"}" id="diagnosis">',
@@ -314,6 +313,7 @@ def _diagnosis(report: dict) -> str:
 
 def _grouped_findings(report: dict, names: dict[str, str]) -> str:
     """One row per rule and layer, in the diagnosis order; a rule on several gates gets a breakdown, its fix once."""
+    from lstm_doctor.report.diagnosis import diagnosis
 
     d = report.get("diagnosis") or diagnosis(report)
     if not d["groups"]:
@@ -400,6 +400,8 @@ def _plots(report: dict, prefix: str) -> str:
 
 
 def _rules(cited: set[str]) -> str:
+    from lstm_doctor.analyzers import all_rules
+    from lstm_doctor.analyzers.registry import FAMILIES
 
     out = [
         '<h2 id="rules">Rules</h2>',
@@ -474,6 +476,7 @@ def render_many(reports: list[dict], options=None) -> str:
     for k, r in enumerate(reports):
         s = r["summary"]
         label = (r.get("check") or {}).get("model_id") or r["model"]["name"]
+        from lstm_doctor.report.diagnosis import status
 
         parts.append(
             f'<li><a href="#model-{k}">{escape(label)}</a>: {s["error"]} errors, {s["warning"]} warnings, '

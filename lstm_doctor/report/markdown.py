@@ -12,10 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lstm_doctor.analyzers import RULES
-from lstm_doctor.output import write_atomic
-from lstm_doctor.report.diagnosis import diagnosis, status
-from lstm_doctor.report.html import HEADLINE_LABELS, _fmt
+from lstm_doctor.report.html import HEADLINE_LABELS, _fmt, _where
 
 
 def _cell(text) -> str:
@@ -24,6 +21,7 @@ def _cell(text) -> str:
 
 
 def _header(report: dict) -> list[str]:
+    from lstm_doctor.report.diagnosis import status
 
     m, s = report["model"], report["summary"]
     out = [f"# lstm-doctor report: {m['name']}", ""]
@@ -72,6 +70,7 @@ def _header(report: dict) -> list[str]:
 
 def _diagnosis(report: dict) -> list[str]:
     """The diagnosis block: what is wrong, the root causes in order, the rest collapsed."""
+    from lstm_doctor.report.diagnosis import diagnosis
 
     d = report.get("diagnosis") or diagnosis(report)
     out = [f"**Diagnosis:** {_cell(d['sentence'])}", ""]
@@ -112,6 +111,7 @@ def _headline(report: dict) -> list[str]:
 
 def _findings(report: dict, names: dict[str, str]) -> list[str]:
     """One row per rule and layer (the diagnosis' groups): a per-location breakdown, the fix once."""
+    from lstm_doctor.report.diagnosis import diagnosis
 
     out = ["## Findings", ""]
     if not report["findings"]:
@@ -144,6 +144,7 @@ def _findings(report: dict, names: dict[str, str]) -> list[str]:
 def _plots(report: dict, options, prefix: str) -> list[str]:
     if not options or not options.plots_dir:
         return []
+    from lstm_doctor.output import write_atomic
     from lstm_doctor.report.plots import report_plots, slug
 
     sections = report_plots(report, prefix=f"{prefix}{slug(report['model']['name'])}-")
@@ -164,6 +165,7 @@ def _plots(report: dict, options, prefix: str) -> list[str]:
 
 
 def _rules(cited: set[str]) -> list[str]:
+    from lstm_doctor.analyzers import RULES
 
     if not cited:
         return []
@@ -190,6 +192,7 @@ def _rules(cited: set[str]) -> list[str]:
 
 
 def _names() -> dict[str, str]:
+    from lstm_doctor.analyzers import RULES
 
     return {code: r.name for code, r in RULES.items()}
 

@@ -12,7 +12,7 @@ adds the full table, one row per finding location, grouped by layer and family.
 
 from __future__ import annotations
 
-import math
+from lstm_doctor.findings import Severity
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -20,8 +20,6 @@ from rich.table import Table
 from rich.text import Text
 
 from lstm_doctor.analyzers.registry import FAMILIES, RULES
-from lstm_doctor.findings import Severity
-from lstm_doctor.output import escape_controls_in
 
 RULE_NAMES = {code: r.name for code, r in RULES.items()}
 
@@ -169,6 +167,7 @@ STRIP_STEPS = 60
 def sensitivity_strip(values: list, steps: int = STRIP_STEPS) -> str:
     """One character per step, oldest left, last step right: log10 of ‖∂h_T/∂x_t‖
     relative to its peak, 8 levels over 6 decades (blank below 1e-6)."""
+    import math
 
     vals = [v for v in values[:steps] if v is not None]
     peak = max(vals, default=0.0)
@@ -345,6 +344,7 @@ def _details(report: dict) -> list:
 
 
 def render(report: dict, console: Console, verbose: bool = False) -> None:
+    from lstm_doctor.output import escape_controls_in
 
     report = escape_controls_in(report)  # names from a model file: no raw ESC to the terminal
     console.print(_header(report))
