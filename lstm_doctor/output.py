@@ -264,11 +264,20 @@ def signals_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
+    # Blocking the signals in this thread is not enough: another thread (BLAS) can take
+    # the signal and Python would then run the handler here anyway. So the handlers only
+    # note a signal for the duration, and it is raised again once the calls are done.
+    received: list[int] = []
+    handlers = {s: signal.signal(s, lambda sig, _frame: received.append(sig)) for s in (signal.SIGINT, signal.SIGTERM)}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        for sig in received[:1]:
+            signal.raise_signal(sig)
 
 
 def _give_mode(tmp: Path, target: Path) -> None:

@@ -225,8 +225,9 @@ def test_ctrl_c_during_the_capture(model, tmp_path, monkeypatch):
     monkeypatch.setattr(scan, "run_chunk", interrupt_on_second_chunk)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    # numpy: the engine whose chunks go through run_chunk (the fused one streams through its kernel)
     r = invoke("diagnose", model, "--inputs", model / "x.npy", "--chunk-size", "2", "--format", "json",
-               "--output", out_dir / "r.json")
+               "--engine", "numpy", "--output", out_dir / "r.json")
     assert r.exit_code == 130 and r.stderr.strip() == "lstm-doctor: interrupted"
     assert calls["n"] == 2 and _listing(out_dir) == []
     calls.update(n=0, at=1)  # trace has no --chunk-size: its one chunk is interrupted

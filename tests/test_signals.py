@@ -29,6 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
 
 
+# The environment's own interpreter (sys.executable can name the base Python of a venv).
+PYTHON = str(Path(sys.prefix) / "bin" / "python") if (Path(sys.prefix) / "bin" / "python").exists() else sys.executable
+
+
 def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -83,7 +87,7 @@ def test_a_signal_at_start_up(model, tmp_path, sig, module):
     out = tmp_path / "out"
     out.mkdir()
     r = subprocess.run(
-        [sys.executable, str(script), "diagnose", str(model), "--inputs", str(model / "x.npy"), "--output",
+        [PYTHON, str(script), "diagnose", str(model), "--inputs", str(model / "x.npy"), "--output",
          str(out / "r.json")],
         capture_output=True, text=True, env=_env(), preexec_fn=_default_sigint, timeout=120,
     )
@@ -102,7 +106,7 @@ main()
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_a_signal_at_teardown(sig):
-    r = subprocess.run([sys.executable, "-c", TEARDOWN.format(sig=int(sig))], capture_output=True, text=True,
+    r = subprocess.run([PYTHON, "-c", TEARDOWN.format(sig=int(sig))], capture_output=True, text=True,
                        env=_env(), preexec_fn=_default_sigint, timeout=120)
     assert r.returncode == 130, (r.returncode, r.stderr)
     assert "W101" in r.stdout  # the command's output was complete before the signal
@@ -136,7 +140,7 @@ def test_a_signal_mid_run(tmp_path, sig):
     out.mkdir()
     (out / "report.json").write_text("the previous report\n")
     before = _digest(out)
-    cmd = [sys.executable, "-m", "lstm_doctor", "diagnose", str(ROOT / "examples" / "tweet2vec_like" / "broken"),
+    cmd = [PYTHON, "-m", "lstm_doctor", "diagnose", str(ROOT / "examples" / "tweet2vec_like" / "broken"),
            "--probe-sequences", "20000", "--probe-steps", "200", "--engine", "numpy", "--format", "json",
            "--output", str(out / "report.json"), "--exit-zero"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
@@ -175,7 +179,7 @@ def test_a_signal_mid_write(model, tmp_path, sig):
     script.parent.mkdir()
     script.write_text(MID_WRITE.format(sig=int(sig)))
     r = subprocess.run(
-        [sys.executable, str(script), "diagnose", str(model), "--inputs", str(model / "x.npy"), "--engine", "numpy",
+        [PYTHON, str(script), "diagnose", str(model), "--inputs", str(model / "x.npy"), "--engine", "numpy",
          "--format", "markdown", "--plots", str(plots), "--output", str(report), "--exit-zero"],
         capture_output=True, text=True, env=_env(), preexec_fn=_default_sigint, timeout=120,
     )
