@@ -12,10 +12,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from factory import case_like, conv_like, model, normal_inputs, run, with_weights
 
 from lstm_doctor.analyzers.cell import cell_growth, weighty_steps
+from lstm_doctor.choices import REPORT_FORMATS
 from lstm_doctor.cli.main import cli
 from lstm_doctor.findings import Severity
 from lstm_doctor.model import GATES
@@ -168,6 +170,23 @@ def test_one_sequence_or_three_steps_give_no_nan_and_no_runtime_warning(tmp_path
         assert result.exit_code == 0, result.output
         text = out.read_text()
         assert "slope nan" not in text and "All-NaN" not in result.output
+
+
+@pytest.mark.parametrize("fmt", REPORT_FORMATS)
+def test_the_smallest_samples_render_in_every_format(tmp_path, fmt):
+    # One sequence has no partner for the gradient section's input swap; one step has no
+    # trend. Every renderer must say so instead of formatting a missing number.
+    for n, T in ((1, 3), (1, 1), (2, 1)):
+        x = tmp_path / f"x{n}_{T}.npy"
+        np.save(x, conv_like(n=n, C=T)[:, :, :10])
+        out = tmp_path / f"r{n}_{T}.{fmt}"
+        result = CliRunner().invoke(
+            cli,
+            ["diagnose", str(EXAMPLE), "--inputs", str(x), "--format", fmt, "--output", str(out),
+             "--exit-zero"],
+        )
+        assert result.exit_code == 0, (n, T, result.output)
+        assert out.stat().st_size > 0
 
 
 # -- I503: advice that fits the input ------------------------------------------------------

@@ -42,8 +42,8 @@ def _header(report: dict) -> Panel:
     m = report["model"]
     layers = m["layers"]
     shape = ", ".join(
-        f"L{l['index']}: D={l['D']} H={l['H']}" + (" bidirectional" if len(l["directions"]) > 1 else "")
-        for l in layers
+        f"L{ly['index']}: D={ly['D']} H={ly['H']}" + (" bidirectional" if len(ly["directions"]) > 1 else "")
+        for ly in layers
     )
     lines = [
         Text.assemble(("model  ", "bold"), f"{m['name']} ({m['format']}, {m['dtype']}) · {shape}"),
@@ -192,8 +192,13 @@ def _differential(report: dict) -> Text | None:
         text.append("Gradient flow ", style="bold")
         text.append(
             f"(layer {g['layer']} {g['direction']}, {g['sequences']} sequences): memory horizon "
-            f"{g['memory_horizon']} of {T} steps; encodings move {g['perturbation_change']:.2g} of their norm "
-            "when the inputs are swapped\n"
+            f"{g['memory_horizon']} of {T} steps; "
+            + (
+                f"encodings move {g['perturbation_change']:.2g} of their norm when the inputs are swapped\n"
+                if g["perturbation_change"] is not None
+                # One sequence has no other input to swap in.
+                else "no input swap with one sequence\n"
+            )
         )
         shown = min(T, STRIP_STEPS)
         text.append(f"‖∂h_T/∂x_t‖, last {shown} steps (log, 6 decades; right = last step): ", style="dim")
