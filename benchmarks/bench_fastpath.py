@@ -31,6 +31,7 @@ process. The parent runs the workers round after round, the order rotating
 each round, and reports medians and ranges over rounds, with the load average.
 """
 
+# ruff: noqa: F841 -- the numexpr candidate's expressions read these locals by name
 from __future__ import annotations
 
 import os

@@ -244,7 +244,7 @@ def diagnose(
         report.reports[live.path] = result
         report.parity[live.path] = check
     if wanted is not None and not report.reports:
-        raise UserError(f"no LSTM matches layers={sorted(wanted)}; found: {', '.join(l.path for l in found)}")
+        raise UserError(f"no LSTM matches layers={sorted(wanted)}; found: {', '.join(f.path for f in found)}")
     return report
 
 

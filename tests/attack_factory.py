@@ -8,7 +8,6 @@ restricted unpickler allows, its arguments, and (optionally) a BUILD state.
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import struct
@@ -18,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 try:  # NumPy 2 / NumPy 1
-    from numpy._core.multiarray import _reconstruct, scalar
+    from numpy._core.multiarray import _reconstruct
 except ImportError:  # pragma: no cover
-    from numpy.core.multiarray import _reconstruct, scalar
+    from numpy.core.multiarray import _reconstruct
 
 
 class _Reduce:

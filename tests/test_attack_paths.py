@@ -321,8 +321,8 @@ def test_read_only_folder_and_full_disk(model, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "no space left" in r.stderr, r.stderr
     assert r.stdout.split() == ["old.", "..", "report.json"], r.stdout  # the old report, no temporary
-    r = _in_namespace(f'mount -t tmpfs -o size=4k tmpfs "$3" && printf old > "$3/t.npz" && '
-                      f'$LSTM_DOCTOR trace "$1" --inputs "$2" --engine numpy --out "$3/t.npz"; code=$?; ls -a "$3"; exit $code',
+    r = _in_namespace('mount -t tmpfs -o size=4k tmpfs "$3" && printf old > "$3/t.npz" && '
+                      '$LSTM_DOCTOR trace "$1" --inputs "$2" --engine numpy --out "$3/t.npz"; code=$?; ls -a "$3"; exit $code',
                       str(model), x, str(full))
     assert r.returncode == 2 and "no space left" in r.stderr and r.stdout.split() == [".", "..", "t.npz"], r
     assert hashes(model, ro) == before

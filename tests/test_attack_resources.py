@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import resource
-import subprocess
 import sys
 import zipfile
 from pathlib import Path

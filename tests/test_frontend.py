@@ -27,6 +27,7 @@ import pytest
 from click.testing import CliRunner
 
 from lstm_doctor.analyzers import AnalysisConfig, analyze
+from lstm_doctor.capture.pipeline import CaptureOptions, capture
 from lstm_doctor.cli.main import cli
 from lstm_doctor.errors import InputError, UserError
 from lstm_doctor.frontend import frontend_stats, stats_lines, text_source
@@ -34,15 +35,14 @@ from lstm_doctor.frontend import tweet2vec as t2v
 from lstm_doctor.frontend.example import SAMPLE_TWEETS
 from lstm_doctor.frontend.plugins import FeaturizerError, load_featurizer
 from lstm_doctor.frontend.source import FeatureArray
-from lstm_doctor.report import load_schema
-
-# The shipped report schema is the single source for the front-end statistics.
-FRONTEND_STATS_SCHEMA = load_schema()["$defs"]["inputs"]["properties"]["frontend"]["oneOf"][0]
-from lstm_doctor.capture.pipeline import CaptureOptions, capture
 from lstm_doctor.frontend.text import read_texts
 from lstm_doctor.load import LoadOptions, load_model, native
 from lstm_doctor.load import tweet2vec as t2v_load
 from lstm_doctor.load.inputs import check_against_model, load_inputs
+from lstm_doctor.report import load_schema
+
+# The shipped report schema is the single source for the front-end statistics.
+FRONTEND_STATS_SCHEMA = load_schema()["$defs"]["inputs"]["properties"]["frontend"]["oneOf"][0]
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import make_fixtures  # noqa: E402

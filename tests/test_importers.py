@@ -20,7 +20,9 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "numpy")
 
 import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from lstm_doctor.capture.engines import run_chunk, to_time_order  # noqa: E402
 from lstm_doctor.errors import ConfigError, ModelError  # noqa: E402
@@ -78,7 +80,6 @@ def record(name, diff):
 # ---------------------------------------------------------------------------
 # PyTorch
 
-import torch
 
 
 def _torch_lstm(**kwargs):
@@ -405,7 +406,6 @@ def test_keras_several_unconnected_lstms(keras, tmp_path):
 # ---------------------------------------------------------------------------
 # ONNX
 
-import onnx
 
 
 def _reference_lstm_class():

@@ -74,7 +74,6 @@ def test_code_payloads_are_refused(in_tmp, qualified, protocol):
 
 def test_payload_in_a_joblib_file_is_refused(in_tmp):
     import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
-    import joblib
 
     for compress in (0, 3):
         joblib.dump([np.ones((2, 2)), SystemPayload()], in_tmp / "evil.npy", compress=compress)
@@ -160,7 +159,6 @@ def test_plain_pickles_of_arrays(tmp_path, protocol):
 @pytest.mark.parametrize("compress", [0, 3, ("gzip", 3), ("bz2", 3), ("lzma", 3), ("xz", 3)])
 def test_joblib_files_without_joblib(tmp_path, compress, monkeypatch):
     import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
-    import joblib
     import joblib.numpy_pickle
 
     joblib.dump(ARRAYS, tmp_path / "j.npy", compress=compress)
@@ -177,7 +175,6 @@ def test_joblib_files_without_joblib(tmp_path, compress, monkeypatch):
 
 def test_joblib_object_array_is_read_with_the_same_restrictions(tmp_path, monkeypatch):
     import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
-    import joblib
 
     good = np.array([1.5, "text", None], dtype=object)
     joblib.dump([good], tmp_path / "o.pkl")
@@ -260,7 +257,6 @@ def test_cuda_and_gpuarray_values_come_back_as_host_arrays(tmp_path):
 
 def test_truncated_joblib_file(tmp_path):
     import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
-    import joblib
 
     joblib.dump([np.ones((50, 50), np.float32)], tmp_path / "t.pkl")
     data = (tmp_path / "t.pkl").read_bytes()
@@ -271,7 +267,6 @@ def test_truncated_joblib_file(tmp_path):
 
 def test_array_wrapper_claiming_a_huge_array(tmp_path, monkeypatch):
     import joblib  # noqa: F401 (the test extra installs it; a missing one must fail, not skip)
-    import joblib
 
     from lstm_doctor.capture import budget
 

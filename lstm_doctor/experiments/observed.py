@@ -385,8 +385,6 @@ def search(
     """
     started = time.perf_counter()
     layer = model.layers[0]
-    params = layer.forward
-    H = params.H
     x = np.asarray(x, dtype=np.float64)
     T, b, D = x.shape
     n = min(observation.B, b)

@@ -1092,7 +1092,7 @@ def conclusions(exp: Experiment) -> list[str]:
         out.append(
             f"{fid} is harmful here: {why}"
             + (f"; it moves the final encodings by {change:.2g} of their norm" if change is not None and math.isfinite(change) else "")
-            + f". It is not a root cause; do not apply it to a model that works."
+            + ". It is not a root cause; do not apply it to a model that works."
         )
     for fid in sorted(alone, key=exp.order.index):
         items = alone[fid]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from lstm_doctor.jobs.diagnose import DiagnoseOptions, render, run_diagnosis
+from lstm_doctor.jobs.diagnose import DiagnoseOptions, run_diagnosis
 
 METRICS = (
     ("saturated_fraction", "gate values saturated (i, f, o)", "{:.0%}"),

@@ -220,7 +220,7 @@ def render(doc: dict, options: WhatIfCommandOptions) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=text_width(to_terminal), force_terminal=color, no_color=not color, highlight=False)
     m, inp = doc["model"], doc["inputs"]
-    shape = ", ".join(f"L{l['index']}: D={l['D']} H={l['H']}" for l in m["layers"])
+    shape = ", ".join(f"L{ly['index']}: D={ly['D']} H={ly['H']}" for ly in m["layers"])
     console.print(Text.assemble(("what-if  ", "bold"), f"{m['name']} ({m['format']}) · {shape} · {m['layers'][0]['equation']}"))
     console.print(
         Text.assemble(

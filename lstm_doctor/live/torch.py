@@ -31,7 +31,7 @@ import numpy as np
 
 from lstm_doctor.errors import ModelError, UserError
 from lstm_doctor.live import ArrayInputs, LiveLSTM, Skipped
-from lstm_doctor.model import Layer, LSTMModel, make_direction
+from lstm_doctor.model import LSTMModel, make_direction
 
 
 def is_module(obj: Any) -> bool:

@@ -34,7 +34,6 @@ for the backward direction.
 from __future__ import annotations
 
 import tomllib
-import zipfile
 from pathlib import Path
 
 import numpy as np

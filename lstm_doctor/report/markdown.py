@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lstm_doctor.report.html import HEADLINE_LABELS, _fmt, _where
+from lstm_doctor.report.html import HEADLINE_LABELS, _fmt
 
 
 def _cell(text) -> str:
