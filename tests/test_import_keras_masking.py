@@ -97,3 +97,110 @@ def test_cli_mask_flag(tmp_path):
     report = json.loads(result.output)
     assert report["inputs"]["lengths_given"] is True
     assert any("mask:" in n for n in report["inputs"]["notes"])
+
+
+def _seq_model(tmp_path, layer):
+    rng = np.random.default_rng(33)
+    model = keras.Sequential([keras.Input((T, D)), keras.layers.Masking(0.0), layer])
+    for var in model.weights:
+        var.assign(rng.normal(0, 0.6, size=var.shape).astype("float32"))
+    model.save(tmp_path / "s.keras")
+    return model
+
+
+def _trace(tmp_path, args):
+    from click.testing import CliRunner
+
+    from lstm_doctor.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["trace", str(tmp_path / "s.keras"), "--out", str(tmp_path / "t.npz"),
+                                      "--engine", "numpy", *args])
+    assert result.exit_code == 0, result.output
+    return dict(np.load(tmp_path / "t.npz"))
+
+
+@pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "go_backwards"])
+def test_trace_positions_are_the_users_steps_under_mask(tmp_path, go_backwards):
+    """trace with --mask (or --padding pre): step t of the trace is step t of the inputs, the
+    state Keras carries over a masked step is there, and the gates of a masked step are NaN."""
+    model = _seq_model(tmp_path, keras.layers.LSTM(H, return_sequences=True, go_backwards=go_backwards))
+    x = _pre_padded()
+    x[0, 3] = 0.0
+    keras_h = model.predict(x, verbose=0)
+    if go_backwards:  # Keras returns a go_backwards sequence in processing order
+        keras_h = keras_h[:, ::-1]
+    np.save(tmp_path / "x.npy", x)
+    trace = _trace(tmp_path, ["--inputs", str(tmp_path / "x.npy"), "--mask"])
+    key = "l0.rev." if go_backwards else ""  # a go_backwards layer is traced as a backward direction
+    diff = np.abs(trace[key + "h"] - keras_h).max()
+    print(f"keras Masking trace h (--mask, go_backwards={go_backwards}) max |diff| {diff:.2g}")
+    assert diff <= 1e-5
+    valid = np.any(x != 0, axis=-1)
+    np.testing.assert_array_equal(trace["valid"], valid)
+    assert np.isnan(trace[key + "f"][~valid]).all() and np.isfinite(trace[key + "f"][valid]).all()
+    # --lengths --padding pre: the same positions (no inner masked step this time)
+    x2 = _pre_padded()
+    np.save(tmp_path / "x2.npy", x2)
+    np.save(tmp_path / "L.npy", LENGTHS)
+    pre = _trace(tmp_path, ["--inputs", str(tmp_path / "x2.npy"), "--lengths", str(tmp_path / "L.npy"),
+                            "--padding", "pre", "--steps", "2:9"])
+    keras_h2 = model.predict(x2, verbose=0)
+    keras_h2 = keras_h2[:, ::-1] if go_backwards else keras_h2
+    assert np.abs(pre[key + "h"] - keras_h2[:, 2:9]).max() <= 1e-5
+    np.testing.assert_array_equal(pre["valid"], np.any(x2 != 0, axis=-1)[:, 2:9])
+
+
+def test_trace_bidirectional_under_mask(tmp_path):
+    """Both directions at the user's steps: Keras' Bidirectional outputs (zero at masked steps)
+    equal the trace's h wherever the cell ran."""
+    model = _seq_model(tmp_path, keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True)))
+    x = _pre_padded()
+    x[2, 5] = 0.0
+    np.save(tmp_path / "x.npy", x)
+    trace = _trace(tmp_path, ["--inputs", str(tmp_path / "x.npy"), "--mask"])
+    keras_h = model.predict(x, verbose=0)
+    valid = trace["valid"]
+    both = np.concatenate([trace["l0.h"], trace["l0.rev.h"]], axis=-1)
+    assert np.abs(both[valid] - keras_h[valid]).max() <= 1e-5
+
+
+def test_what_if_mask_runs_diagnose_masking(tmp_path):
+    """what-if --mask reads the inputs as diagnose --mask does: same lengths, the mask stated in
+    the header, the same baseline findings."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lstm_doctor.cli.main import cli
+
+    _model(tmp_path)
+    np.save(tmp_path / "x.npy", _pre_padded())
+    common = [str(tmp_path / "m.keras"), "--inputs", str(tmp_path / "x.npy"), "--mask", "--format", "json",
+              "--exit-zero", "--engine", "numpy"]
+    wi = CliRunner().invoke(cli, ["what-if", *common])
+    assert wi.exit_code == 0, wi.output
+    wi = json.loads(wi.output)
+    dg = json.loads(CliRunner().invoke(cli, ["diagnose", *common, "--no-gradients"]).output)
+    assert wi["inputs"]["lengths_given"] is True
+    assert any(n.startswith("mask:") for n in wi["inputs"]["notes"])
+    masking = [a for a in wi["model"]["layers"][0]["assumptions"] if a["item"] == "padding and masking"]
+    assert masking and masking[0]["source"] == "flag" and "Keras mask" in masking[0]["value"]
+    baseline = next(r for r in wi["what_if"] if r["fix"] == "none")
+    assert sorted(baseline["remaining_codes"]) == sorted({f["code"] for f in dg["findings"]})
+
+
+def test_what_if_input_fix_keeps_pre_padding(tmp_path):
+    """An input fix on pre-padded inputs: the fixed inputs are Keras' model's inputs / RMS,
+    still pre-padded (the masked steps stay skipped, not read as data)."""
+    from lstm_doctor.experiments.whatif import State, rescale_inputs
+
+    model = _model(tmp_path)
+    x = _pre_padded()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "L.npy", LENGTHS)
+    loaded = load_model(tmp_path / "m.keras")
+    source = load_inputs(tmp_path / "x.npy", "btd", tmp_path / "L.npy", model=loaded, padding="pre")
+    out = rescale_inputs(State(loaded, source))
+    rms = out.data["rms"]
+    diff = np.abs(_final(loaded, out.state.source) - model.predict(x / rms, verbose=0)).max()
+    assert diff <= 1e-5

@@ -19,6 +19,7 @@ from lstm_doctor.cli.options import (
     engine_option,
     input_options,
     layout_option,
+    mask_options,
     max_memory_option,
     model_options,
     report_options,
@@ -175,6 +176,7 @@ def inspect_command(model, model_format, preset, layer_prefix, layer_name, trust
 @click.option("--inputs", "-i", required=True, type=click.Path(dir_okay=False), help="Input sequences (.npy or .npz).")
 @layout_option
 @click.option("--lengths", type=click.Path(dir_okay=False), help="Valid length of each sequence (.npy).")
+@mask_options
 @click.option("--fixes", multiple=True,
               help="Only these fix ids (comma-separated or repeated); each runs even without its finding.")
 @click.option("--sample-size", type=click.IntRange(1), default=256, show_default=True,
@@ -187,7 +189,7 @@ def inspect_command(model, model_format, preset, layer_prefix, layer_name, trust
 @selection_options
 @color_option
 @model_options
-def what_if(model, inputs, layout, lengths, fixes, sample_size, write_fixed, fmt, output, engine, fail_on, exit_zero,
+def what_if(model, inputs, layout, lengths, padding, mask, fixes, sample_size, write_fixed, fmt, output, engine, fail_on, exit_zero,
             select, ignore, threshold, color, model_format, preset, layer_prefix, layer_name, trust_pickle):
     """Apply each proposed fix virtually, measure its effect alone and cumulatively, rank the root causes.
 
@@ -200,7 +202,8 @@ def what_if(model, inputs, layout, lengths, fixes, sample_size, write_fixed, fmt
     from lstm_doctor.jobs.whatif import WhatIfCommandOptions, execute
 
     run_job(execute, WhatIfCommandOptions(
-        model=model, inputs=inputs, layout=layout, lengths=lengths, model_format=model_format, preset=preset,
+        model=model, inputs=inputs, layout=layout, lengths=lengths, padding=padding, mask=mask,
+        model_format=model_format, preset=preset,
         layer_prefix=layer_prefix, layer_name=layer_name, trust_pickle=trust_pickle, engine=engine, format=fmt,
         output=output, write_fixed=write_fixed, fixes=split_codes(fixes), sample_size=sample_size, fail_on=fail_on,
         exit_zero=exit_zero, select=split_codes(select), ignore=split_codes(ignore), thresholds=tuple(threshold),

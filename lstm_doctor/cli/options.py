@@ -55,17 +55,22 @@ def layout_option(f, name: str = "--layout", help_suffix: str = ""):
     )(f)
 
 
+def mask_options(f):
+    """``--padding`` and ``--mask``: where the padding is, or Keras' mask (after ``--lengths``)."""
+    f = click.option("--mask", is_flag=True,
+                     help="Keras masking: steps whose features are all the mask value (0, or the model's "
+                     "Masking value) are skipped, as Keras skips them; gives the lengths.")(f)
+    return click.option("--padding", type=click.Choice(["pre", "post"]),
+                        help="Where --lengths' padding is: post (default, at the end) or pre (at the front, as "
+                        "Keras' pad_sequences pads).")(f)
+
+
 def input_options(required: bool = False):
     """``--inputs``, ``--layout``, ``--lengths``, ``--padding`` and ``--mask``."""
 
     def decorate(f):
         # No dir_okay=False on file paths: the loaders refuse a directory in one line (exit 2).
-        f = click.option("--mask", is_flag=True,
-                         help="Keras masking: steps whose features are all the mask value (0, or the model's "
-                         "Masking value) are skipped, as Keras skips them; gives the lengths.")(f)
-        f = click.option("--padding", type=click.Choice(["pre", "post"]),
-                         help="Where --lengths' padding is: post (default, at the end) or pre (at the front, as "
-                         "Keras' pad_sequences pads).")(f)
+        f = mask_options(f)
         f = click.option("--lengths", type=click.Path(), help="Valid length of each sequence (.npy).")(f)
         f = layout_option(f)
         return click.option(

@@ -289,11 +289,16 @@ def _time_major(source: InputSource) -> np.ndarray:
 
 
 def _replace_values(source: InputSource, x_tbd: np.ndarray, note: str) -> InputSource:
-    """A new in-memory source holding ``x_tbd`` (T, B, D) in the source's own layout."""
+    """A new in-memory source holding ``x_tbd`` (T, B, D) in the source's own layout.
+
+    ``x_tbd`` is what ``source.read`` gave: a pre-padded or masked sequence already has its
+    valid steps first, so the new source reads it as post-padded (no second compaction).
+    """
     dtype = source.array.dtype if source.array.dtype.kind == "f" else np.dtype(np.float32)
     x = x_tbd.astype(dtype)
     stored = {"btd": x.transpose(1, 0, 2), "tbd": x, "bct": x.transpose(1, 2, 0)}[source.layout]
-    return replace(source, array=np.ascontiguousarray(stored), notes=source.notes + (note,))
+    return replace(source, array=np.ascontiguousarray(stored), notes=source.notes + (note,),
+                   padding="post", mask_value=None)
 
 
 def standardize_inputs(state: State) -> Outcome:
@@ -365,7 +370,9 @@ def swap_time_axis(state: State) -> Outcome:
         )
         return Outcome(None, what, changed=True, needs=needs)
     note = f"what-if swap-time-axis: {what}" + ("; lengths dropped (they counted the old time axis)" if src.lengths is not None else "")
-    new = replace(src, array=array, layout=layout, lengths=None, notes=src.notes + (note,))
+    # the mask and the padding counted the old time axis too
+    new = replace(src, array=array, layout=layout, lengths=None, notes=src.notes + (note,), padding="post",
+                  mask_value=None)
     return Outcome(State(state.model, new), what)
 
 

@@ -5,6 +5,13 @@ in input time order: a backward direction is flipped back, as PyTorch and ONNX
 return it. Keys are ``h``, ``c``, ``i``, ``f``, ``g``, ``o``, ``preact`` for a
 single-layer, single-direction model, else prefixed ``l{k}.`` and
 ``l{k}.rev.`` (layer k, backward direction).
+
+Step t is always step t of the user's inputs. With ``--mask`` or ``--padding pre``
+the LSTM runs only the valid steps (Keras carries h and c over the others); the
+file then also holds ``valid`` (B, T) bool, True where the cell ran, and at the
+other steps ``h`` and ``c`` are the carried state (zeros before the first valid
+step; for a backward direction the state of the next valid step) while ``i``,
+``f``, ``g``, ``o`` and ``preact`` are NaN.
 """
 
 from __future__ import annotations
@@ -73,16 +80,25 @@ def collect_trace(model, source, engine="numpy", chunk_size=64, steps=None, unit
     from lstm_doctor.capture.engines import run_chunk, to_time_order
     from lstm_doctor.model import location_name
 
+    from lstm_doctor.load.inputs import expand
+
     steps = steps or slice(0, source.T)
     parts: dict[str, list[np.ndarray]] = {}
-    for _, x, lengths in source.chunks(chunk_size, model.dtype):
+    for start, x, lengths in source.chunks(chunk_size, model.dtype):
         records = run_chunk(model, x, lengths, engine)
+        # Masked or pre-padded inputs run with their valid steps moved to the front: put
+        # every value back at its step of the user's time axis.
+        valid = source.valid_steps(start, start + x.shape[1])
+        if valid is not None:
+            parts.setdefault("valid", []).append(valid[steps].T)
         for (k, d), rec in records.items():
             layer = model.layers[k]
             prefix = location_name(k, d, len(model.layers), layer.bidirectional or layer.go_backwards)
             for name in TRACE_FIELDS:
-                arr = getattr(rec, name)
-                arr = to_time_order(arr, d, lengths)[steps].transpose(1, 0, 2)
+                arr = to_time_order(getattr(rec, name), d, lengths)
+                if valid is not None:
+                    arr = expand(arr, valid, "state" if name in ("h", "c") else "none", backward=d == "rev")
+                arr = arr[steps].transpose(1, 0, 2)
                 if units is not None:
                     if name == "preact":
                         H = layer.H

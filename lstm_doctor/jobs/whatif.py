@@ -29,6 +29,8 @@ class WhatIfCommandOptions(ModelSelection):
     inputs: str
     layout: str | None = None
     lengths: str | None = None
+    padding: str | None = None  # --padding pre|post
+    mask: bool = False  # --mask: Keras masking, as diagnose runs it
     engine: str = "auto"
     format: str = "text"
     output: str | None = None
@@ -122,7 +124,7 @@ def build_output(options: WhatIfCommandOptions, model, source, exp) -> dict:
     code = exit_code(exp.baseline.findings, Severity.parse(options.fail_on), options.exit_zero)
     doc = {
         **envelope(options.created or "now", command="what-if"),
-        "model": describe_model(model),
+        "model": describe_model(model, source),
         "inputs": {
             "source": source.label,
             "file": file_identity(source.path) if source.path else None,
@@ -132,6 +134,7 @@ def build_output(options: WhatIfCommandOptions, model, source, exp) -> dict:
             "T": source.T,
             "D": source.D,
             "lengths_given": source.lengths is not None,
+            "notes": list(source.notes),
         },
         "engine": options.engine,
         **experiment_dict(exp),
@@ -170,7 +173,10 @@ def execute(options: WhatIfCommandOptions) -> int:
         check_output_path(options.output, protected)
     folder = check_fixed_folder(options.write_fixed, protected) if options.write_fixed else None
     model = open_model(options)
-    source = load_inputs(options.inputs, options.layout or model.input_layout, options.lengths, model=model)
+    source = load_inputs(
+        options.inputs, options.layout or model.input_layout, options.lengths, model=model,
+        padding=options.padding, mask=options.mask,
+    )
     check_against_model(source, model.D)
     with _status(options.format == "text" and options.output is None) as progress:
         exp = run_experiment(

@@ -109,19 +109,28 @@ class InputSource:
     def read(self, start: int, stop: int, dtype) -> np.ndarray:
         """Sequences [start, stop) as a (T, b, D) array of ``dtype`` (valid steps first
         when the inputs are pre-padded or masked)."""
-        if _batch_axis(self.layout) == 0:
-            block = self.array[start:stop]
-        else:
-            block = self.array[:, start:stop]
-        x = to_time_major(np.asarray(block), self.layout)
-        valid = None
-        if self.mask_value is not None:
-            valid = step_mask(x, self.mask_value)
-        elif self.padding == "pre" and self.lengths is not None:
-            valid = np.arange(x.shape[0])[:, None] >= (x.shape[0] - self.lengths[start:stop])[None, :]
+        x = self._block(start, stop)
+        valid = self._valid(x, start, stop)
         if valid is not None:
             x = compact(x, valid)
         return np.ascontiguousarray(x, dtype=dtype)
+
+    def valid_steps(self, start: int, stop: int) -> np.ndarray | None:
+        """(T, b) bool of sequences [start, stop): True at the steps of the user's time axis
+        that ``read`` keeps (moved to the front, in order); None when ``read`` moves nothing
+        (no mask, post-padding or no lengths)."""
+        return self._valid(self._block(start, stop), start, stop)
+
+    def _block(self, start: int, stop: int) -> np.ndarray:
+        block = self.array[start:stop] if _batch_axis(self.layout) == 0 else self.array[:, start:stop]
+        return to_time_major(np.asarray(block), self.layout)
+
+    def _valid(self, x: np.ndarray, start: int, stop: int) -> np.ndarray | None:
+        if self.mask_value is not None:
+            return step_mask(x, self.mask_value)
+        if self.padding == "pre" and self.lengths is not None:
+            return np.arange(x.shape[0])[:, None] >= (x.shape[0] - self.lengths[start:stop])[None, :]
+        return None
 
     def chunks(
         self, size: int, dtype
@@ -150,6 +159,31 @@ def compact(x_tbd: np.ndarray, valid: np.ndarray) -> np.ndarray:
     out = np.take_along_axis(np.asarray(x_tbd), order[..., None], axis=0)
     keep = np.take_along_axis(valid, order, axis=0)
     return np.where(keep[..., None], out, 0).astype(out.dtype, copy=False)
+
+
+def expand(values_tbd: np.ndarray, valid: np.ndarray, carry: str = "none", backward: bool = False) -> np.ndarray:
+    """The inverse of ``compact``: values of the compacted steps put back at the user's steps.
+
+    ``values_tbd`` (T, B, ...) holds, at compacted step j of sequence b, the value of its j-th
+    valid step (``valid`` (T, B), in time order). A masked step gets, with ``carry="state"``,
+    the state Keras carries over it: that of the last valid step before it (``backward``: the
+    first valid step after it, the one the backward pass ran just before), zeros where there is
+    none; with ``carry="none"``, NaN: the cell did not run there.
+    """
+    T, B = valid.shape
+    rank = np.cumsum(valid, axis=0) - 1  # (T, B): index of the last valid step at or before t
+    n = valid.sum(axis=0)
+    if backward:
+        rank = np.where(valid, rank, rank + 1)  # the first valid step at or after t
+        has = rank < n[None, :]
+    else:
+        has = rank >= 0
+    index = np.clip(rank, 0, T - 1)
+    out = values_tbd[index, np.arange(B)[None, :]]
+    keep = valid if carry == "none" else has
+    fill = np.nan if carry == "none" else 0.0
+    shape = keep.shape + (1,) * (out.ndim - 2)
+    return np.where(keep.reshape(shape), out, fill).astype(np.result_type(out.dtype, np.float32), copy=False)
 
 
 def _mask_lengths(source: "InputSource", chunk: int = 1024) -> np.ndarray:
