@@ -9,6 +9,8 @@ is printed in the test summary.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from factory import (
@@ -190,6 +192,31 @@ def scenario_H604():
     # H = 64 model maps them onto a curve, effective rank ≈ 1 of 64.
     scales = np.linspace(0.5, 1.5, 64, dtype=np.float32)[:, None, None]
     return run(model(D, 64, init="torch", seed=0), scales * normal_inputs(n=1, D=D))
+
+
+def scenario_A205():
+    # Planted: a Keras 2 weights-only file's importer statement, gate activation assumed.
+    m = dataclasses.replace(
+        healthy(), source_format="keras",
+        assumptions=(("activations", "gate hard_sigmoid, candidate tanh, cell output tanh (Keras 2.2.4 defaults)",
+                      "default"),),
+    )
+    return run(m, normal_inputs(D=D))
+
+
+def scenario_I507():
+    # Planted: a state_dict (no batch_first) fed smooth sequences stored (T, B, D), read as btd.
+    t = np.arange(40)[None, :, None]
+    rng = np.random.default_rng(3)
+    x = np.sin(rng.uniform(0.05, 0.3, (48, 1, D)) * t + rng.uniform(0, 6.3, (48, 1, D))).astype(np.float32)
+    return run(dataclasses.replace(healthy(), source_format="torch"), x.transpose(1, 0, 2).copy())
+
+
+def scenario_I508():
+    # Planted: a model that masks zero steps, fed zero-padded inputs without a mask.
+    x = normal_inputs(D=D, T=40)
+    x[:, 30:] = 0
+    return run(dataclasses.replace(healthy(), masking="Masking(mask_value=0)", mask_value=0.0), x)
 
 
 SCENARIOS = {name.split("_")[1]: fn for name, fn in globals().items() if name.startswith("scenario_")}

@@ -174,3 +174,54 @@ def check_candidate_activation(ctx: Context):
                 location=Location(k, None, "g"),
                 evidence={"declared": act.name, "range": [act.low, act.high]},
             )
+
+
+# Settings a file can leave open that change the forward pass: (assumption item, the flag that states it).
+ASSUMABLE = (("activations", "--gate-activation"), ("direction", "--go-backwards"))
+
+
+@rule(
+    "A205",
+    "configuration-assumed",
+    "info",
+    "the settings the model file leaves open (activations, direction) that the diagnosis assumed",
+    {},
+    needs_inputs=False,
+    what="""
+The model file does not state a setting that changes the forward pass, and
+lstm_doctor assumed it: e.g. a Keras 2 weights-only HDF5 file (no architecture)
+stores neither `recurrent_activation` nor `go_backwards`, so the defaults of the
+Keras version that wrote it are used (hard_sigmoid gates before Keras 2.3).
+Nothing in the weights decides these settings; only a trace of the model's own
+hidden values does (--observed, A204).""",
+    why="""
+A wrong gate activation or direction runs without any error: sigmoid instead of
+hard_sigmoid moves every gate value, and a backward layer run forward reads the
+sequence in the wrong order, so every number in the report is the wrong model's.""",
+    example="A205 info  layer 0: the file does not state the activations; assumed gate hard_sigmoid, candidate tanh, "
+    "cell output tanh (Keras 2.2.4 defaults)",
+    fix="State the settings (--gate-activation, --go-backwards) or save the architecture (model.to_json()) "
+    "beside the weights; --observed with the model's own hidden values checks them (A204).",
+)
+def check_configuration_assumed(ctx: Context):
+    # Only what an importer states it assumed counts: a format that fixes a setting
+    # (PyTorch's activations, an ONNX node's direction) leaves nothing open.
+    flags = dict(ASSUMABLE)
+    for k in range(len(ctx.model.layers)):
+        assumed = {}
+        for name, value, source in ctx.model.assumptions:
+            scope, _, item = name.rpartition(":")
+            if source == "default" and item in flags and scope in ("", f"l{k}"):
+                assumed[item] = value
+        if not assumed:
+            continue
+        yield ctx.finding(
+            "A205",
+            f"the model file does not state the {' or the '.join(assumed)}; assumed "
+            + "; ".join(f"{item} {value}" for item, value in assumed.items())
+            + ".",
+            location=Location(k, None, None),
+            evidence={"assumed": assumed},
+            fix=f"State them ({', '.join(flags[i] for i in assumed)}) or save the architecture (model.to_json()) "
+            "beside the weights; --observed with the model's own hidden values checks them (A204).",
+        )

@@ -354,6 +354,8 @@ def check_padding(ctx: Context):
         return
     if cap.source.lengths is not None:
         return
+    if ctx.model.masking and masked_steps(cap)[0]:
+        return  # I508 says it with the model's own mask, and its fix is --mask
     st = cap.inputs
     padded = st.sequences_with_padding
     if padded == 0:
@@ -368,3 +370,154 @@ def check_padding(ctx: Context):
             location=Location(0, None, "x"),
             evidence={"padded_share": seq_share, "mean_padding_steps": mean_steps, "T": cap.T},
         )
+
+
+def neighbour_correlations(x) -> tuple[float, float, float]:
+    """Adjacent-step and adjacent-sequence correlation of an input sample, and their noise.
+
+    ``x`` (T, b, D) is centred per feature (over steps and sequences), so how often a
+    feature is on (a symbol's frequency) does not count. Step: the Pearson correlation
+    of x[t] with x[t+1] over (sequences, features), averaged over t; sequence: of
+    x[:, j] with x[:, j+1] over (steps, features), averaged over j. The noise is the
+    larger standard error 1/√(pairs × elements) of the two averages.
+    """
+
+    def mean_corr(rows):
+        # rows (K, M): each row's correlation with the next, averaged
+        norm2 = np.einsum("km,km->k", rows, rows)
+        denom = np.sqrt(norm2[:-1] * norm2[1:])
+        ok = denom > 0
+        if not ok.any():
+            return float("nan")
+        return float((np.einsum("km,km->k", rows[:-1], rows[1:])[ok] / denom[ok]).mean())
+
+    x = np.asarray(x, dtype=np.float64)
+    T, b, D = x.shape
+    if T < 3 or b < 3:
+        return float("nan"), float("nan"), float("nan")
+    x = np.where(np.isfinite(x), x, 0.0)
+    x = x - x.mean(axis=(0, 1))
+    step = mean_corr(x.reshape(T, b * D))
+    sequence = mean_corr(x.transpose(1, 0, 2).reshape(b, T * D))
+    noise = max(1 / np.sqrt((T - 1) * b * D), 1 / np.sqrt((b - 1) * T * D))
+    return step, sequence, float(noise)
+
+
+@rule(
+    "I507",
+    "layout-unconfirmed",
+    "info",
+    "|correlation| between adjacent steps versus between adjacent sequences (inputs centred per "
+    "feature), when the file does not record which input axis is time",
+    {"margin": 0.02, "swap_margin": 0.1},
+    what="""
+The model file does not record the input layout (a PyTorch state_dict has no
+batch_first; a pickle has no layout), no --layout was given, and the inputs do
+not confirm the assumed one: adjacent steps are not more correlated (in absolute
+value) than adjacent sequences by `margin` (and by 4 standard errors of the
+sample). Info when the inputs cannot tell; warning when adjacent sequences are
+the more correlated by `swap_margin`, which is what a (T, B, D) array read as
+(B, T, D) shows.""",
+    why="""
+nn.LSTM's default is (T, B, D) and most training code passes batch_first=True;
+the saved weights work with either, so a swapped reading runs without an error
+and diagnoses B "steps" of unrelated sequences. A real sequence depends on its
+past, so neighbouring steps correlate (positively for smooth signals, negatively
+for symbols that rarely repeat), while the sequences of a batch are independent
+draws. Inputs without temporal correlation (noise, shuffled features) cannot
+decide it. Calibration: on the corpus' one-hot character LM inputs adjacent steps
+correlate −0.05 and adjacent sequences −0.002 (decided); on the adding task's
+random inputs 0.013 and −0.014 (undecided, info).""",
+    example="""
+I507 info  inputs: read as btd (the file does not record batch_first); adjacent steps
+correlate 0.01, adjacent sequences 0.02: the inputs do not confirm which axis is time""",
+    fix="State the layout with --layout btd or --layout tbd (batch_first=True is btd).",
+)
+def check_layout_unconfirmed(ctx: Context):
+    cap = ctx.capture
+    if cap.source.probe:
+        ctx.skip("I507", "synthetic probe inputs")
+        return
+    if cap.source.layout_given or ctx.model.origin("input layout") != "default" or cap.source.layout == "bct":
+        return
+    step, sequence, noise = neighbour_correlations(cap.sample_inputs)
+    lead = abs(step) - abs(sequence)  # NaN when the sample is too small to tell
+    if lead > max(ctx.th("I507", "margin"), 4 * noise):
+        return  # the axis read as time is the one with temporal structure
+    other = "tbd" if cap.source.layout == "btd" else "btd"
+    swapped = -lead > max(ctx.th("I507", "swap_margin"), 4 * noise)
+    verdict = (
+        f"adjacent sequences correlate more than adjacent steps: the axes look swapped (--layout {other})"
+        if swapped
+        else "the inputs do not confirm which axis is time"
+    )
+    yield ctx.finding(
+        "I507",
+        f"the model file does not record the input layout and none was given: the inputs are read as "
+        f"{cap.source.layout} ({cap.source.n_sequences} sequences of {cap.T} steps); adjacent steps correlate "
+        f"{step:.2f}, adjacent sequences {sequence:.2f}: {verdict}.",
+        severity=Severity.warning if swapped else None,
+        location=Location(0, None, "x"),
+        evidence={"layout": cap.source.layout, "step_correlation": step, "sequence_correlation": sequence,
+                  "standard_error": noise, "sequences": cap.source.n_sequences, "T": cap.T},
+        fix=f"State the layout: --layout {cap.source.layout} if that is right, else --layout {other} "
+        "(PyTorch: batch_first=True is btd, the default batch_first=False is tbd).",
+    )
+
+
+def masked_steps(cap) -> tuple[int, int]:
+    """(masked steps, sequences with one) in the input sample under the model's mask.
+
+    A step is masked, as Keras' ``Masking`` computes it, when every feature equals
+    the mask value (0 for ``Embedding(mask_zero=True)`` read as features).
+    """
+    value = mask_value_of(cap.model)
+    masked = np.all(cap.sample_inputs == value, axis=2)  # (T, b)
+    return int(masked.sum()), int(masked.any(axis=0).sum())
+
+
+def mask_value_of(model) -> float:
+    return float(model.mask_value) if model.mask_value is not None else 0.0
+
+
+@rule(
+    "I508",
+    "mask-not-applied",
+    "warning",
+    "steps of the input sample whose features all equal the model's mask value, when no mask was given",
+    {},
+    what="""
+The model declares masking in front of the LSTM (a Keras `Masking` layer or an
+`Embedding(mask_zero=True)`), no --mask, --lengths or file lengths were given,
+and the inputs hold steps that the model's mask would skip (every feature equal
+to the mask value). The diagnosis runs them as data, as the model never does.""",
+    why="""
+Keras skips masked steps: h and c carry over them unchanged. Run as data, zero
+steps decay or drive the state, so the encodings, the saturation and the
+per-step statistics describe padding the model never sees. Keras' pad_sequences
+pads at the front by default, so the padding sits exactly where the final state
+is least affected by it and the report shows no obvious sign.""",
+    example="I508 warning  inputs: the model masks (Masking(mask_value=0)); 412 steps in 37 of the 64 sampled sequences are all 0 and were run as data",
+    fix="Pass --mask, so masked steps are skipped as Keras skips them.",
+)
+def check_mask_not_applied(ctx: Context):
+    cap = ctx.capture
+    if cap.source.probe:
+        ctx.skip("I508", "synthetic probe inputs")
+        return
+    if not ctx.model.masking or cap.source.lengths is not None or cap.source.mask_value is not None:
+        return
+    steps, sequences = masked_steps(cap)
+    if steps == 0:
+        return  # nothing the mask would skip: the run equals the masked one
+    b = cap.sample_inputs.shape[1]
+    value = mask_value_of(ctx.model)
+    yield ctx.finding(
+        "I508",
+        f"the model masks its inputs ({ctx.model.masking}) but no mask was given: {steps} steps in "
+        f"{sequences} of the {b} sampled sequences have every feature equal to {value:g} and were run as "
+        "data; the model skips them.",
+        location=Location(0, None, "x"),
+        evidence={"masking": ctx.model.masking, "mask_value": value, "masked_steps": steps,
+                  "sequences_with_masked_steps": sequences, "sampled_sequences": b},
+    )

@@ -111,7 +111,7 @@ def open_inputs(options: DiagnoseOptions, model):
     if options.featurizer or options.text_clean:
         raise UserError("--featurizer and --text-clean need text --inputs (.txt, .jsonl or .json)")
     return load_inputs(
-        options.inputs, options.layout or model.input_layout, options.lengths, model=model,
+        options.inputs, options.layout, options.lengths, model=model,
         padding=options.padding, mask=options.mask,
         max_memory=options.max_memory,
     )

@@ -119,7 +119,7 @@ def execute(options: TraceOptions) -> int:
     check_output_path(out, [options.model, options.inputs, options.lengths])
     model = open_model(options)
     source = load_inputs(
-        options.inputs, options.layout or model.input_layout, options.lengths, model=model,
+        options.inputs, options.layout, options.lengths, model=model,
         padding=options.padding, mask=options.mask,
         max_memory=options.max_memory,
     )

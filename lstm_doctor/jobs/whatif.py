@@ -174,7 +174,7 @@ def execute(options: WhatIfCommandOptions) -> int:
     folder = check_fixed_folder(options.write_fixed, protected) if options.write_fixed else None
     model = open_model(options)
     source = load_inputs(
-        options.inputs, options.layout or model.input_layout, options.lengths, model=model,
+        options.inputs, options.layout, options.lengths, model=model,
         padding=options.padding, mask=options.mask,
     )
     check_against_model(source, model.D)

@@ -70,6 +70,7 @@ class InputSource:
     # ``lengths``; ``mask_value``: a step is valid unless all its features equal it.
     padding: str = "post"
     mask_value: float | None = None
+    layout_given: bool = False  # --layout was given; else the model's declared layout (or btd)
 
     def __post_init__(self):
         if self.array.ndim != 3:
@@ -237,10 +238,13 @@ def _check_numeric(array: np.ndarray, path) -> tuple[np.ndarray, tuple[str, ...]
 
 
 def load_inputs(
-    path: str | Path, layout: str = "btd", lengths_path: str | Path | None = None, model=None,
+    path: str | Path, layout: str | None = None, lengths_path: str | Path | None = None, model=None,
     padding: str | None = None, mask: bool = False, *, max_memory=None,
 ) -> InputSource:
     """Open an input file (.npy memory-mapped, or .npz) in ``layout``.
+
+    ``layout`` None: the model's declared layout (btd without a model), and
+    ``InputSource.layout_given`` is False, so the report says it was not given.
 
     Without ``lengths_path``, a ``model`` whose file fixes the lengths
     (``LSTMModel.sequence_lengths``, an ONNX constant ``sequence_lens``) gives them.
@@ -253,7 +257,11 @@ def load_inputs(
     from lstm_doctor.capture import budget
 
     with budget.reading(max_memory):
-        return _load_inputs(path, layout, lengths_path, model, padding, mask)
+        source = _load_inputs(
+            path, layout or (model.input_layout if model is not None else "btd"), lengths_path, model, padding, mask
+        )
+    source.layout_given = layout is not None
+    return source
 
 
 def _load_inputs(path, layout: str, lengths_path, model, padding, mask) -> InputSource:

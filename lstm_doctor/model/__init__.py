@@ -252,6 +252,18 @@ class Layer:
         return self.H * (2 if self.bidirectional else 1)
 
 
+# What each format's file fixes by itself (the format defines gate order, bias
+# layout and activations); anything else is a default unless an importer says so.
+FORMAT_FIXES = {
+    "torch": {"gate order", "activations", "bias layout"},
+    "onnx": {"gate order", "activations", "bias layout", "input layout"},
+    "keras": {"gate order", "activations", "bias layout", "input layout"},
+    "native": {"gate order", "activations", "bias layout", "input layout"},
+    "tweet2vec": {"gate order", "bias layout"},
+    "lasagne": {"gate order", "bias layout"},
+}
+
+
 @dataclass(frozen=True, eq=False)
 class LSTMModel:
     """A stack of LSTM layers with everything downstream needs to know.
@@ -280,6 +292,17 @@ class LSTMModel:
     # {"file", "default", "flag"}: e.g. ("bias layout", "cuDNN 8H, halves summed", "file").
     # The report completes them (``report.build.assumptions``).
     assumptions: tuple[tuple[str, str, str], ...] = ()
+
+    def origin(self, item: str, layer: int = 0) -> str:
+        """Where ``item`` of ``layer`` came from: "file", "default" or "flag".
+
+        An importer's own statement (``assumptions``, for one layer as ``l{k}:item``)
+        wins over what the format fixes (``FORMAT_FIXES``).
+        """
+        for name, _value, source in self.assumptions:
+            if name in (item, f"l{layer}:{item}"):
+                return source
+        return "file" if item in FORMAT_FIXES.get(self.source_format, ()) else "default"
 
     def __post_init__(self):
         layers = tuple(self.layers)

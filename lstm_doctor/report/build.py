@@ -29,7 +29,7 @@ import numpy as np
 from lstm_doctor import __version__
 from lstm_doctor.analyzers import RULES, Analysis, AnalysisConfig
 from lstm_doctor.findings import Severity
-from lstm_doctor.model import GATES, SIGMOID_GATES, LSTMModel
+from lstm_doctor.model import FORMAT_FIXES, GATES, SIGMOID_GATES, LSTMModel
 
 SCHEMA_VERSION = "1.1"  # 1.1: ``diagnosis``, ``summary.failing`` and ``summary.exit_forced``
 
@@ -121,18 +121,6 @@ def file_identity(path: str) -> dict[str, Any]:
         return {"path": str(path), "sha256": None, "bytes": None}
 
 
-# What each format's file fixes by itself (the format defines gate order, bias
-# layout and activations); anything else is a default unless an importer says so.
-_FORMAT_FIXES = {
-    "torch": {"gate order", "activations", "bias layout"},
-    "onnx": {"gate order", "activations", "bias layout", "input layout"},
-    "keras": {"gate order", "activations", "bias layout", "input layout"},
-    "native": {"gate order", "activations", "bias layout", "input layout"},
-    "tweet2vec": {"gate order", "bias layout"},
-    "lasagne": {"gate order", "bias layout"},
-}
-
-
 def assumptions(model: LSTMModel, k: int, source=None) -> list[dict[str, str]]:
     """What the diagnosis of layer ``k`` assumed, and where each item came from.
 
@@ -142,8 +130,8 @@ def assumptions(model: LSTMModel, k: int, source=None) -> list[dict[str, str]]:
     ones; the input layout, padding and masking come from the run's inputs.
     """
     layer = model.layers[k]
-    fixes = _FORMAT_FIXES.get(model.source_format, set())
     preset = any("preset" in n for n in model.notes)
+    fixes = FORMAT_FIXES.get(model.source_format, set())
 
     def origin(item):
         return "file" if item in fixes else "default"
@@ -169,7 +157,7 @@ def assumptions(model: LSTMModel, k: int, source=None) -> list[dict[str, str]]:
             continue  # another layer's
         items[item] = (value, src)
     if source is not None:
-        if source.layout != model.input_layout:
+        if source.layout_given:
             items["input layout"] = (source.layout, "flag")
         if getattr(source, "mask_value", None) is not None:
             items["padding and masking"] = (f"Keras mask: steps whose features all equal {source.mask_value:g}", "flag")
