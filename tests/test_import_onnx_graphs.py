@@ -140,33 +140,3 @@ def test_torch_batch_first_export_reads_the_graph_input_layout(tmp_path):
     diff = np.abs(hidden(loaded, X).transpose(1, 0, 2) - expected).max()
     print(f"onnx torch batch_first export max |diff| {diff:.2g}")
     assert diff <= 1e-5
-
-
-@pytest.mark.parametrize("per_channel", [False, True], ids=["per-direction", "per-channel"])
-def test_dynamic_quantize_lstm_is_dequantized(tmp_path, per_channel):
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    rng = np.random.default_rng(14)
-    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], name="enc", hidden_size=H, direction="bidirectional")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, D])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], lstm_weights(rng, 2, D, ""))
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), tmp_path / "f.onnx")
-    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8,
-                     per_channel=per_channel)
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
-    assert "DynamicQuantizeLSTM" in ops
-    if per_channel:
-        with pytest.raises(ModelError, match="per-channel"):
-            load_model(tmp_path / "q.onnx")
-        return
-    loaded = load_model(tmp_path / "q.onnx")
-    assert any("dequantized" in n for n in loaded.notes)
-    expected = run_ort(tmp_path / "q.onnx", {"X": X})  # onnxruntime running the quantized node
-    ours = hidden(loaded, X)
-    diff = np.abs(ours - np.concatenate([expected[:, 0], expected[:, 1]], axis=-1)).max()
-    print(f"onnx DynamicQuantizeLSTM (per_channel={per_channel}) vs onnxruntime max |diff| {diff:.2g}")
-    # onnxruntime also quantizes the inputs and states dynamically (uint8) at run time;
-    # the float model before quantization is further away than the dequantized one
-    float_diff = np.abs(run_ort(tmp_path / "f.onnx", {"X": X}) - expected).max()
-    print(f"  (the float model before quantization vs onnxruntime: {float_diff:.2g})")
-    assert diff <= 0.05

@@ -263,39 +263,65 @@ def quantized(node) -> bool:
     return node.op_type == "DynamicQuantizeLSTM" and node.domain == "com.microsoft"
 
 
+def _quant_operand(graph: Graph, node, index: int):
+    name = node.input[index] if len(node.input) > index else ""
+    return graph.constant(name) if name else None
+
+
+def quantization(graph: Graph, node) -> str:
+    """How a ``DynamicQuantizeLSTM`` stores W, in words: e.g. "int8, per-channel scales"."""
+    q = graph.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    scale = _quant_operand(graph, node, 8)
+    kind = "per-channel" if scale is not None and np.ndim(scale) == 2 else "per-direction"
+    return f"{np.asarray(q).dtype if q is not None else '8-bit'}, {kind} scales"
+
+
 def _dequantize(graph: Graph, node, role: str, q: np.ndarray, where: str, notes: list[str]) -> np.ndarray:
     """onnxruntime's ``com.microsoft::DynamicQuantizeLSTM`` weights as floats.
 
-    W is stored (dirs, D, 4H) and R (dirs, H, 4H) as int8/uint8, transposed
-    against the float LSTM's (dirs, 4H, ·); their scale and zero point
-    (inputs 8, 9 for W and 10, 11 for R) are per direction (dirs,):
-    value = (q − zero_point)·scale. Per-channel scales (dirs, 4H) are refused.
-    Returns the float LSTM layout (dirs, 4H, ·).
+    W is stored (dirs, D, 4H) and R (dirs, H, 4H) as int8 or uint8: transposed
+    against the float LSTM's (dirs, 4H, ·), so column j is gate row j (iofc).
+    Scale and zero point (inputs 8, 9 for W; 10, 11 for R) are per direction,
+    shape (dirs,), or per channel, shape (dirs, 4H): one per column j, taken
+    over the input axis:
+
+        value[d, j, k] = (q[d, k, j] − zp[d, j]) · scale[d, j]
+
+    which is what onnxruntime's kernel computes: its quantized GEMM multiplies
+    column j of the int32 product by a_scale·scale[d, j], and subtracts one zero
+    point per matrix (the first), so per-channel zero points must be 0 (int8) or
+    all equal (uint8); it refuses other files, and so does this. onnxruntime
+    also quantizes X and h to uint8 at run time; that is not modelled: the float
+    model is diagnosed. Returns the float LSTM layout (dirs, 4H, ·).
     """
     index = {"W": 8, "R": 10}[role]
-    scale = graph.constant(node.input[index]) if len(node.input) > index and node.input[index] else None
-    zero = graph.constant(node.input[index + 1]) if len(node.input) > index + 1 and node.input[index + 1] else None
-    if scale is None or q.ndim != 3:
-        raise ModelError(f"{where}: quantized {role} without a constant scale")
-    scale = np.asarray(scale, dtype=np.float64)
-    zero = np.zeros_like(scale) if zero is None else np.asarray(zero, dtype=np.float64)
-    dirs = q.shape[0]
-    if scale.shape == (dirs,):
-        scale, zero = scale[:, None, None], zero.reshape(dirs)[:, None, None]
-    elif scale.shape == (dirs, q.shape[2]):
-        # (q − zp)·scale per channel reproduces the float weights, but onnxruntime's
-        # kernel output differs from that model by up to 0.36 in our tests: refused
-        # until what onnxruntime computes is understood.
-        raise ModelError(
-            f"{where}: per-channel {role}_scale {scale.shape}: per-channel quantized LSTMs are not "
-            "supported (only per-direction scales); diagnose the float model before quantize_dynamic"
-        )
+    scale, zero = _quant_operand(graph, node, index), _quant_operand(graph, node, index + 1)
+    if scale is None or zero is None:
+        raise ModelError(f"{where}: quantized {role} needs constant {role}_scale and {role}_zero_point (inputs "
+                         f"{index}, {index + 1})")
+    if q.dtype not in (np.int8, np.uint8) or q.ndim != 3:
+        raise ModelError(f"{where}: quantized {role} is {q.dtype} {q.shape}, expected int8 or uint8 (dirs, ·, 4H)")
+    scale, zero = np.asarray(scale, dtype=np.float64), np.asarray(zero)
+    dirs, N = q.shape[0], q.shape[2]
+    if scale.shape not in ((dirs,), (dirs, N)) or zero.shape != scale.shape:
+        raise ModelError(f"{where}: {role}_scale {scale.shape} and {role}_zero_point {zero.shape}: expected both "
+                         f"({dirs},) (per direction) or both ({dirs}, {N}) (per channel)")
+    if scale.ndim == 2:
+        if q.dtype == np.int8 and np.any(zero != 0):
+            raise ModelError(f"{where}: per-channel int8 {role}_zero_point is not all 0, which onnxruntime refuses "
+                             "too; quantize the float model again (quantize_dynamic writes zero points 0)")
+        if q.dtype == np.uint8 and np.any(zero != zero.flat[0]):
+            raise ModelError(f"{where}: per-channel uint8 {role}_zero_point differs between channels, which "
+                             "onnxruntime refuses too; quantize the float model again (quantize_dynamic writes int8)")
+        scale, zero = scale[:, None, :], zero[:, None, :]  # over the columns of (dirs, ·, 4H)
     else:
-        raise ModelError(f"{where}: {role}_scale has shape {scale.shape}, expected ({dirs},) or ({dirs}, {q.shape[2]})")
+        scale, zero = scale[:, None, None], zero[:, None, None]
     if role == "W":
-        notes.append(f"{where}: a quantized DynamicQuantizeLSTM (int8 weights): W and R are dequantized "
-                     "as (q − zero_point)·scale and the float model is diagnosed")
-    return ((q.astype(np.float64) - zero) * scale).astype(np.float32).transpose(0, 2, 1)
+        notes.append(f"{where}: a quantized DynamicQuantizeLSTM ({quantization(graph, node)}): W and R are "
+                     "dequantized as (q − zero_point)·scale and the float model is diagnosed; onnxruntime also "
+                     "rounds X and h to uint8 at run time, so its outputs differ from this model by that rounding")
+    value = (q.astype(np.float64) - zero.astype(np.float64)) * scale
+    return value.astype(np.float32).transpose(0, 2, 1)
 
 
 def node_layer(graph: Graph, node, notes: list[str]) -> tuple[Layer, str]:
@@ -654,6 +680,10 @@ def load(path: Path, options) -> LSTMModel:
     if note:
         notes.append(note)
     lengths = constant_lengths(graph, nodes[0], notes)
+    stated = tuple(
+        (f"l{k}:weights", f"dequantized from {quantization(graph, node)}: (q − zero_point)·scale", "file")
+        for k, node in enumerate(nodes) if quantized(node)
+    )
     for node in nodes[1:]:
         if len(node.input) > 4 and node.input[4] and constant_lengths(graph, node, []) != lengths:
             raise ModelError("the stacked LSTM nodes take different sequence_lens; choose one with --layer-name")
@@ -665,5 +695,6 @@ def load(path: Path, options) -> LSTMModel:
         stored_gate_order=ONNX_ORDER,
         input_layout=layout,
         notes=tuple(notes),
+        assumptions=stated,
         sequence_lengths=lengths,
     )
