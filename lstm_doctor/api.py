@@ -194,7 +194,7 @@ def diagnose(
     File: ``diagnose("encoder.pt", inputs=x)``, ``x`` an array (B, T, D) in ``layout`` (default:
     the model's) or a path (``.npy``, ``.npz``, texts); ``lengths`` an array (B,) or a path;
     ``file_options`` are further ``DiagnoseOptions`` fields (``layer_prefix``, ``layer_name``,
-    ``model_format``, ``preset``, ``probe``, ``what_if``, ...). The first positional argument
+    ``model_format``, ``preset``, ``gate_activation``, ``go_backwards``, ``probe``, ``what_if``, ...). The first positional argument
     after a path is taken as ``inputs``.
 
     Filters, as the CLI's ``--select``/``--ignore`` (code prefixes, longest match wins); an
@@ -331,7 +331,8 @@ def _diagnose_file(path, inputs, lengths, layout, select, ignore, common, sample
 
 
 def _load_fields(fields: dict) -> dict:
-    keys = ("model_format", "preset", "layer_prefix", "layer_name", "trust_pickle")
+    keys = ("model_format", "preset", "layer_prefix", "layer_name", "trust_pickle", "gate_activation", "activation",
+            "go_backwards")
     return {k: fields[k] for k in keys if k in fields}
 
 

@@ -26,3 +26,10 @@ SEVERITIES = ("error", "warning", "info")
 COLORS = ("auto", "always", "never")
 
 TEXT_CLEANERS = ("tweet2vec", "none")
+
+KERAS_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "tanh", "softsign", "relu", "softplus", "linear")
+"""Keras activation names ``--gate-activation`` and ``--activation`` accept (those lstm_doctor models)."""
+
+ARCHITECTURE_FLAGS = {"gate_activation": "--gate-activation", "activation": "--activation",
+                      "go_backwards": "--go-backwards"}
+"""The Keras settings a user may state on the command line, by option field."""

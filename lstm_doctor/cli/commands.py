@@ -15,6 +15,7 @@ import click
 
 from lstm_doctor.choices import LAYOUTS, REPORT_FORMATS, SEVERITIES
 from lstm_doctor.cli.options import (
+    architecture_options,
     color_option,
     engine_option,
     input_options,
@@ -118,7 +119,7 @@ def diagnose(model, inputs, layout, lengths, padding, mask, probe,
              probe_scale, probe_steps, probe_sequences, what_if, text_field,
              text_clean, featurizer, model_format, preset, layer_prefix, layer_name, trust_pickle, engine, fmt, output,
              plots_dir, fail_on, exit_zero, select, ignore, threshold, color, chunk_size, sample_size, max_memory,
-             observed, gradients, verbose):
+             observed, gradients, verbose, **architecture):
     """Diagnose MODEL (an lstm.toml, its folder, or a framework file) on sample inputs."""
     from lstm_doctor.jobs.diagnose import DiagnoseOptions, execute
 
@@ -131,6 +132,7 @@ def diagnose(model, inputs, layout, lengths, padding, mask, probe,
         plots_dir=plots_dir, what_if=what_if, fail_on=fail_on, exit_zero=exit_zero, select=split_codes(select),
         ignore=split_codes(ignore), thresholds=tuple(threshold), color=color, chunk_size=chunk_size,
         sample_size=sample_size, max_memory=max_memory, observed=observed, gradients=gradients, verbose=verbose,
+        **architecture,
     ))
 
 
@@ -144,7 +146,7 @@ def diagnose(model, inputs, layout, lengths, padding, mask, probe,
 @engine_option
 @max_memory_option
 def trace(model, inputs, layout, lengths, padding, mask, out, steps, units, model_format, preset, layer_prefix, layer_name,
-          trust_pickle, engine, max_memory):
+          trust_pickle, engine, max_memory, **architecture):
     """Write every step's h, c, i, f, g, o and pre-activations, shaped (B, T, H)."""
     from lstm_doctor.jobs.trace import TraceOptions, execute
 
@@ -152,7 +154,7 @@ def trace(model, inputs, layout, lengths, padding, mask, out, steps, units, mode
         model=model, inputs=inputs, out=out, layout=layout, lengths=lengths, padding=padding, mask=mask, steps=steps,
         units=units,
         model_format=model_format, preset=preset, layer_prefix=layer_prefix, layer_name=layer_name,
-        trust_pickle=trust_pickle, engine=engine, max_memory=max_memory,
+        trust_pickle=trust_pickle, engine=engine, max_memory=max_memory, **architecture,
     ))
 
 
@@ -161,13 +163,14 @@ def trace(model, inputs, layout, lengths, padding, mask, out, steps, units, mode
 @model_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @max_memory_option
-def inspect_command(model, model_format, preset, layer_prefix, layer_name, trust_pickle, fmt, max_memory):
+def inspect_command(model, model_format, preset, layer_prefix, layer_name, trust_pickle, fmt, max_memory,
+                    **architecture):
     """Describe MODEL: layers, directions, D, H, gate order, activations, peepholes, parameter statistics."""
     from lstm_doctor.jobs.inspect import InspectOptions, execute
 
     run_job(execute, InspectOptions(
         model=model, model_format=model_format, preset=preset, layer_prefix=layer_prefix,
-        layer_name=layer_name, trust_pickle=trust_pickle, format=fmt, max_memory=max_memory,
+        layer_name=layer_name, trust_pickle=trust_pickle, format=fmt, max_memory=max_memory, **architecture,
     ))
 
 
@@ -190,7 +193,8 @@ def inspect_command(model, model_format, preset, layer_prefix, layer_name, trust
 @color_option
 @model_options
 def what_if(model, inputs, layout, lengths, padding, mask, fixes, sample_size, write_fixed, fmt, output, engine, fail_on, exit_zero,
-            select, ignore, threshold, color, model_format, preset, layer_prefix, layer_name, trust_pickle):
+            select, ignore, threshold, color, model_format, preset, layer_prefix, layer_name, trust_pickle,
+            **architecture):
     """Apply each proposed fix virtually, measure its effect alone and cumulatively, rank the root causes.
 
     \b
@@ -207,7 +211,7 @@ def what_if(model, inputs, layout, lengths, padding, mask, fixes, sample_size, w
         layer_prefix=layer_prefix, layer_name=layer_name, trust_pickle=trust_pickle, engine=engine, format=fmt,
         output=output, write_fixed=write_fixed, fixes=split_codes(fixes), sample_size=sample_size, fail_on=fail_on,
         exit_zero=exit_zero, select=split_codes(select), ignore=split_codes(ignore), thresholds=tuple(threshold),
-        color=color,
+        color=color, **architecture,
     ))
 
 
@@ -222,7 +226,7 @@ def what_if(model, inputs, layout, lengths, padding, mask, fixes, sample_size, w
 @click.option("--chunk-size", type=click.IntRange(1), default=64, show_default=True, help="Texts per chunk.")
 @model_options
 def featurize(model, inputs, out, text_field, text_clean, featurizer, layout, engine, chunk_size,
-              model_format, preset, layer_prefix, layer_name, trust_pickle):
+              model_format, preset, layer_prefix, layer_name, trust_pickle, **architecture):
     """Write the LSTM inputs (.npy) that the front end makes of the texts in --inputs."""
     from lstm_doctor.jobs.featurize import FeaturizeOptions, execute
 
@@ -230,7 +234,7 @@ def featurize(model, inputs, out, text_field, text_clean, featurizer, layout, en
         model=model, inputs=inputs, out=out, text_field=text_field, text_clean=text_clean,
         featurizer=featurizer, layout=layout, engine=engine, chunk_size=chunk_size,
         model_format=model_format, preset=preset, layer_prefix=layer_prefix, layer_name=layer_name,
-        trust_pickle=trust_pickle,
+        trust_pickle=trust_pickle, **architecture,
     ))
 
 
@@ -297,7 +301,9 @@ def check(config, fmt, reports, plots_dir, baseline, no_baseline, write_baseline
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the comparison here (atomically).")
 @color_option
-def compare(a, b, inputs, inputs_b, layout, layout_b, engine, select, ignore, threshold, fmt, output, color):
+@architecture_options
+def compare(a, b, inputs, inputs_b, layout, layout_b, engine, select, ignore, threshold, fmt, output, color,
+            **architecture):
     """Compare two reports (A.json B.json) or two models (MODEL_A MODEL_B --inputs X.npy):
     findings resolved, appeared or changed in severity, and the headline metrics' moves.
 
@@ -312,7 +318,7 @@ def compare(a, b, inputs, inputs_b, layout, layout_b, engine, select, ignore, th
     run_job(execute, CompareOptions(
         a=a, b=b, inputs=inputs, inputs_b=inputs_b, layout=layout, layout_b=layout_b, engine=engine,
         select=split_codes(select), ignore=split_codes(ignore), thresholds=tuple(threshold), format=fmt,
-        output=output, color=color,
+        output=output, color=color, **architecture,
     ))
 
 

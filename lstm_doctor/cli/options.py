@@ -15,6 +15,7 @@ from lstm_doctor.choices import (
     COLORS,
     DEFAULT_ENGINE,
     ENGINES,
+    KERAS_ACTIVATIONS,
     LAYOUTS,
     MODEL_FORMATS,
     PRESETS,
@@ -43,7 +44,29 @@ def model_options(f):
         click.option("--layer-prefix", help="torch/lasagne: the submodule whose LSTM to load (e.g. encoder.lstm)."),
         click.option("--layer-name", help="keras/onnx: the LSTM layer or node to load when there are several."),
         click.option("--trust-pickle", is_flag=True, help="Allow arbitrary pickles (runs code from the file!)."),
+        *ARCHITECTURE_OPTIONS,
     ])
+
+
+def architecture_options(f):
+    """``--gate-activation``, ``--activation`` and ``--go-backwards`` alone (``compare``; the
+    other commands have them in ``model_options``)."""
+    return _apply(f, ARCHITECTURE_OPTIONS)
+
+
+# Keras settings a weights-only file leaves open, stated instead of an architecture JSON.
+# A value the file states is checked: a flag that contradicts it is refused. Other formats
+# state these themselves and refuse the flags.
+ARCHITECTURE_OPTIONS = [
+    click.option("--gate-activation", type=click.Choice(KERAS_ACTIVATIONS),
+                 help="Keras: the LSTM's recurrent_activation (hard_sigmoid is Keras 2's clip(0.2x+0.5, 0, 1), "
+                 "Keras 3's relu6(x+3)/6, by the file's version). Default: the file's, else its Keras "
+                 "version's default."),
+    click.option("--activation", type=click.Choice(KERAS_ACTIVATIONS),
+                 help="Keras: the LSTM's activation (candidate and cell output). Default: the file's, else tanh."),
+    click.option("--go-backwards/--no-go-backwards", default=None,
+                 help="Keras: whether the LSTM runs from the last step. Default: the file's, else no."),
+]
 
 
 def layout_option(f, name: str = "--layout", help_suffix: str = ""):

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lstm_doctor.choices import LAYOUTS
+from lstm_doctor.choices import KERAS_ACTIVATIONS, LAYOUTS
 from lstm_doctor.errors import ConfigError, UserError
 from lstm_doctor.findings import IDENTITY_FIELDS, Severity, finding_identity
 
@@ -53,7 +53,7 @@ TOP_KEYS = {
 }  # fmt: skip
 MODEL_KEYS = {
     "model", "name", "inputs", "layout", "lengths", "preset", "model-format", "layer-prefix", "layer-name",
-    "probe", "probe-steps", "probe-sequences", "probe-scale",
+    "probe", "probe-steps", "probe-sequences", "probe-scale", "gate-activation", "activation", "go-backwards",
 }  # fmt: skip
 BASELINE_KIND = "lstm-doctor-baseline"
 CHECK_KIND = "lstm-doctor-check"
@@ -75,6 +75,9 @@ class ModelEntry:
     probe_steps: int = 50
     probe_sequences: int = 64
     probe_scale: float = 1.0
+    gate_activation: str | None = None  # Keras settings a weights-only file leaves open
+    activation: str | None = None
+    go_backwards: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,11 @@ def _model_entry(raw: Any, k: int, base: Path, cwd: Path, path: Path) -> ModelEn
             raise ConfigError(f"{where}: {key} must be a positive integer", path)
     if "probe-scale" in raw and not isinstance(raw["probe-scale"], (int, float)):
         raise ConfigError(f"{where}: probe-scale must be a number", path)
+    for key in ("gate-activation", "activation"):
+        if key in raw and raw[key] not in KERAS_ACTIVATIONS:
+            raise ConfigError(f"{where}: {key} {raw[key]!r}; choose one of {', '.join(KERAS_ACTIVATIONS)}", path)
+    if "go-backwards" in raw and not isinstance(raw["go-backwards"], bool):
+        raise ConfigError(f"{where}: go-backwards must be true or false", path)
     rel = lambda key: _relative(base, raw[key], cwd) if raw.get(key) else None  # noqa: E731
     return ModelEntry(
         id=raw.get("name") or Path(raw["model"]).as_posix(),
@@ -211,6 +219,9 @@ def _model_entry(raw: Any, k: int, base: Path, cwd: Path, path: Path) -> ModelEn
         probe_steps=raw.get("probe-steps", 50),
         probe_sequences=raw.get("probe-sequences", 64),
         probe_scale=float(raw.get("probe-scale", 1.0)),
+        gate_activation=raw.get("gate-activation"),
+        activation=raw.get("activation"),
+        go_backwards=raw.get("go-backwards"),
     )
 
 
@@ -423,6 +434,9 @@ def diagnose_options(entry: ModelEntry, config: CheckConfig, options: CheckOptio
         probe_steps=entry.probe_steps,
         probe_sequences=entry.probe_sequences,
         probe_scale=entry.probe_scale,
+        gate_activation=entry.gate_activation,
+        activation=entry.activation,
+        go_backwards=entry.go_backwards,
         engine=config.engine,
         chunk_size=config.chunk_size,
         sample_size=config.sample_size,

@@ -36,6 +36,10 @@ class CompareOptions:
     output: str | None = None
     color: str = "auto"
     created: str | None = None
+    # Keras settings of both models (--gate-activation, --activation, --go-backwards)
+    gate_activation: str | None = None
+    activation: str | None = None
+    go_backwards: bool | None = None
 
 
 
@@ -160,6 +164,9 @@ def _side(path: str, inputs: str | None, layout: str | None, options: CompareOpt
             ignore=options.ignore,
             thresholds=options.thresholds,
             created=options.created,
+            gate_activation=options.gate_activation,
+            activation=options.activation,
+            go_backwards=options.go_backwards,
         )
     )
 
@@ -169,6 +176,10 @@ def run_compare(options: CompareOptions) -> dict:
         raise UserError("compare two reports (.json) or two models, not one of each")
     if _is_report(options.a) and (options.inputs or options.inputs_b):
         raise UserError("--inputs applies to models, not to reports")
+    flags = [f for f, v in (("--gate-activation", options.gate_activation), ("--activation", options.activation),
+                            ("--go-backwards", options.go_backwards)) if v is not None]
+    if _is_report(options.a) and flags:
+        raise UserError(f"{'/'.join(flags)} applies to models, not to reports")
     a = _side(options.a, options.inputs, options.layout, options)
     b = _side(options.b, options.inputs_b or options.inputs, options.layout_b or options.layout, options)
     return compare_reports(a, b, options.a, options.b)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lstm_doctor.choices import MODEL_FORMATS
-from lstm_doctor.errors import ModelError, UserError
+from lstm_doctor.errors import ConfigError, ModelError, UserError
 from lstm_doctor.model import LSTMModel
 from lstm_doctor.output import declare_read, recheck_outputs
 
@@ -34,6 +34,17 @@ class LoadOptions:
     trust_pickle: bool = False  # allow arbitrary pickles (executes code!)
     layer_name: str | None = None  # keras/onnx: which LSTM layer or node
     max_memory: str | int | None = None  # --max-memory: declared sizes are checked against it before reading
+    # Keras settings a file may leave open (--gate-activation, --activation, --go-backwards):
+    # None means "the file's, else the default"
+    gate_activation: str | None = None
+    activation: str | None = None
+    go_backwards: bool | None = None
+
+    def architecture_flags(self) -> list[str]:
+        """The command-line names of the Keras settings given."""
+        from lstm_doctor.choices import ARCHITECTURE_FLAGS
+
+        return [flag for name, flag in ARCHITECTURE_FLAGS.items() if getattr(self, name) is not None]
 
 
 def _importer(fmt: str):
@@ -119,6 +130,13 @@ def _load(path: Path, model_format: str | None, options: LoadOptions) -> LSTMMod
     if fmt not in available_formats():
         raise UserError(
             f"unknown model format {fmt!r}; choose one of {', '.join(available_formats())}"
+        )
+    flags = options.architecture_flags()
+    if flags and fmt != "keras":
+        raise ConfigError(
+            f"{'/'.join(flags)} states a Keras layer's settings; a {fmt} model states its own, so drop "
+            + ("it" if len(flags) == 1 else "them"),
+            path,
         )
     declare_read(path)  # h5py and safetensors open it in C, unseen by the read-set's audit hook
     try:

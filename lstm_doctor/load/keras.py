@@ -21,8 +21,13 @@ Files:
 - weights only (``.weights.h5`` of Keras 3, or a legacy ``save_weights``
   ``.h5``): the layout above, with the architecture read from a JSON file
   beside it (``<stem>.json``, ``<stem>.config.json`` or ``config.json``, as
-  written by ``model.to_json()``). Without one the activations would be a
-  guess, so the load fails and says which names were tried.
+  written by ``model.to_json()``). Without one, a legacy (Keras 2) file's
+  LSTM layers are found from their weight names, and what the file leaves open
+  (``recurrent_activation``, ``activation``, ``go_backwards``) is its
+  ``keras_version``'s default or what ``--gate-activation``, ``--activation``
+  and ``--go-backwards`` state (``_settings``); a Keras 3 ``.weights.h5``
+  without one is refused, naming the files tried. A flag that contradicts a
+  setting the file states is refused.
 
 Semantics: gate order i, f, c, o, one bias (``unit_forget_bias`` is already in
 the stored bias), ``recurrent_activation`` for the gates and ``activation`` for
@@ -138,7 +143,9 @@ class Source:
     files: list[str]
     notes: list[str] = field(default_factory=list)
     closers: list = field(default_factory=list)
-    stated: tuple = ()  # (item, value, source) of an inferred architecture
+    # An architecture inferred for a weights-only file: which Keras version's defaults
+    # fill what the file leaves open (None: the file, or a JSON beside it, states it all)
+    inferred: str | None = None
 
     def close(self):
         for closer in reversed(self.closers):
@@ -264,8 +271,9 @@ def _open_h5(path: Path) -> Source:
             else:
                 inferred = infer_keras2_config(h5, version) if layout == "legacy" else None
                 if inferred is not None:
-                    config, notes, stated = inferred
-                    return Source(config, version, weights, layout, files, notes=notes, closers=[h5], stated=stated)
+                    config, notes = inferred
+                    return Source(config, version, weights, layout, files, notes=notes, closers=[h5],
+                                  inferred=version or "unknown")
                 raise ModelError(
                     "a weights-only Keras file: the architecture (activations, go_backwards) "
                     "is needed; save model.to_json() as "
@@ -279,19 +287,18 @@ def _open_h5(path: Path) -> Source:
 
 
 def infer_keras2_config(h5, version: str | None):
-    """The architecture of a Keras 2 ``save_weights`` file without its JSON, where it
-    can be inferred: LSTM layers from their weight names (``<layer>/kernel:0``,
+    """The architecture of a legacy ``save_weights`` file without its JSON, where it can
+    be inferred: LSTM layers from their weight names (``<layer>/kernel:0``,
     ``recurrent_kernel:0``, ``bias:0``; ``forward_*``/``backward_*`` under a
-    Bidirectional) and the Keras version's defaults: ``activation='tanh'``,
-    ``recurrent_activation`` ``'hard_sigmoid'`` before Keras 2.3 and
-    ``'sigmoid'`` from 2.3, ``go_backwards=False``. Returns (config, notes,
-    stated assumptions), or None when the file is not a Keras 2 legacy weights file.
+    Bidirectional), every other setting left to the version's defaults (``default_settings``)
+    or to the command line (``_settings``). Returns (config, notes), or None when the file is
+    not a Keras 2 or 3 legacy weights file with an LSTM. A file without ``keras_version``
+    gives a config whose ``recurrent_activation`` is None: the default is not known.
     """
     m = re.match(r"(\d+)\.(\d+)", version or "")
-    if m is None or int(m.group(1)) != 2:
+    if version is not None and (m is None or int(m.group(1)) not in (2, 3)):
         return None
-    before_23 = (int(m.group(1)), int(m.group(2))) < (2, 3)
-    gate = "hard_sigmoid" if before_23 else "sigmoid"
+    gate = default_settings(version)["recurrent_activation"]
     layers = []
     for name in [_attr_str(n) for n in h5.attrs.get("layer_names", [])]:
         group = h5.get(name)
@@ -315,15 +322,95 @@ def infer_keras2_config(h5, version: str | None):
         return None
     backend = _attr_str(h5.attrs["backend"]) if "backend" in h5.attrs else "unknown"
     notes = [
-        f"weights-only Keras {version} file (backend {backend}) without its architecture JSON: "
-        f"activation='tanh', recurrent_activation={gate!r} (Keras {version}'s defaults) and go_backwards=False "
-        "are assumed; if the model set them otherwise, save model.to_json() beside the file"
+        f"weights-only Keras {version or '(version not recorded)'} file (backend {backend}) without its "
+        "architecture JSON: the settings it leaves open (recurrent_activation, activation, go_backwards) are "
+        "the version's defaults unless --gate-activation, --activation or --go-backwards give them (see the "
+        "assumptions); if the model set them otherwise, pass those flags or save model.to_json() beside the file"
     ]
-    stated = (
-        ("activations", f"gate {gate}, candidate tanh, cell output tanh (Keras {version} defaults)", "default"),
-        ("direction", "forward (go_backwards=False assumed)", "default"),
-    )
-    return {"class_name": "Sequential", "config": {"name": "model", "layers": layers}}, notes, stated
+    return {"class_name": "Sequential", "config": {"name": "model", "layers": layers}}, notes
+
+
+def default_settings(version: str | None) -> dict:
+    """Keras' ``LSTM`` defaults in ``version``: ``recurrent_activation`` 'hard_sigmoid'
+    before Keras 2.3 and 'sigmoid' from 2.3 (None when the version is unknown),
+    ``activation`` 'tanh', ``go_backwards`` False."""
+    m = re.match(r"(\d+)\.(\d+)", version or "")
+    gate = None if m is None else "hard_sigmoid" if (int(m.group(1)), int(m.group(2))) < (2, 3) else "sigmoid"
+    return {"recurrent_activation": gate, "activation": "tanh", "go_backwards": False}
+
+
+# (config key, option field, flag) of the settings a user may state
+SETTINGS = (
+    ("recurrent_activation", "gate_activation", "--gate-activation"),
+    ("activation", "activation", "--activation"),
+    ("go_backwards", "go_backwards", "--go-backwards"),
+)
+
+
+def _settings(entry: "Entry", source: Source, options, major, where: str) -> tuple[dict, list[tuple]]:
+    """The entry's config with the command line's settings, and where each came from.
+
+    A file that states a setting (its config, or the JSON beside it) keeps it, and a flag
+    that contradicts it is refused: overriding the file would diagnose another model. In an
+    inferred architecture (``Source.inferred``) a flag replaces the version's default.
+    Returns (config, [(item, value, source)]) with source ∈ {file, default, flag}.
+    """
+    cfg = dict(entry.config)
+    bidirectional = entry.class_name == "Bidirectional"
+    given = {key: getattr(options, field) for key, field, _ in SETTINGS if getattr(options, field, None) is not None}
+    flag_of = {key: flag for key, _, flag in SETTINGS}
+    if bidirectional and given.get("go_backwards"):
+        raise ConfigError(f"{where} is a Bidirectional: its directions are fixed, --go-backwards does not apply")
+    if entry.class_name == "CuDNNLSTM":  # fixed by cuDNN
+        cfg.update(recurrent_activation="sigmoid", activation="tanh")
+    origin = {}
+    for key, value in given.items():
+        if source.inferred is not None and not (bidirectional and key == "go_backwards"):
+            cfg[key] = value
+            origin[key] = "flag"
+            continue
+        stated = cfg.get(key, cfg.get("inner_activation") if key == "recurrent_activation" else None)
+        stated = {"recurrent_activation": "sigmoid", "activation": "tanh", "go_backwards": False}[key] \
+            if stated is None else stated
+        if key == "go_backwards":
+            same = bool(stated) == value
+            shown = "--go-backwards" if value else "--no-go-backwards"
+        else:
+            same = _activation(stated, major, where) == _activation(value, major, where)
+            shown = f"{flag_of[key]} {value}"
+        if not same:
+            raise ConfigError(
+                f"{where}: the file states {key}={stated!r}, {shown} contradicts it; drop the flag "
+                "(or correct the file's architecture)"
+            )
+    if source.inferred is not None and cfg.get("recurrent_activation") is None:
+        raise ModelError(
+            f"{where}: the file does not record keras_version, so the default recurrent_activation is not known "
+            "(hard_sigmoid before Keras 2.3, sigmoid from 2.3): pass --gate-activation"
+        )
+
+    def src(key):
+        if source.inferred is None or (bidirectional and key == "go_backwards"):
+            return "file"
+        return origin.get(key, "default")
+
+    def why(key):
+        return f", Keras {source.inferred}'s default" if src(key) == "default" else ""
+
+    acts = Activations() if entry.class_name == "CuDNNLSTM" else _activations(cfg, major, where)
+    if bidirectional:
+        direction = "both (Bidirectional: forward, and backward from the last step)"
+    elif cfg.get("go_backwards"):
+        direction = f"from the last step (go_backwards=True{why('go_backwards')})"
+    else:
+        direction = f"forward (go_backwards=False{why('go_backwards')})"
+    stated = [
+        ("gate activation", f"{acts.gate} (recurrent_activation{why('recurrent_activation')})",
+         src("recurrent_activation")),
+        ("activation", f"{acts.candidate} (candidate and cell output{why('activation')})", src("activation")),
+        ("direction", direction, src("go_backwards")),
+    ]
+    return cfg, stated
 
 
 def open_source(path: Path) -> Source:
@@ -664,9 +751,10 @@ def _direction(kernel, recurrent, bias, where: str, notes: list[str] | None = No
     )
 
 
-def _layer(entry: Entry, source: Source, major, notes: list[str]) -> Layer:
+def _layer(entry: Entry, source: Source, major, notes: list, options=None) -> tuple[Layer, list[tuple]]:
+    """The layer of ``entry``, and what it assumed: (item, value, source) items."""
     where = f"layer {entry.name!r}"
-    cfg = entry.config
+    cfg, stated = _settings(entry, source, options, major, where)
     if cfg.get("time_major"):
         raise ModelError(f"{where}: time_major=True is not supported")
     if entry.class_name == "CuDNNLSTM":
@@ -677,6 +765,8 @@ def _layer(entry: Entry, source: Source, major, notes: list[str]) -> Layer:
     bidirectional = entry.class_name == "Bidirectional"
     if bidirectional:
         back = entry.backward_config or cfg
+        if source.inferred is not None:  # the flags set both directions
+            back = {**back, **{k: cfg[k] for k in ("recurrent_activation", "activation")}}
         if entry.backward_config is not None and _activations(back, major, where) != acts:
             raise ModelError(f"{where}: the backward layer's activations differ from the forward's")
         if bool(cfg.get("go_backwards")) or (
@@ -710,7 +800,7 @@ def _layer(entry: Entry, source: Source, major, notes: list[str]) -> Layer:
             "the two directions separately (their concatenation as the encoding)"
         )
     # Keras returns a go_backwards layer's sequence in processing order
-    return Layer(fwd, rev, acts, go_backwards=go_backwards, output_reversed=go_backwards)
+    return Layer(fwd, rev, acts, go_backwards=go_backwards, output_reversed=go_backwards), stated
 
 
 def _stackable(entries: list[Entry], containers: dict[int, list[dict]]) -> bool:
@@ -809,9 +899,10 @@ def _load(path: Path, options) -> LSTMModel:
         notes = ["Keras gate order i, f, c, o; unit_forget_bias is already in the stored bias"]
         if version_note:
             notes.append(version_note)
-        layers = []
+        layers, per_layer = [], []
         for k, entry in enumerate(chosen):
-            layer = _layer(entry, source, major, notes)
+            layer, stated = _layer(entry, source, major, notes, options)
+            per_layer += [(f"l{k}:{item}", value, src) for item, value, src in stated]
             if k < len(chosen) - 1:
                 if entry.merge_mode not in (None, "concat"):
                     raise ModelError(
@@ -823,7 +914,7 @@ def _load(path: Path, options) -> LSTMModel:
         source.close()
     if source.keras_version:
         notes.append(f"saved by Keras {source.keras_version}")
-    stated = tuple(dict.fromkeys(n[1:] for n in notes if isinstance(n, tuple))) + source.stated
+    stated = tuple(dict.fromkeys(n[1:] for n in notes if isinstance(n, tuple))) + tuple(per_layer)
     notes = [n for n in notes if not isinstance(n, tuple)] + source.notes
     masking, mask_value = declared_masking(chosen[0], containers)
     if masking:

@@ -156,6 +156,8 @@ def assumptions(model: LSTMModel, k: int, source=None) -> list[dict[str, str]]:
         elif item[:1] == "l" and ":" in item:
             continue  # another layer's
         items[item] = (value, src)
+    if "gate activation" in items:  # the importer said where each activation came from
+        items.pop("activations", None)
     if source is not None:
         if source.layout_given:
             items["input layout"] = (source.layout, "flag")
