@@ -231,3 +231,19 @@ def test_the_flags_on_another_format_are_refused(tmp_path, command):
         os.chdir(here)
     assert r.exit_code == 2, r.output
     assert len(r.output.strip().splitlines()) == 1 and "--gate-activation" in r.output and "native" in r.output
+
+
+def test_a205_names_only_what_no_flag_stated(tmp_path):
+    model = _keras_model(keras.layers.LSTM(4))
+    path = str(_legacy_weights(tmp_path / "w.h5", model, "2.2.4"))
+    np.save(tmp_path / "x.npy", X)
+
+    def a205(*flags):
+        r = CliRunner().invoke(cli, ["diagnose", path, "--inputs", str(tmp_path / "x.npy"), *flags, "--format",
+                                     "json", "--exit-zero", "--engine", "numpy", "--no-gradients"])
+        assert r.exit_code == 0, r.output
+        return [f for f in json.loads(r.output)["findings"] if f["code"] == "A205"]
+
+    (partial,) = a205("--gate-activation", "sigmoid")
+    assert sorted(partial["evidence"]["assumed"]) == ["activation", "direction"]
+    assert a205("--gate-activation", "sigmoid", "--activation", "tanh", "--no-go-backwards") == []

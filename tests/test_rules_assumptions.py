@@ -159,7 +159,7 @@ def test_a205_says_what_a_weights_only_file_left_open(tmp_path):
     codes, _ = findings(model, tmp_path / "x.npy")
     f = codes["A205"]
     assert Severity.parse(f["severity"]) == Severity.info
-    assert "hard_sigmoid" in f["evidence"]["assumed"]["activations"]
+    assert "hard_sigmoid" in f["evidence"]["assumed"]["gate activation"]
     assert "direction" in f["evidence"]["assumed"]
 
 

@@ -177,7 +177,10 @@ def check_candidate_activation(ctx: Context):
 
 
 # Settings a file can leave open that change the forward pass: (assumption item, the flag that states it).
-ASSUMABLE = (("activations", "--gate-activation"), ("direction", "--go-backwards"))
+# A Keras importer states each activation apart (gate activation: recurrent_activation; activation:
+# the candidate's and the cell output's); "activations" is the item of one stated together.
+ASSUMABLE = (("activations", "--gate-activation"), ("gate activation", "--gate-activation"),
+             ("activation", "--activation"), ("direction", "--go-backwards"))
 
 
 @rule(
@@ -198,9 +201,10 @@ hidden values does (--observed, A204).""",
 A wrong gate activation or direction runs without any error: sigmoid instead of
 hard_sigmoid moves every gate value, and a backward layer run forward reads the
 sequence in the wrong order, so every number in the report is the wrong model's.""",
-    example="A205 info  layer 0: the file does not state the activations; assumed gate hard_sigmoid, candidate tanh, "
-    "cell output tanh (Keras 2.2.4 defaults)",
-    fix="State the settings (--gate-activation, --go-backwards) or save the architecture (model.to_json()) "
+    example="A205 info  layer 0: the model file does not state the gate activation, the activation, the direction; "
+    "assumed gate activation hard_sigmoid (recurrent_activation, Keras 2.2.4's default); activation tanh (candidate "
+    "and cell output, Keras 2.2.4's default); direction forward (go_backwards=False, Keras 2.2.4's default).",
+    fix="State the settings (--gate-activation, --activation, --go-backwards) or save the architecture (model.to_json()) "
     "beside the weights; --observed with the model's own hidden values checks them (A204).",
 )
 def check_configuration_assumed(ctx: Context):
@@ -217,11 +221,11 @@ def check_configuration_assumed(ctx: Context):
             continue
         yield ctx.finding(
             "A205",
-            f"the model file does not state the {' or the '.join(assumed)}; assumed "
+            f"the model file does not state the {', the '.join(assumed)}; assumed "
             + "; ".join(f"{item} {value}" for item, value in assumed.items())
             + ".",
             location=Location(k, None, None),
             evidence={"assumed": assumed},
-            fix=f"State them ({', '.join(flags[i] for i in assumed)}) or save the architecture (model.to_json()) "
+            fix=f"State them ({', '.join(dict.fromkeys(flags[i] for i in assumed))}) or save the architecture (model.to_json()) "
             "beside the weights; --observed with the model's own hidden values checks them (A204).",
         )
