@@ -204,3 +204,27 @@ def test_what_if_input_fix_keeps_pre_padding(tmp_path):
     rms = out.data["rms"]
     diff = np.abs(_final(loaded, out.state.source) - model.predict(x / rms, verbose=0)).max()
     assert diff <= 1e-5
+
+
+def test_observed_trace_at_the_users_steps_under_mask(tmp_path):
+    """--observed with --mask: Keras' own per-step h (at the user's steps) is the declared
+    model's, so A204 must not claim another configuration or no fit."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lstm_doctor.cli.main import cli
+
+    model = _seq_model(tmp_path, keras.layers.LSTM(H, return_sequences=True))
+    x = _pre_padded()
+    x[0, 3] = 0.0
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "h.npy", model.predict(x, verbose=0))
+    r = CliRunner().invoke(cli, ["diagnose", str(tmp_path / "s.keras"), "--inputs", str(tmp_path / "x.npy"), "--mask",
+                                 "--observed", str(tmp_path / "h.npy"), "--format", "json", "--exit-zero",
+                                 "--engine", "numpy", "--no-gradients"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert "A204" not in {f["code"] for f in report["findings"]}, [f["message"] for f in report["findings"]]
+    declared = report["statistics"]["observed"]["declared"]
+    assert declared["fits"] and declared["mean_abs_diff"] <= 1e-5

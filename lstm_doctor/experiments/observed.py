@@ -52,7 +52,7 @@ import itertools
 import time
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -602,7 +602,16 @@ def _nanmax(a: np.ndarray) -> np.ndarray:
 
 
 def search_capture(capture, observation: Observation, tolerance: float = 0.01) -> SearchResult:
-    """``search`` over a capture's sample (the first ``sample_size`` sequences)."""
+    """``search`` over a capture's sample (the first ``sample_size`` sequences).
+
+    With ``--mask`` or ``--padding pre`` the capture runs each sequence's valid steps
+    moved to the front (``InputSource.read``), while the observed values sit at the
+    user's steps: they are moved the same way (``on_run_steps``) before comparing.
+    """
+    n = min(observation.B, capture.sample_inputs.shape[1])
+    valid = capture.source.valid_steps(0, n) if not observation.final else None
+    if valid is not None:
+        observation = on_run_steps(observation, valid)
     return search(
         capture.model,
         capture.sample_inputs,
@@ -610,6 +619,25 @@ def search_capture(capture, observation: Observation, tolerance: float = 0.01) -
         lengths=capture.sample_lengths,
         tolerance=tolerance,
     )
+
+
+def on_run_steps(observation: Observation, valid: np.ndarray) -> Observation:
+    """A per-step observation (T_obs, B_obs, H) at the user's steps, put on the steps
+    the capture ran: each sequence's valid steps (``valid`` (T, n), the first n
+    sequences) first, in order, then NaN (not compared) where the run only carries
+    its state over padding or masked steps."""
+    t_obs, n = min(observation.h.shape[0], valid.shape[0]), valid.shape[1]
+    v = valid[:t_obs]
+    order = np.argsort(~v, axis=0, kind="stable")
+    keep = np.take_along_axis(v, order, axis=0)[..., None]
+
+    def move(a):
+        if a is None:
+            return None
+        a = np.asarray(a, dtype=np.float64)[:t_obs, :n]
+        return np.where(keep, np.take_along_axis(a, order[..., None], axis=0), np.nan)
+
+    return replace(observation, h=move(observation.h), c=move(observation.c))
 
 
 def simulate(model: LSTMModel, x: np.ndarray, config: Config, lengths=None) -> tuple[np.ndarray, np.ndarray]:
