@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from lstm_doctor.cli.main import cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tweet2vec_like"
-STAGES = ("load_seconds", "capture_seconds", "analyze_seconds", "render_seconds")
+STAGES = ("load_seconds", "capture_seconds", "gradients_seconds", "analyze_seconds", "report_seconds", "render_seconds")
 
 
 def _diagnose(*extra):
@@ -40,6 +40,6 @@ def test_verbose_prints_the_stage_times_on_stderr_and_leaves_the_report_alone():
     assert r.exit_code == 0, r.stderr
     line = [x for x in r.stderr.splitlines() if x.startswith("timings:")]
     assert len(line) == 1
-    for stage in ("load", "capture", "analyze", "render"):
+    for stage in ("load", "capture", "gradients", "analyze", "report", "render"):
         assert f"{stage} " in line[0]
     json.loads(r.stdout)  # stdout is still exactly the report

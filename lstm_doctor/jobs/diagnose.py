@@ -160,11 +160,14 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
     stages["capture_seconds"] = time.perf_counter() - clock
     if options.on_capture is not None:
         options.on_capture(result)
-    attach_differential(options, model, result)
+    gradient_seconds = attach_differential(options, model, result)
+    if gradient_seconds is not None:
+        stages["gradients_seconds"] = gradient_seconds
     clock = time.perf_counter()
     analysis = analyze(model, result, config)
     stages["analyze_seconds"] = time.perf_counter() - clock
     code = exit_code(analysis.findings, fail_on, options.exit_zero)
+    clock = time.perf_counter()
     report = build_report(
         model,
         analysis,
@@ -175,6 +178,7 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         created=options.created,
         exit_zero=options.exit_zero,
     )
+    stages["report_seconds"] = time.perf_counter() - clock
     if options.what_if:
         from lstm_doctor.experiments.whatif import (
             DEFAULT_SAMPLE,
@@ -203,9 +207,10 @@ def with_timings(report: dict, stages: dict[str, float]) -> dict:
     return out
 
 
-def attach_differential(options: DiagnoseOptions, model, result) -> None:
+def attach_differential(options: DiagnoseOptions, model, result) -> float | None:
     """``--observed``: rank configurations against the trace; ``--gradients``: gradient flow.
-    Both run on the capture's bounded sample and are attached to it for the rules."""
+    Both run on the capture's bounded sample and are attached to it for the rules.
+    Returns the gradient flow's wall seconds (None when it did not run)."""
     if options.observed:
         from lstm_doctor.experiments.observed import load_observation, search_capture
 
@@ -219,8 +224,11 @@ def attach_differential(options: DiagnoseOptions, model, result) -> None:
     if options.gradients:
         from lstm_doctor.experiments.gradients import analyze_gradients
 
+        clock = time.perf_counter()
         # --engine pytensor checks the recursion against PyTensor's grad (costs a compile)
         result.gradients = analyze_gradients(result, method="pytensor" if options.engine == "pytensor" else "numpy")
+        return time.perf_counter() - clock
+    return None
 
 
 def render(

@@ -102,7 +102,8 @@ def to_json(value: Any, indent: int = 2) -> str:
             return "{\n" + ",\n".join(items) + "\n" + pad + "}"
         if isinstance(v, list):
             if all(scalar(x) for x in v):
-                return "[" + ", ".join(json.dumps(x, ensure_ascii=False) for x in v) + "]"
+                # one C-encoder call: the same text as joining json.dumps of each item with ", "
+                return json.dumps(v, ensure_ascii=False)
             return "[\n" + ",\n".join(inner + enc(x, level + 1) for x in v) + "\n" + pad + "]"
         return json.dumps(v, ensure_ascii=False, allow_nan=False)
 
@@ -320,9 +321,10 @@ def layer_statistics(capture) -> list[dict[str, Any]]:
         pct = {}
         for name, arr in (("h", h_sample), ("c", c_sample)):
             if arr is not None:
-                q = np.nanpercentile(
-                    arr[:PER_STEP_LIMIT].reshape(min(arr.shape[0], PER_STEP_LIMIT), -1), PERCENTILES, axis=1
-                )
+                rows = arr[:PER_STEP_LIMIT].reshape(min(arr.shape[0], PER_STEP_LIMIT), -1)
+                # nanpercentile goes row by row in Python (0.1 s here); without NaN both are the same numbers
+                percentile = np.nanpercentile if np.isnan(rows).any() else np.percentile
+                q = percentile(rows, PERCENTILES, axis=1)
                 pct[name] = {f"p{p}": _series(q[n]) for n, p in enumerate(PERCENTILES)}
         terms = st.terms
         out.append(
