@@ -100,7 +100,8 @@ def _behaviour(ctx: Context, k: int, d: str) -> dict[str, float]:
     sample = cap.sample.get((k, d), {})
     if not all(name in sample for name in ("h", "o", "c")):
         return {}
-    return hidden_fit(sample["h"], sample["o"], sample["c"])
+    # with a projection (LSTMP) o·act(c) is m, the cell output before it, not h
+    return hidden_fit(sample.get("m", sample["h"]), sample["o"], sample["c"])
 
 
 def _behaviour_says_not_tanh(ctx: Context, fit: dict[str, float]) -> str:

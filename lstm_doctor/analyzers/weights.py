@@ -334,6 +334,9 @@ def check_recurrent_gain(ctx: Context):
         U = np.asarray(params.U, dtype=np.float64)
         if not np.isfinite(U).all():
             continue
+        if params.projection is not None:
+            # LSTMP: the bounded cell output m_{t-1} reaches z_t through h = m·R, so the gain is R·U (H, 4H)
+            U = np.asarray(params.projection, np.float64) @ U
         out = layer.activations.get("cell_output")
         bound = max(abs(out.low), abs(out.high)) if out.bounded else 1.0
         per_gate = {}

@@ -49,6 +49,10 @@ def resolve_engine(name: str, model: LSTMModel, T: int, n_sequences: int) -> str
         return name
     from lstm_doctor.capture.fused import engine as fused
 
+    if fused.unsupported_reason(model):  # a projection (LSTMP): the kernel has none
+        if name == "fused":
+            fused.note_unsupported(model)
+        return "numpy"
     if not fused.supports(model.dtype):
         return "numpy"
     if fused.available():

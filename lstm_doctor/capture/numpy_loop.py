@@ -7,7 +7,8 @@ loops on the element-wise part of the step (``docs/engines.md``), so this
 loop is fast where the oracle is clear: preallocated buffers, the three σ
 gates contiguous, statistics handed to an observer while in cache.
 
-Shapes: T steps, B sequences, D input features, H units.
+Shapes: T steps, B sequences, D input features, H units, P hidden-state
+units (P = H unless the layer projects h, PyTorch's ``proj_size``).
 
 Three capture modes share one step loop:
 
@@ -53,7 +54,10 @@ class StepRecord:
     peephole_term   (T, B, 4H) or None   p·c (zero in the g block)
     bias            (4H,)
     preact          (T, B, 4H)  the sum of the terms, after ``clip``
-    i, f, g, o, c, h  (T, B, H)
+    i, f, g, o, c  (T, B, H)
+    h               (T, B, P)   the hidden state (the layer's output)
+    m               (T, B, H) or None   with a projection R: the cell output
+                    o ⊙ cell_output(c_t) before it, h = m·R (None without one)
 
     Gate blocks are in the canonical order i, f, g, o. With capture "h" only
     ``h`` and ``c`` are filled (the others are None); with "stats" only ``h``,
@@ -71,6 +75,7 @@ class StepRecord:
     f: np.ndarray | None = None
     g: np.ndarray | None = None
     o: np.ndarray | None = None
+    m: np.ndarray | None = None
     sample: "StepRecord | None" = None
 
     @property
@@ -99,6 +104,11 @@ class StepObserver(Protocol):
     actc         (B, H)   cell_output(c_t), before the mask is applied
     c, h         (B, H)   c_t and h_t (padding steps carry the state)
     h_prev       (B, H)   h_{t-1} (h0 at t = 0)
+
+    With a projection (LSTMP) ``h`` and ``h_prev`` are the H-wide cell
+    outputs m_t = o_t ⊙ cell_output(c_t) before the projection (m_{-1} = 0):
+    the per-unit statistics describe the cell's units, while the projected
+    h (P wide) is what the record, the next layer and the encodings get.
     """
 
     def step(self, t, x, xw, rec, peep, z, act, actc, c, h, h_prev) -> None: ...
@@ -227,7 +237,8 @@ def run_direction(
     dtype = params.dtype
     x = np.asarray(x, dtype=dtype)
     T, B, D = x.shape
-    H = params.H
+    H, P = params.H, params.P
+    R = params.projection  # (H, P) or None
     H2, H3, H4 = 2 * H, 3 * H, 4 * H
     acts = layer.activations
     gate_act = acts.get("gate")
@@ -253,7 +264,7 @@ def run_direction(
     joint = capture == CAPTURE_HIDDEN and observer is None
     if joint:
         WU = np.concatenate([W, U], axis=0)
-        xh = np.empty((B, D + H), dtype)
+        xh = np.empty((B, D + P), dtype)
     # Step buffers, in blocks of ``steps`` steps when an observer takes blocks.
     steps = 1
     if observer is not None and hasattr(observer, "block"):
@@ -268,7 +279,9 @@ def run_direction(
     ring = max(steps, 2)
     cells = np.empty((ring, B, H), dtype) if stats else None
 
-    h_seq = np.empty((T, B, H), dtype)
+    h_seq = np.empty((T, B, P), dtype)
+    # with a projection the cell outputs m_t before it: recorded, and what observers see as h
+    m_seq = None if R is None else np.empty((T, B, H), dtype)
     c_seq = np.empty((T, B, H), dtype) if not stats else None
     tmp = np.empty((B, H), dtype)
     record = {}
@@ -284,8 +297,14 @@ def run_direction(
         if peep is not None:
             record["peephole_term"] = np.zeros((T, keep, H4), dtype)
         record.update({name: np.empty((T, keep, H), dtype) for name in "ifgoc"})
+        if R is not None:
+            record["m"] = np.empty((T, keep, H), dtype)
         if keep_fields is not None:
-            record = {name: arr for name, arr in record.items() if name in keep_fields}
+            # m (with a projection) goes with h: it is the h the analyzers read per unit
+            record = {
+                name: arr for name, arr in record.items()
+                if name in keep_fields or (name == "m" and "h" in keep_fields)
+            }
     rows = 0 if direct else B if full else keep
 
     # σ over i, f, o and tanh over g in one tanh call: scale z by 0.5 in the
@@ -302,10 +321,12 @@ def run_direction(
     sl_o, sl_g = blk["o"], blk["g"]
     padding = None if mask is None else ~np.asarray(mask, dtype=bool)
 
-    h = np.broadcast_to(params.h0, (B, H)).astype(dtype)
+    h = np.broadcast_to(params.h0, (B, P)).astype(dtype)
     c = np.broadcast_to(params.c0, (B, H)).astype(dtype)
+    m = None if R is None else np.zeros((B, H), dtype)
+    seen = h_seq if R is None else m_seq  # the "h" observers see
     with blas_threads_context(B, D, H):
-        t0, h_start = 0, h
+        t0, h_start = 0, (h if R is None else m)
         for t in range(T):
             k = t - t0
             if direct:
@@ -373,12 +394,19 @@ def run_direction(
                     np.clip(z_o, -clip, clip, out=z_o)
                 _apply(gate_act, z_o, o)
             _apply(out_act, c_new, actc)
-            np.multiply(o, actc, out=h_new)
+            if R is None:
+                np.multiply(o, actc, out=h_new)
+            else:  # h_t = (o ⊙ act(c_t))·R
+                m_new = m_seq[t]
+                np.multiply(o, actc, out=m_new)
+                np.matmul(m_new, R, out=h_new)
             if padding is not None:
                 pad = padding[t][:, None]
                 np.copyto(c_new, c, where=pad)
-                np.copyto(h_new, h, where=pad)
+                np.copyto(h_new, h, where=pad)  # m_t is not state: like the gates, not carried
             c, h = c_new, h_new
+            if R is not None:
+                m = m_new
             if direct:
                 for name in "ifgo":
                     record[name][t] = act[:, blk[name]]
@@ -393,10 +421,10 @@ def run_direction(
                     cs = cells[:n] if stats else c_seq[ts]
                     observer.block(
                         t0, x[ts], xw_b[:n], rec_b[:n], None if pt_b is None else pt_b[:n], z_b[:n],
-                        act_b[:n], actc_b[:n], cs, h_seq[ts], h_start,
+                        act_b[:n], actc_b[:n], cs, seen[ts], h_start,
                     )
                 else:
-                    observer.step(t, x[t], xw, rec, pt, z, act, actc, c_new, h_new, h_start)
+                    observer.step(t, x[t], xw, rec, pt, z, act, actc, c_new, seen[t], h_start)
             if rows:
                 for name, buf in (("input_term", xw_b), ("recurrent_term", rec_b), ("preact", z_b), ("peephole_term", pt_b)):
                     if name in record:
@@ -406,11 +434,13 @@ def run_direction(
                         record[name][ts] = act_b[:n, :rows, j * H : (j + 1) * H]
                 if not full and "c" in record:
                     record["c"][ts] = cells[:n, :rows] if steps > 1 else c_new[None, :rows]
-            t0, h_start = t + 1, h
+                if not full and "m" in record:
+                    record["m"][ts] = m_seq[ts, :rows]
+            t0, h_start = t + 1, (h if R is None else m)
 
     if full:
-        return StepRecord(h=h_seq, c=c_seq, bias=params.b, **record)
-    out = StepRecord(h=h_seq, c=c_seq, bias=params.b)
+        return StepRecord(h=h_seq, c=c_seq, bias=params.b, m=m_seq, **record)
+    out = StepRecord(h=h_seq, c=c_seq, bias=params.b, m=m_seq if capture == CAPTURE_HIDDEN else None)
     if keep:
         out.sample = StepRecord(h=h_seq[:, :keep].copy(), bias=params.b, **record)
     return out

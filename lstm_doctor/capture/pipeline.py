@@ -171,7 +171,12 @@ def capture(
 
 
 def _keep(sample, records: dict[tuple[int, str], StepRecord], take: int, fields=SAMPLE_FIELDS):
+    """Append the first ``take`` sequences of each record to ``sample``. With a
+    projection (LSTMP) ``m`` (T, b, H), the cell output before it, is kept with
+    ``h`` (T, b, P): per-unit analyses read ``m``, the layer's output is ``h``."""
     fields = [name for name in SAMPLE_FIELDS if name in fields]
+    if "h" in fields:
+        fields.append("m")
     for key, rec in records.items():
         if rec.sample is not None:  # capture "stats": the first sequences, recorded in full
             for name in fields:

@@ -1,8 +1,9 @@
 """The LSTM step, written to be read: the definition every engine is tested against.
 
 One direction of one layer, in plain NumPy, with nothing optimised away.
-Shapes: B sequences, D input features, H units; the four gate blocks of W
-(D, 4H), U (H, 4H) and b (4H,) are stacked in the order i, f, g, o::
+Shapes: B sequences, D input features, H units, P hidden-state units (P = H
+without a projection); the four gate blocks of W (D, 4H), U (P, 4H) and b
+(4H,) are stacked in the order i, f, g, o::
 
     z_t = x_t·W + h_{t-1}·U + b                          (B, 4H)
     i_t = gate(z_i + p_i ⊙ c_{t-1})                      (B, H)
@@ -10,7 +11,9 @@ Shapes: B sequences, D input features, H units; the four gate blocks of W
     g_t = candidate(z_g)
     c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
     o_t = gate(z_o + p_o ⊙ c_t)
-    h_t = o_t ⊙ cell_output(c_t)
+    m_t = o_t ⊙ cell_output(c_t)                          (B, H)
+    h_t = m_t                 (no projection)             (B, H)
+    h_t = m_t · R             (projection R (H, P))       (B, P)
 
 ``gate``, ``candidate`` and ``cell_output`` are the layer's activations
 (sigmoid, tanh, tanh for a standard LSTM); ``p`` are the optional peepholes.
@@ -28,7 +31,8 @@ from lstm_doctor.model import DirectionParams, Layer
 
 
 def step(p: DirectionParams, layer: Layer, x_t, h_prev, c_prev) -> dict[str, np.ndarray]:
-    """One time step: x_t (B, D), h_prev and c_prev (B, H) → every intermediate."""
+    """One time step: x_t (B, D), h_prev (B, P) and c_prev (B, H) → every intermediate
+    (``m`` is the cell output before the projection; it is ``h`` without one)."""
     gate, candidate, cell_output = (layer.activations.get(r) for r in ("gate", "candidate", "cell_output"))
     H = p.H
     peep = p.peephole if p.peephole is not None else np.zeros((3, H), p.dtype)
@@ -40,17 +44,19 @@ def step(p: DirectionParams, layer: Layer, x_t, h_prev, c_prev) -> dict[str, np.
     g = candidate.fn(clip(z_g))
     c = f * c_prev + i * g
     o = gate.fn(clip(z_o + peep[2] * c))
-    h = o * cell_output.fn(c)
-    return {"i": i, "f": f, "g": g, "o": o, "c": c, "h": h}
+    m = o * cell_output.fn(c)
+    h = m if p.projection is None else m @ p.projection
+    return {"i": i, "f": f, "g": g, "o": o, "c": c, "m": m, "h": h}
 
 
 def run(p: DirectionParams, layer: Layer, x, mask=None) -> dict[str, np.ndarray]:
-    """Every step over x (T, B, D), forward in time → arrays shaped (T, B, H).
+    """Every step over x (T, B, D), forward in time → arrays shaped (T, B, H)
+    ((T, B, P) for h).
 
     ``mask`` (T, B) bool: False marks padding, where h and c are carried over."""
     x = np.asarray(x, p.dtype)
     T, B, _ = x.shape
-    h = np.broadcast_to(p.h0, (B, p.H)).astype(p.dtype)
+    h = np.broadcast_to(p.h0, (B, p.P)).astype(p.dtype)
     c = np.broadcast_to(p.c0, (B, p.H)).astype(p.dtype)
     steps = []
     for t in range(T):

@@ -9,15 +9,17 @@ Forward (one direction, processing order, mask (T, B) with False = padding)::
 
     a_i = z_i + p_i ⊙ c_{t-1}   i = σ(clip(a_i))      a_f likewise, f = σ(clip(a_f))
     g = cand(clip(z_g))          c_t = f ⊙ c_{t-1} + i ⊙ g
-    a_o = z_o + p_o ⊙ c_t        o = σ(clip(a_o))     h_t = o ⊙ act(c_t)
+    a_o = z_o + p_o ⊙ c_t        o = σ(clip(a_o))     m_t = o ⊙ act(c_t)
+    h_t = m_t, or h_t = m_t·R with a projection R (H, P) (LSTMP: h, ∂h have P units)
 
 Backward, from ∂L/∂h_T = seed and ∂L/∂c_T = 0, for t = T−1 … 0 (valid step)::
 
-    ∂a_o = ∂h ⊙ act(c_t) ⊙ σ'(o) ⊙ [|a_o| < clip]
-    ∂c   = ∂c_t + ∂h ⊙ o ⊙ act'(c_t) + ∂a_o ⊙ p_o           (c_t total)
+    ∂m   = ∂h, or ∂h · Rᵀ with a projection                 (B, H)
+    ∂a_o = ∂m ⊙ act(c_t) ⊙ σ'(o) ⊙ [|a_o| < clip]
+    ∂c   = ∂c_t + ∂m ⊙ o ⊙ act'(c_t) + ∂a_o ⊙ p_o           (c_t total)
     ∂a_i = ∂c ⊙ g ⊙ σ'(i) ⊙ [.]   ∂a_f = ∂c ⊙ c_{t-1} ⊙ σ'(f) ⊙ [.]   ∂z_g = ∂c ⊙ i ⊙ cand'(g) ⊙ [.]
     ∂z   = [∂a_i, ∂a_f, ∂z_g, ∂a_o]                            (B, 4H) = ∂L/∂(x_t·W)
-    ∂x_t = ∂z · Wᵀ      ∂h_{t-1} = ∂z · Uᵀ      ∂c_{t-1} = ∂c ⊙ f + ∂a_i ⊙ p_i + ∂a_f ⊙ p_f
+    ∂x_t = ∂z · Wᵀ      ∂h_{t-1} = ∂z · Uᵀ (U is (P, 4H))      ∂c_{t-1} = ∂c ⊙ f + ∂a_i ⊙ p_i + ∂a_f ⊙ p_f
 
 A padding step carries (h, c) unchanged, so there ∂z = 0 and (∂h, ∂c) pass
 through. Each activation's derivative is taken from its output value
@@ -49,12 +51,13 @@ def forward_states(params: DirectionParams, layer: Layer, x: np.ndarray, mask: n
     gate, cand, cell = (acts.get(r) for r in ("gate", "candidate", "cell_output"))
     W, U, b = (np.asarray(a, np.float64) for a in (params.W, params.U, params.b))
     H = params.H
+    R = None if params.projection is None else np.asarray(params.projection, np.float64)
     x = np.asarray(x, np.float64)
     T, n, _ = x.shape
     peep = None if params.peephole is None else np.asarray(params.peephole, np.float64)
     clip = layer.clip
     valid = np.ones((T, n), bool) if mask is None else np.asarray(mask, bool)
-    h = np.broadcast_to(np.asarray(params.h0, np.float64), (n, H)).copy()
+    h = np.broadcast_to(np.asarray(params.h0, np.float64), (n, params.P)).copy()
     c = np.broadcast_to(np.asarray(params.c0, np.float64), (n, H)).copy()
     names = ("i", "f", "g", "o", "c_prev", "c", "co") + (("ki", "kf", "kg", "ko") if clip is not None else ())
     out = {k: np.empty((T, n, H)) for k in names}
@@ -79,7 +82,7 @@ def forward_states(params: DirectionParams, layer: Layer, x: np.ndarray, mask: n
             a_o = np.clip(a_o, -clip, clip)
         o = gate.fn(a_o)
         co = cell.fn(c_new)
-        h_new = o * co
+        h_new = o * co if R is None else (o * co) @ R
         out["i"][t], out["f"][t], out["g"][t], out["o"][t] = i, f, g, o
         out["c_prev"][t], out["c"][t], out["co"][t] = c, c_new, co
         pad = ~valid[t][:, None]
@@ -94,7 +97,8 @@ def final_state_gradients(
 ) -> dict[str, np.ndarray]:
     """∂L/∂x_t and ∂L/∂(x_t·W) for L = Σ seed ⊙ h_T, for every (sequence, seed) pair.
 
-    x (T, n, D) in processing order, mask (T, n) or None, seeds (P, H). Rows of
+    x (T, n, D) in processing order, mask (T, n) or None, seeds (P, H') with H'
+    the hidden state's width (``params.P``: H, or the projection's width). Rows of
     the results are sequence-major, row j·P + p = sequence j, seed p (the layout
     ``gradients.analyze_gradients`` builds for the PyTensor call). Returns
     ``{"x": (T, n·P, D), "input_term": (T, n·P, 4H)}``, float64.
@@ -110,6 +114,7 @@ def final_state_gradients(
     W, U = np.asarray(params.W, np.float64), np.asarray(params.U, np.float64)
     UT = np.ascontiguousarray(U.T)
     peep = None if params.peephole is None else np.asarray(params.peephole, np.float64)
+    RT = None if params.projection is None else np.ascontiguousarray(np.asarray(params.projection, np.float64).T)
     # Local derivatives per (step, sequence), from the output values; clipped: 0.
     d_i = activation_derivative(acts.gate, fw["i"])
     d_f = activation_derivative(acts.gate, fw["f"])
@@ -122,15 +127,16 @@ def final_state_gradients(
     def rows(a):  # (n, H) per sequence -> (n, P, H) broadcast over the seeds
         return a[:, None, :]
 
-    dh = np.broadcast_to(seeds[None], (n, P, H)).copy()
+    dh = np.broadcast_to(seeds[None], (n, P, seeds.shape[1])).copy()
     dc = np.zeros((n, P, H))
     gz = np.zeros((T, n, P, 4 * H))
     valid = fw["valid"]
     for t in range(T - 1, -1, -1):
         i, f, g, o = (rows(fw[k][t]) for k in ("i", "f", "g", "o"))
         c_prev, co = rows(fw["c_prev"][t]), rows(fw["co"][t])
-        da_o = dh * co * rows(d_o[t])
-        dct = dc + dh * o * rows(d_co[t])
+        dm = dh if RT is None else (dh.reshape(n * P, -1) @ RT).reshape(n, P, H)  # through h = m·R
+        da_o = dm * co * rows(d_o[t])
+        dct = dc + dm * o * rows(d_co[t])
         if peep is not None:
             dct = dct + da_o * peep[2]
         da_i = dct * g * rows(d_i[t])
@@ -138,7 +144,7 @@ def final_state_gradients(
         dz_g = dct * i * rows(d_g[t])
         dz = np.concatenate([da_i, da_f, dz_g, da_o], axis=-1)  # (n, P, 4H)
         # 2-D products (a stacked 3-D matmul does not reach the BLAS GEMM)
-        dh_prev = (dz.reshape(n * P, 4 * H) @ UT).reshape(n, P, H)
+        dh_prev = (dz.reshape(n * P, 4 * H) @ UT).reshape(n, P, -1)
         dc_prev = dct * f
         if peep is not None:
             dc_prev = dc_prev + da_i * peep[0] + da_f * peep[1]

@@ -180,7 +180,10 @@ def _rebuild(model: LSTMModel, direction_fn=None, activations_fn=None, note: str
 
 
 def _direction(params, **arrays):
-    current = {"W": params.W, "U": params.U, "b": params.b, "peephole": params.peephole, "h0": params.h0, "c0": params.c0}
+    current = {
+        "W": params.W, "U": params.U, "b": params.b, "peephole": params.peephole,
+        "h0": params.h0, "c0": params.c0, "projection": params.projection,
+    }
     current.update(arrays)
     return make_direction(**current, dtype=params.dtype)
 
@@ -227,12 +230,14 @@ def rescale_recurrent(state: State) -> Outcome:
         out = layer.activations.get("cell_output")
         bound = max(abs(out.low), abs(out.high)) if out.bounded else 1.0
         U = np.array(p.U, dtype=np.float64)
+        # with a projection R (LSTMP) the recurrence maps m_{t-1} to z_t through R·U
+        R = None if p.projection is None else np.asarray(p.projection, np.float64)
         changed = False
         for j in range(4):
             block = U[:, j * p.H : (j + 1) * p.H]
             if not np.isfinite(block).all():
                 continue
-            norm = float(np.linalg.norm(block, 2)) * bound
+            norm = float(np.linalg.norm(block if R is None else R @ block, 2)) * bound
             if norm > RECURRENT_TARGET:
                 factor = RECURRENT_TARGET / norm
                 U[:, j * p.H : (j + 1) * p.H] = block * factor

@@ -19,7 +19,7 @@ import numpy as np
 from lstm_doctor.jobs.selection import ModelSelection
 from lstm_doctor.model import GATES, PEEPHOLE_GATES, DirectionParams, LSTMModel
 
-ROLES = ("W", "U", "b", "peephole", "h0", "c0")
+ROLES = ("W", "U", "b", "peephole", "projection", "h0", "c0")
 
 
 def array_stats(array: np.ndarray) -> dict:
@@ -70,6 +70,7 @@ def describe(model: LSTMModel) -> dict:
                 "index": k,
                 "D": layer.D,
                 "H": layer.H,
+                **({"P": layer.P} if layer.projected else {}),  # proj_size (LSTMP)
                 "bidirectional": layer.bidirectional,
                 "go_backwards": layer.go_backwards,
                 "output_reversed": layer.output_reversed,
@@ -77,7 +78,7 @@ def describe(model: LSTMModel) -> dict:
                     "gate": layer.activations.gate,
                     "candidate": layer.activations.candidate,
                     "cell_output": layer.activations.cell_output,
-                    "equations": layer.activations.equations(),
+                    "equations": layer.equations(),
                 },
                 "clip": layer.clip,
                 "peepholes": any(p.peephole is not None for _, p in layer.directions()),
@@ -138,7 +139,8 @@ def render_text(description: dict) -> str:
             kind += " (outputs handed on last step first)"
         lines.append("")
         lines.append(
-            f"layer {layer['index']}: D={layer['D']} H={layer['H']} {kind}; "
+            f"layer {layer['index']}: D={layer['D']} H={layer['H']}"
+            + (f" P={layer['P']} (projection)" if layer.get("P") else "") + f" {kind}; "
             f"gate {acts['gate']}, candidate {acts['candidate']}, cell output {acts['cell_output']}"
             f"; peepholes {'yes' if layer['peepholes'] else 'no'}"
             + (f"; clip {layer['clip']:g}" if layer["clip"] is not None else "")

@@ -12,6 +12,12 @@ file then also holds ``valid`` (B, T) bool, True where the cell ran, and at the
 other steps ``h`` and ``c`` are the carried state (zeros before the first valid
 step; for a backward direction the state of the next valid step) while ``i``,
 ``f``, ``g``, ``o`` and ``preact`` are NaN.
+
+A layer with a projection (PyTorch ``proj_size`` P, LSTMP) also gets ``m``
+(B, T, H), the cell output o ⊙ tanh(c) before the projection, and its ``h`` is
+(B, T, P). ``--units`` picks cell units (0..H−1) of c, m, the gates and the
+pre-activations; such a layer's ``h`` is written whole, since its P units are
+mixtures of every cell unit.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 from lstm_doctor.errors import UserError
 from lstm_doctor.jobs.selection import ModelSelection
 
-TRACE_FIELDS = ("h", "c", "i", "f", "g", "o", "preact")
+TRACE_FIELDS = ("h", "c", "i", "f", "g", "o", "preact", "m")  # m: only layers with a projection
 
 
 @dataclass(kw_only=True)
@@ -95,11 +101,13 @@ def collect_trace(model, source, engine="numpy", chunk_size=64, steps=None, unit
             layer = model.layers[k]
             prefix = location_name(k, d, len(model.layers), layer.bidirectional or layer.go_backwards)
             for name in TRACE_FIELDS:
+                if name == "m" and rec.m is None:
+                    continue
                 arr = to_time_order(getattr(rec, name), d, lengths)
                 if valid is not None:
                     arr = expand(arr, valid, "state" if name in ("h", "c") else "none", backward=d == "rev")
                 arr = arr[steps].transpose(1, 0, 2)
-                if units is not None:
+                if units is not None and not (name == "h" and layer.projected):
                     if name == "preact":
                         H = layer.H
                         arr = arr[..., np.concatenate([units + j * H for j in range(4)])]

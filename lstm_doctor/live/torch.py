@@ -87,7 +87,7 @@ def _with_state(model: LSTMModel, h0: np.ndarray | None, c0: np.ndarray | None) 
             row = k * n_dirs + j
             params.append(
                 make_direction(
-                    W=p.W, U=p.U, b=p.b, peephole=p.peephole,
+                    W=p.W, U=p.U, b=p.b, peephole=p.peephole, projection=p.projection,
                     h0=None if h0 is None else h0[row], c0=None if c0 is None else c0[row], dtype=p.dtype,
                 )
             )
@@ -217,8 +217,6 @@ def _from_lstm(sub, path: str, calls: list[dict]) -> LiveLSTM | Skipped:
         if not batched:
             out_np = out_np[None] if sub.batch_first else out_np[:, None]
         outputs = out_np if sub.batch_first else out_np.transpose(1, 0, 2)
-    if getattr(sub, "proj_size", 0):
-        return Skipped(path, "nn.LSTM", "proj_size > 0 (a projected hidden state) is not modelled")
     n_dirs = 2 if sub.bidirectional else 1
     h0, c0, why = _initial_state(call["hx"], sub.num_layers * n_dirs, batched, path)
     if why:
@@ -228,7 +226,8 @@ def _from_lstm(sub, path: str, calls: list[dict]) -> LiveLSTM | Skipped:
         notes.append("h0 and c0 given to the module (the same for every sequence) are the initial state")
     model = model.with_notes(*notes)
     source = ArrayInputs(array=x_np, layout=layout, lengths=lengths, description=f"input of {path} (recorded)")
-    hn = _numpy(h_n).reshape(sub.num_layers * n_dirs, -1, sub.hidden_size)
+    # h has proj_size units when the module projects it (LSTMP), c always hidden_size
+    hn = _numpy(h_n).reshape(sub.num_layers * n_dirs, -1, getattr(sub, "proj_size", 0) or sub.hidden_size)
     cn = _numpy(c_n).reshape(sub.num_layers * n_dirs, -1, sub.hidden_size)
     final_h, final_c = {}, {}
     for k in range(sub.num_layers):

@@ -8,8 +8,11 @@ suffix), gate order i, f, g, o::
     ..._reverse                 the backward direction of a bidirectional LSTM
 
 Canonical form: ``W = weight_ih.T``, ``U = weight_hh.T``, ``b = bias_ih + bias_hh``.
-``weight_hr_l{k}`` (``proj_size > 0``) is refused: the projected hidden state
-is not modelled.
+
+``proj_size = P > 0`` (LSTMP) adds ``weight_hr_l{k}`` (P, H) per direction:
+h_t = W_hr·(o_t ⊙ tanh(c_t)) has P units, ``weight_hh_l{k}`` is (4H, P) and
+layer k+1 reads the projected h (``weight_ih_l{k+1}`` (4H, P), or (4H, 2P)
+bidirectional). Canonical form: ``projection = weight_hr.T`` (H, P).
 
 Reading:
 
@@ -483,6 +486,9 @@ def kind_of(tensors: dict[str, np.ndarray], prefix: str, entries) -> str:
     w_hh = tensors.get(f"{prefix}weight_hh{suffix}")
     if w_hh is None or np.ndim(w_hh) != 2 or w_hh.shape[1] == 0:
         return "?"
+    w_hr = tensors.get(f"{prefix}weight_hr{suffix}")  # proj_size > 0: weight_hh is (4H, P)
+    if w_hr is not None and np.ndim(w_hr) == 2 and w_hh.shape[0] == 4 * w_hr.shape[1]:
+        return "LSTM"
     return {4: "LSTM", 3: "GRU", 1: "RNN"}.get(w_hh.shape[0] // w_hh.shape[1] if w_hh.shape[0] % w_hh.shape[1] == 0 else 0, "?")
 
 
@@ -535,14 +541,23 @@ def _direction(tensors, prefix: str, suffix: str, where: str):
     def get(name):
         return tensors.get(f"{prefix}{name}{suffix}")
 
-    w_ih, w_hh = get("weight_ih"), get("weight_hh")
+    w_ih, w_hh, w_hr = get("weight_ih"), get("weight_hh"), get("weight_hr")
     if w_hh is None:
         raise ModelError(f"{where}: {prefix}weight_ih{suffix} has no {prefix}weight_hh{suffix}")
     if w_ih.ndim != 2 or w_hh.ndim != 2:
         raise ModelError(
             f"{where}: weight_ih {w_ih.shape} and weight_hh {w_hh.shape} must be matrices"
         )
-    H = w_hh.shape[1]
+    if w_hr is not None:  # proj_size > 0: weight_hr (P, H), weight_hh (4H, P)
+        if w_hr.ndim != 2 or 0 in w_hr.shape or w_hh.shape != (4 * w_hr.shape[1], w_hr.shape[0]):
+            raise ModelError(
+                f"{where}: {prefix}weight_hr{suffix} has shape {w_hr.shape} and "
+                f"{prefix}weight_hh{suffix} {w_hh.shape}: with proj_size P an LSTM stores "
+                "weight_hr (P, H) and weight_hh (4H, P)"
+            )
+        H = w_hr.shape[1]
+    else:
+        H = w_hh.shape[1]
     rows = w_hh.shape[0]
     if H == 0 or rows != 4 * H:
         kind = {3 * H: "a GRU (3 gate blocks)", H: "a plain RNN (1 block)"}.get(rows, "not an LSTM")
@@ -564,23 +579,14 @@ def _direction(tensors, prefix: str, suffix: str, where: str):
                 )
             b = b + bias.astype(np.float64)
     dtype = w_ih.dtype if w_ih.dtype in (np.float32, np.float64) else np.float32
-    return make_direction(W=w_ih.T, U=w_hh.T, b=b, dtype=dtype, where=where)
+    projection = None if w_hr is None else w_hr.T
+    return make_direction(W=w_ih.T, U=w_hh.T, b=b, projection=projection, dtype=dtype, where=where)
 
 
 def build_model(tensors, prefix: str, entries, path: Path, fmt: str, layout: str | None):
     n_layers = max(k for k, _, _ in entries) + 1
     present = {(k, rev) for k, rev, _ in entries}
     bidirectional = any(rev for _, rev in present)
-    proj = [
-        key
-        for key in tensors
-        if key.startswith(prefix) and re.fullmatch(r"weight_hr(_l\d+(_reverse)?)?", key[len(prefix) :])
-    ]
-    if proj:
-        raise ModelError(
-            f"{proj[0]} has shape {tensors[proj[0]].shape}: an LSTM with proj_size > 0 "
-            "(projected hidden state) is not supported"
-        )
     layers = []
     for k in range(n_layers):
         if (k, False) not in present:
@@ -593,8 +599,20 @@ def build_model(tensors, prefix: str, entries, path: Path, fmt: str, layout: str
         if bidirectional:
             rsuffix = next(s for kk, r, s in entries if kk == k and r)
             rev = _direction(tensors, prefix, rsuffix, f"layer {k} rev")
+        if rev is not None and (fwd.projection is None) != (rev.projection is None):
+            raise ModelError(
+                f"layer {k}: only one direction has {prefix}weight_hr_l{k}: "
+                "proj_size applies to both directions of nn.LSTM"
+            )
         layers.append(Layer(fwd, rev, Activations()))
     notes = ["PyTorch gate order i, f, g, o; b = bias_ih + bias_hh"]
+    projected = [k for k, layer in enumerate(layers) if layer.projected]
+    if projected:
+        notes.append(
+            f"proj_size={layers[projected[0]].P} (LSTMP): h_t = W_hr·(o_t ⊙ tanh(c_t)) has "
+            f"{layers[projected[0]].P} units, the cell {layers[projected[0]].H}; per-unit hidden "
+            "statistics describe o_t ⊙ tanh(c_t) before the projection"
+        )
     if layout is None:
         notes.append(
             "a state_dict does not record batch_first: inputs are read as btd unless "
@@ -611,6 +629,10 @@ def build_model(tensors, prefix: str, entries, path: Path, fmt: str, layout: str
         assumptions=(
             ("input layout", "btd (the file does not record batch_first)", "default") if layout is None
             else ("input layout", layout, "file"),
+        ) + tuple(
+            (f"l{k}:projection", f"proj_size={layer.P}: h_t = W_hr·(o_t ⊙ tanh(c_t)), W_hr ({layer.P}, {layer.H})",
+             "file")
+            for k, layer in enumerate(layers) if layer.projected
         ),
     )
 

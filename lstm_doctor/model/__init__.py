@@ -3,11 +3,12 @@
 Per layer and direction (``DirectionParams``)::
 
     W   (D, 4H)   input weights, gate blocks stacked in the canonical order i, f, g, o
-    U   (H, 4H)   recurrent weights, same order
+    U   (P, 4H)   recurrent weights, same order (P = H without a projection)
     b   (4H,)     bias, same order (two framework biases are summed; a runtime
                   forget bias such as TF1's +1 is folded in and recorded in ``notes``)
     peephole (3, H) or None   rows p_i, p_f, p_o
-    h0, c0  (H,)  initial state
+    projection (H, P) or None   R = W_hr^T of PyTorch's ``proj_size > 0`` (LSTMP)
+    h0 (P,), c0 (H,)  initial state
 
 The equations every engine computes (``Activations`` names gate, candidate and
 cell-output functions; σ below is the gate activation)::
@@ -17,7 +18,14 @@ cell-output functions; σ below is the gate activation)::
     g = act_candidate(z_g)
     c_t = f·c_{t-1} + i·g
     o = σ(z_o + p_o·c_t)
-    h_t = o · act_cell_output(c_t)
+    m_t = o · act_cell_output(c_t)                          (H,)
+    h_t = m_t                  without a projection          (H,)
+    h_t = m_t·R                with a projection R (H, P)    (P,)
+
+With a projection (LSTMP, Sak et al. 2014) the hidden state h has P units
+while the cell and the gates have H: the recurrence reads the projected h
+(U is (P, 4H)), and so does the next layer (2P values for a bidirectional
+layer). The per-unit statistics describe the H cell outputs m_t.
 
 Arrays are stored read-only, so a model is immutable once built; "what-if"
 fixes build new models with ``dataclasses.replace``.
@@ -102,6 +110,7 @@ class DirectionParams:
     peephole: np.ndarray | None = None
     h0: np.ndarray | None = None
     c0: np.ndarray | None = None
+    projection: np.ndarray | None = None  # (H, P): h_t = m_t·R (LSTMP)
 
     @property
     def D(self) -> int:
@@ -109,7 +118,13 @@ class DirectionParams:
 
     @property
     def H(self) -> int:
-        return int(self.U.shape[0])
+        """Cell units (the width of c and of every gate)."""
+        return int(self.W.shape[1] // 4)
+
+    @property
+    def P(self) -> int:
+        """Hidden-state units: the projection's width, H without one."""
+        return self.H if self.projection is None else int(self.projection.shape[1])
 
     @property
     def dtype(self) -> np.dtype:
@@ -124,6 +139,8 @@ class DirectionParams:
         out = {"W": self.W, "U": self.U, "b": self.b, "h0": self.h0, "c0": self.c0}
         if self.peephole is not None:
             out["peephole"] = self.peephole
+        if self.projection is not None:
+            out["projection"] = self.projection
         return out
 
 
@@ -134,17 +151,21 @@ def make_direction(
     peephole=None,
     h0=None,
     c0=None,
+    projection=None,
     *,
     dtype=None,
     where: str = "",
 ) -> DirectionParams:
     """Validate shapes and dtypes and build read-only ``DirectionParams``.
 
+    With ``projection`` R (H, P), U must be (P, 4H) and h0 (P,): the
+    recurrence reads the projected h_t = m_t·R.
+
     ``where`` prefixes error messages (e.g. ``"layer 0 rev"``) so that a user
     knows which array of which layer is wrong.
     """
     prefix = f"{where}: " if where else ""
-    arrays = {"W": W, "U": U, "b": b, "peephole": peephole, "h0": h0, "c0": c0}
+    arrays = {"W": W, "U": U, "b": b, "peephole": peephole, "h0": h0, "c0": c0, "projection": projection}
     for name, value in arrays.items():
         if value is None:
             continue
@@ -160,11 +181,23 @@ def make_direction(
         raise ModelError(f"{prefix}dtype {dtype} is not supported (float32 or float64)")
     if W.ndim != 2:
         raise ModelError(f"{prefix}W has shape {W.shape}, expected (D, 4H)")
+    R = arrays["projection"]
     if U.ndim != 2:
-        raise ModelError(f"{prefix}U has shape {U.shape}, expected (H, 4H)")
-    H = U.shape[0]
-    if H == 0 or U.shape[1] != 4 * H:
-        raise ModelError(f"{prefix}U has shape {U.shape}, expected (H, 4H) with 4H = 4·{H}")
+        raise ModelError(f"{prefix}U has shape {U.shape}, expected ({'P' if R is not None else 'H'}, 4H)")
+    if R is None:
+        H = U.shape[0]
+        if H == 0 or U.shape[1] != 4 * H:
+            raise ModelError(f"{prefix}U has shape {U.shape}, expected (H, 4H) with 4H = 4·{H}")
+        P = H
+    else:
+        if R.ndim != 2 or 0 in R.shape:
+            raise ModelError(f"{prefix}projection has shape {R.shape}, expected (H, P)")
+        H, P = R.shape
+        if U.shape != (P, 4 * H):
+            raise ModelError(
+                f"{prefix}U has shape {U.shape} but the projection has shape {R.shape}: "
+                f"with a projection U must be (P, 4H) = ({P}, {4 * H})"
+            )
     if W.shape[1] != 4 * H:
         raise ModelError(
             f"{prefix}W has shape {W.shape} but U has shape {U.shape}: "
@@ -182,12 +215,12 @@ def make_direction(
     if p is not None and p.shape != (3, H):
         raise ModelError(f"{prefix}peephole has shape {p.shape}, expected (3, {H})")
     state = {}
-    for name in ("h0", "c0"):
+    for name, width in (("h0", P), ("c0", H)):
         v = arrays[name]
-        v = np.zeros(H) if v is None else np.asarray(v).reshape(-1)
-        if v.shape != (H,):
+        v = np.zeros(width) if v is None else np.asarray(v).reshape(-1)
+        if v.shape != (width,):
             raise ModelError(
-                f"{prefix}{name} has shape {np.shape(arrays[name])}, expected ({H},)"
+                f"{prefix}{name} has shape {np.shape(arrays[name])}, expected ({width},)"
             )
         state[name] = v
     return DirectionParams(
@@ -197,6 +230,7 @@ def make_direction(
         peephole=None if p is None else _frozen_array("peephole", p, dtype),
         h0=_frozen_array("h0", state["h0"], dtype),
         c0=_frozen_array("c0", state["c0"], dtype),
+        projection=None if R is None else _frozen_array("projection", R, dtype),
     )
 
 
@@ -248,8 +282,26 @@ class Layer:
         return self.forward.H
 
     @property
+    def P(self) -> int:
+        """Hidden-state units per direction (H without a projection)."""
+        return self.forward.P
+
+    @property
+    def projected(self) -> bool:
+        return self.forward.projection is not None
+
+    def equations(self) -> str:
+        """The hidden-state equation of this layer (``Activations.equations``,
+        with the projection W_hr (P, H) when the layer has one)."""
+        eq = self.activations.equations()
+        if not self.projected:
+            return eq
+        head, _, tail = eq.partition("h_t = ")
+        return f"{head}h_t = W_hr·({tail}), W_hr ({self.P}, {self.H})"
+
+    @property
     def output_size(self) -> int:
-        return self.H * (2 if self.bidirectional else 1)
+        return self.P * (2 if self.bidirectional else 1)
 
 
 # What each format's file fixes by itself (the format defines gate order, bias
@@ -321,6 +373,11 @@ class LSTMModel:
                     raise ModelError(
                         f"layer {k} {direction}: H={params.H} differs from the forward H={layer.H}"
                     )
+                if params.P != layer.P:
+                    raise ModelError(
+                        f"layer {k} {direction}: the projection gives P={params.P} units, "
+                        f"the forward direction P={layer.P}"
+                    )
                 if params.D != layer.D:
                     raise ModelError(
                         f"layer {k} {direction}: D={params.D} differs from the forward D={layer.D}"
@@ -350,6 +407,11 @@ class LSTMModel:
         for k, layer in enumerate(self.layers):
             for direction, params in layer.directions():
                 yield k, direction, layer, params
+
+    @property
+    def projected(self) -> bool:
+        """Whether any layer projects its hidden state (LSTMP)."""
+        return any(params.projection is not None for *_, params in self.units())
 
     def with_notes(self, *notes: str) -> "LSTMModel":
         return replace(self, notes=self.notes + tuple(notes))

@@ -197,8 +197,10 @@ def describe_model(model: LSTMModel, source=None) -> dict[str, Any]:
                     "candidate": layer.activations.candidate,
                     "cell_output": layer.activations.cell_output,
                 },
-                "equation": layer.activations.equations(),
+                "equation": layer.equations(),
                 "assumptions": assumptions(model, k, source),
+                # P, the projected hidden state's units (PyTorch proj_size): only for LSTMP layers
+                **({"projection": layer.P} if layer.projected else {}),
             }
             for k, layer in enumerate(model.layers)
         ],

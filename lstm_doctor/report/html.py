@@ -136,6 +136,7 @@ def _overview(report: dict) -> str:
     rows = []
     layers = "; ".join(
         f"layer {layer['index']}: D={layer['D']}, H={layer['H']}"
+        + (f", P={layer['projection']}" if layer.get("projection") else "")
         + (" bidirectional" if len(layer["directions"]) > 1 else f" ({layer['directions'][0]})")
         + (" · peepholes" if layer["peepholes"] else "")
         + (f" · clip {layer['clip']}" if layer["clip"] is not None else "")

@@ -41,6 +41,7 @@ def _header(report: dict) -> list[str]:
     out.append("")
     layers = "; ".join(
         f"layer {layer['index']}: D={layer['D']}, H={layer['H']}"
+        + (f", P={layer['projection']}" if layer.get("projection") else "")
         + (" bidirectional" if len(layer["directions"]) > 1 else "")
         for layer in m["layers"]
     )

@@ -42,7 +42,8 @@ def _header(report: dict) -> Panel:
     m = report["model"]
     layers = m["layers"]
     shape = ", ".join(
-        f"L{ly['index']}: D={ly['D']} H={ly['H']}" + (" bidirectional" if len(ly["directions"]) > 1 else "")
+        f"L{ly['index']}: D={ly['D']} H={ly['H']}" + (f" P={ly['projection']}" if ly.get("projection") else "")
+        + (" bidirectional" if len(ly["directions"]) > 1 else "")
         for ly in layers
     )
     lines = [

@@ -15,6 +15,7 @@ whose step is within its sequence's length (all of them without lengths).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from dataclasses import replace as dataclass_replace
 
 import numpy as np
 
@@ -216,7 +217,13 @@ class DirectionStats(Mergeable):
         Feed it every step (``reference.run_direction(..., observer=...)`` does,
         or ``update`` from a finished record), then call ``finish()``. With
         ``params`` (the direction's weights) some sums follow by linearity.
+
+        With a projection (LSTMP) the reducer's "h" is the H-wide cell output
+        m_t before it (``numpy_loop.StepObserver``), with m_{-1} = 0; the sums
+        by linearity (which read Σ h_{t−1}·U) are then not used.
         """
+        if layer.projected:
+            h0, params = np.zeros(layer.H), None
         return DirectionReducer(self, B, mask, layer, h0, dtype, params)
 
     def update(self, rec: StepRecord, mask: np.ndarray | None, layer: Layer, h0: np.ndarray):
@@ -224,6 +231,8 @@ class DirectionStats(Mergeable):
         T, B, H = rec.T, rec.B, self.H
         dtype = rec.h.dtype
         reducer = self.reducer(B, mask, layer, h0, dtype)
+        if layer.projected:  # the per-unit "h" is the cell output before the projection
+            h0, rec = np.zeros(H), dataclass_replace(rec, h=rec.m)
         perm = step_permutation(H)
         cell_output = layer.activations.get("cell_output").fn
         steps = block_steps(B, H, T, rec.peephole_term is not None)

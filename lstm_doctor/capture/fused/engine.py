@@ -95,9 +95,35 @@ def note_fallback() -> None:
         )
 
 
-def supports(dtype) -> bool:
-    """Whether this engine computes models of ``dtype`` (float32 only)."""
+def supports(dtype, model=None) -> bool:
+    """Whether this engine computes models of ``dtype`` (float32 only) and, given
+    ``model``, its layers: the kernel has no projection (PyTorch ``proj_size``,
+    LSTMP), so a model with one runs the NumPy engine."""
+    if model is not None and unsupported_reason(model):
+        return False
     return np.dtype(dtype) == np.float32
+
+
+def unsupported_reason(model) -> str | None:
+    """Why the kernel cannot compute ``model`` (None when it can, dtype aside)."""
+    if getattr(model, "projected", False):
+        return "it has no projection (proj_size > 0, LSTMP)"
+    return None
+
+
+_NOTED_UNSUPPORTED = False
+
+
+def note_unsupported(model) -> None:
+    """Say once per process, on stderr, why ``--engine fused`` runs the NumPy engine."""
+    global _NOTED_UNSUPPORTED
+    if not _NOTED_UNSUPPORTED:
+        _NOTED_UNSUPPORTED = True
+        print(
+            f"lstm-doctor: note: the fused engine cannot run this model ({unsupported_reason(model)}); "
+            "running the numpy engine (same statistics).",
+            file=sys.stderr,
+        )
 
 
 def kernels():
@@ -145,6 +171,7 @@ def run_direction(
         capture != CAPTURE_STATS
         or not isinstance(observer, DirectionReducer)
         or not supports(params.dtype)
+        or params.projection is not None  # the kernel has no projection (LSTMP)
         or not available()
     ):
         return numpy_run_direction(

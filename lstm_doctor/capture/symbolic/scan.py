@@ -178,6 +178,7 @@ def step(
     b,
     peephole,
     clip,
+    projection=None,
     *,
     gate: Callable,
     candidate: Callable,
@@ -190,8 +191,9 @@ def step(
 
         input_term_t  (B, 4H)  x_t·W, precomputed outside the loop
         mask_t        (B,) bool, or None: False = padding, the state is carried
-        h_prev, c_prev (B, H)
-        U (H, 4H)   b (4H,)   peephole (3, H) or None   clip scalar or None
+        h_prev (B, P), c_prev (B, H)     (P = H without a projection)
+        U (P, 4H)   b (4H,)   peephole (3, H) or None   clip scalar or None
+        projection R (H, P) or None
 
     The maths (σ = ``gate``)::
 
@@ -202,16 +204,19 @@ def step(
         i = σ(z_i)   f = σ(z_f)   g = candidate(z_g)
         c_t = f·c_{t-1} + i·g
         z_o += p_o·c_t ; z_o clipped
-        o = σ(z_o)   h_t = o·cell_output(c_t)
+        o = σ(z_o)   m_t = o·cell_output(c_t)
+        h_t = m_t, or m_t·R with a projection
         masked:  c_t, h_t = c_{t-1}, h_{t-1} where mask_t is False
 
-    Returns ``[h, c]`` when ``full`` is False, else ``[h, c, recurrent_term,
-    (peephole_term,) preact, i, f, g, o]``; the peephole term (B, 4H) holds
+    Returns ``[h, c, (m,)]`` when ``full`` is False, else ``[h, c, (m,)
+    recurrent_term, (peephole_term,) preact, i, f, g, o]``; ``m`` (B, H), the
+    cell output before the projection, exists only with a projection (at a
+    padding step it is computed but meaningless, like the gates); the peephole term (B, 4H) holds
     p_i·c_{t-1}, p_f·c_{t-1}, 0, p_o·c_t (c_t before masking: what entered
     z_o) and exists only when ``peephole`` is given. ``preact`` is z after
     clipping.
     """
-    H = U.shape[0]
+    H = U.shape[1] // 4
     recurrent_term = pt.dot(h_prev, U)
     z = input_term_t + recurrent_term
     z = z + b
@@ -238,16 +243,18 @@ def step(
     if clip is not None:
         z_o = _clip(z_o, -clip, clip)
     o = gate(z_o)
-    h_new = o * cell_output(c_new)
+    m_new = o * cell_output(c_new)
+    h_new = m_new if projection is None else pt.dot(m_new, projection)
     if mask_t is not None:
         valid = mask_t.dimshuffle(0, "x")  # (B, 1)
         c = pt.switch(valid, c_new, c_prev)
         h = pt.switch(valid, h_new, h_prev)
     else:
         c, h = c_new, h_new
+    state = [h, c] + ([m_new] if projection is not None else [])
     if not full:
-        return [h, c]
-    outputs = [h, c, recurrent_term]
+        return state
+    outputs = state + [recurrent_term]
     if peephole is not None:
         outputs.append(
             pt.concatenate([peep_i, peep_f, pt.zeros_like(peep_i), peep_o], axis=1)
@@ -274,6 +281,7 @@ class GraphKey:
     has_mask: bool
     capture: str
     dtype: str
+    has_projection: bool = False
 
 
 @dataclass
@@ -299,6 +307,7 @@ def graph_key(params: DirectionParams, layer: Layer, has_mask: bool, capture: st
         has_mask=has_mask,
         capture=capture,
         dtype=str(params.dtype),
+        has_projection=params.projection is not None,
     )
 
 
@@ -307,11 +316,13 @@ def build_graph(key: GraphKey, mode=None):
 
     Inputs (all function inputs, none constant)::
 
-        x (T, B, D)   W (D, 4H)   U (H, 4H)   b (4H,)   h0, c0 (H,)
-        peephole (3, H)   mask (T, B) bool   clip ()     (when the key has them)
+        x (T, B, D)   W (D, 4H)   U (P, 4H)   b (4H,)   h0 (P,)   c0 (H,)
+        peephole (3, H)   mask (T, B) bool   clip ()   projection (H, P)
+                                                       (when the key has them)
 
     Returns ``(inputs, outputs, input_term)``: two name -> variable dicts and
-    the x·W variable (for gradients). Outputs: ``h, c`` (T, B, H) for capture
+    the x·W variable (for gradients). Outputs: ``h`` (T, B, P), ``c`` (T, B, H)
+    (and ``m`` (T, B, H) with a projection) for capture
     "h"; with capture "full" also ``input_term, recurrent_term,
     (peephole_term,) preact`` (T, B, 4H) and ``i, f, g, o`` (T, B, H).
     """
@@ -331,19 +342,22 @@ def build_graph(key: GraphKey, mode=None):
         mask = inputs["mask"] = pt.matrix(name="mask", dtype="bool")
     if key.has_clip:
         clip = inputs["clip"] = pt.scalar(name="clip", dtype=dtype)
+    projection = None
+    if key.has_projection:
+        projection = inputs["projection"] = pt.matrix(name="projection", dtype=dtype)
 
     T, B, D = x.shape[0], x.shape[1], x.shape[2]
-    H = U.shape[0]
+    H = W.shape[1] // 4
     # One GEMM for the input projection of every step, outside the loop.
     input_term = pt.dot(x.reshape((T * B, D)), W).reshape((T, B, 4 * H))
-    h_init = pt.alloc(h0, B, H)
+    h_init = pt.alloc(h0, B, h0.shape[0])  # P units
     c_init = pt.alloc(c0, B, H)
 
     acts = {
         role: symbolic_activation(getattr(key, role), dtype)
         for role in ("gate", "candidate", "cell_output")
     }
-    n_extra = (6 + key.has_peephole) if full else 0
+    n_extra = ((6 + key.has_peephole) if full else 0) + key.has_projection
 
     def scan_step(*args):
         args = list(args)
@@ -353,12 +367,13 @@ def build_graph(key: GraphKey, mode=None):
         rest = args[4:]
         peep_ = rest.pop(0) if key.has_peephole else None
         clip_ = rest.pop(0) if key.has_clip else None
+        proj_ = rest.pop(0) if key.has_projection else None
         return step(
-            input_term_t, mask_t, h_prev, c_prev, U_, b_, peep_, clip_, full=full, **acts
+            input_term_t, mask_t, h_prev, c_prev, U_, b_, peep_, clip_, proj_, full=full, **acts
         )
 
     sequences = [input_term] + ([mask] if key.has_mask else [])
-    non_sequences = [U, b] + [v for v in (peephole, clip) if v is not None]
+    non_sequences = [U, b] + [v for v in (peephole, clip, projection) if v is not None]
     outputs = backend.scan_outputs(
         scan_step,
         sequences=sequences,
@@ -368,7 +383,7 @@ def build_graph(key: GraphKey, mode=None):
         mode=mode,  # the inner step is compiled with this mode, not the outer one
         name="lstm_doctor_step",
     )
-    names = ["h", "c"]
+    names = ["h", "c"] + (["m"] if key.has_projection else [])
     if full:
         names += ["recurrent_term"]
         names += ["peephole_term"] if key.has_peephole else []
@@ -462,7 +477,9 @@ def run_direction(
 
 def _empty_record(params: DirectionParams, B: int, full: bool) -> StepRecord:
     dtype, H = params.dtype, params.H
-    state = {name: np.empty((0, B, H), dtype) for name in ("h", "c")}
+    state = {"h": np.empty((0, B, params.P), dtype), "c": np.empty((0, B, H), dtype)}
+    if params.projection is not None:
+        state["m"] = np.empty((0, B, H), dtype)
     if not full:
         return StepRecord(bias=params.b, **state)
     stacked = {
@@ -485,8 +502,8 @@ _GRAD_CACHE: dict[tuple[GraphKey, str | int], CompiledDirection] = {}
 def gradient_function(key: GraphKey, mode=None) -> CompiledDirection:
     """The compiled vector-Jacobian product of the final hidden state (cached).
 
-    With a cotangent ``seed`` (B, H) the scalar is L = Σ seed ⊙ h_T, where h_T
-    = h[T-1] (B, H) is the state after the last step (masked steps carry it).
+    With a cotangent ``seed`` (B, P) the scalar is L = Σ seed ⊙ h_T, where h_T
+    = h[T-1] (B, P) is the state after the last step (masked steps carry it).
     Inputs: those of ``build_graph(key)`` (capture "h") and then ``seed``.
     Outputs, in this order::
 
@@ -494,7 +511,8 @@ def gradient_function(key: GraphKey, mode=None) -> CompiledDirection:
         x           (T, B, D)    ∂L/∂x
         input_term  (T, B, 4H)   ∂L/∂(x_t·W): the gradient reaching the
                                  pre-activations of step t through the input
-        W (D, 4H)   U (H, 4H)   b (4H,)   h0, c0 (H,)   (peephole (3, H))
+        W (D, 4H)   U (P, 4H)   b (4H,)   h0 (P,)   c0 (H,)   (peephole (3, H))
+        (projection (H, P))
 
     A one-hot ``seed`` gives one row of the Jacobian ∂h_T/∂x (issue G701's
     ‖∂h_T/∂x_t‖); ``seed`` = 1 gives the gradient of Σ h_T.
@@ -513,6 +531,7 @@ def gradient_function(key: GraphKey, mode=None) -> CompiledDirection:
     loss = (seed * h_last).sum()
     wrt_names = ["x", "input_term", "W", "U", "b", "h0", "c0"]
     wrt_names += ["peephole"] if key.has_peephole else []
+    wrt_names += ["projection"] if key.has_projection else []
     wrt = [input_term if name == "input_term" else inputs[name] for name in wrt_names]
     grads = backend.grad(loss, wrt)
     fn = backend.function(
@@ -544,7 +563,7 @@ def final_state_gradients(
 ) -> dict[str, np.ndarray]:
     """∂L/∂(x, x·W, W, U, b, h0, c0, peephole) for L = Σ seed ⊙ h_T, over ``x`` (T, B, D).
 
-    ``seed`` (B, H) defaults to ones. Returns a dict keyed as the outputs of
+    ``seed`` (B, P) defaults to ones. Returns a dict keyed as the outputs of
     ``gradient_function`` (``h_T`` included). T must be at least 1.
     """
     dtype = params.dtype
@@ -555,7 +574,7 @@ def final_state_gradients(
     key = graph_key(params, layer, mask is not None, CAPTURE_HIDDEN)
     compiled = gradient_function(key, mode)
     values = _input_values(key, params, layer, x, mask)
-    values["seed"] = np.ones((B, params.H), dtype) if seed is None else np.asarray(seed, dtype)
+    values["seed"] = np.ones((B, params.P), dtype) if seed is None else np.asarray(seed, dtype)
     results = compiled.fn(*(values[name] for name in compiled.input_names))
     return dict(zip(compiled.output_names, results))
 
@@ -576,4 +595,6 @@ def _input_values(key: GraphKey, params: DirectionParams, layer: Layer, x, mask)
         values["mask"] = np.asarray(mask, dtype=bool)
     if key.has_clip:
         values["clip"] = np.asarray(layer.clip, dtype=params.dtype)
+    if key.has_projection:
+        values["projection"] = params.projection
     return values
