@@ -138,6 +138,11 @@ def test_diagnose_states_the_projection_and_auto_runs_numpy(saved):
     r = invoke("diagnose", pt, "--inputs", xfile, "--layout", layout, "--format", "json")
     assert r.exit_code in (0, 1), r.output
     report = json.loads(r.stdout)
+    import jsonschema
+    from importlib import resources
+
+    schema = json.loads(resources.files("lstm_doctor.report").joinpath("schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(report)  # "projection" is a declared layer field
     assert report["engine"] == "numpy"  # the fused kernel has no projection
     for k, layer in enumerate(report["model"]["layers"]):
         assert layer["H"] == H and layer["projection"] == P
@@ -328,3 +333,41 @@ def test_a_bad_weight_hr_is_a_one_line_error(tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "weight_hr (P, H) and weight_hh (4H, P)" in r.stderr
     assert str(tmp_path / "bad.pt") in r.stderr
+
+
+def test_native_format_round_trips_the_projection_and_what_if_writes_it(saved, tmp_path):
+    """``what-if --write-fixed`` saves the native format: the projection must survive it."""
+    from lstm_doctor.load import native
+
+    name, lstm, pt, xfile, layout, (out, _, _) = saved
+    model = open_model(ModelSelection(model=str(pt)))
+    native.save(model, tmp_path / "copy")
+    again = open_model(ModelSelection(model=str(tmp_path / "copy")))
+    for (_, _, _, a), (_, _, _, b) in zip(model.units(), again.units()):
+        np.testing.assert_array_equal(a.projection, b.projection)
+    if name != "two_layers_bidirectional_batch_first":
+        return
+    # a broken twin (every weight shifted by +0.4: W101, gates pinned) gets a model-level fix written
+    with torch.no_grad():
+        for param in lstm.parameters():
+            param.add_(0.4)
+    torch.save(lstm.state_dict(), tmp_path / "broken.pt")
+    r = invoke("what-if", tmp_path / "broken.pt", "--inputs", xfile, "--layout", layout, "--sample-size", "5",
+               "--write-fixed", tmp_path / "fixed", "--format", "json")
+    assert r.exit_code in (0, 1), r.output
+    fixed = open_model(ModelSelection(model=str(tmp_path / "fixed")))
+    assert all(layer.projected and layer.P == P and layer.H == H for layer in fixed.layers)
+    assert any("what-if" in note for note in fixed.notes)
+
+
+def test_observed_search_refuses_a_projection_in_one_line(tmp_path):
+    lstm = _torch_lstm("uni")
+    x = _inputs(lstm)
+    out, _, _ = _torch_forward(lstm, x)
+    torch.save(lstm.state_dict(), tmp_path / "m.pt")
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.savez(tmp_path / "obs.npz", h=out)
+    r = invoke("diagnose", tmp_path / "m.pt", "--inputs", tmp_path / "x.npy", "--layout", "tbd",
+               "--observed", tmp_path / "obs.npz")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "--observed" in r.stderr and "proj_size" in r.stderr

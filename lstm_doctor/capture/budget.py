@@ -143,7 +143,8 @@ FULL_RECORD_CHUNK_BYTES = 256 * 2**20  # what-if: a chunk of full per-step recor
 def sequence_bytes(model, T: int, values_per_h: int, with_inputs: bool = False) -> int:
     """Bytes one sequence of T steps takes when every direction of every layer holds
     ``values_per_h`` values per unit and step (plus its D input features)."""
-    per_step = sum(values_per_h * layer.H for layer, _params in _directions(model))
+    # a projection (LSTMP) also keeps m = o ⊙ act(c) (H per step); its h (P ≤ H in practice) is counted as H
+    per_step = sum((values_per_h + layer.projected) * layer.H for layer, _params in _directions(model))
     if with_inputs:
         per_step += model.D
     return int(T * per_step * model.dtype.itemsize)

@@ -146,6 +146,12 @@ def make_observation(
     h = np.asarray(h)
     if h.dtype.kind not in "fiu":
         raise UserError(f"--observed: dtype {h.dtype}, expected numbers", path)
+    if model.layers[0].projected:
+        # the configuration search steps its own H-wide h (U is (H, 4H)); a projected one is not modelled there
+        raise UserError(
+            "--observed: the first layer projects its hidden state (proj_size > 0, LSTMP), which the "
+            "configuration search does not model; run without --observed", path,
+        )
     H = model.layers[0].H
     if h.ndim not in (2, 3):
         raise UserError(f"--observed: shape {h.shape}; expected (B, T, H), (T, B, H) or (B, H)", path)

@@ -20,6 +20,7 @@ Example spec (all keys but ``weights`` are optional; defaults shown)::
     U = "U"                      # a one-layer model: "W", "U", "b", and
     b = "b"                      # "peephole", "h0", "c0" when present
     # peephole = "peephole"      # (3, H): rows p_i, p_f, p_o
+    # projection = "projection"  # (H, P): h_t = (o ⊙ tanh c_t)·R (LSTMP); U is then (P, 4H), h0 (P,)
     # clip = 3.0                 # clip pre-activations to [-clip, clip]
     # go_backwards = false       # one direction, run from the last step (reported "rev")
     # output_reversed = false    # go_backwards: outputs handed on last step first (Keras)
@@ -49,7 +50,7 @@ from lstm_doctor.model import (
 )
 
 SPEC_NAME = "lstm.toml"
-ROLES = ("W", "U", "b", "peephole", "h0", "c0")
+ROLES = ("W", "U", "b", "peephole", "h0", "c0", "projection")
 REQUIRED = ("W", "U")
 
 
