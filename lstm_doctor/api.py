@@ -307,7 +307,8 @@ def _diagnose_file(path, inputs, lengths, layout, select, ignore, common, sample
         array = np.asarray(inputs)
         if array.dtype.kind not in "fiub":
             raise UserError(f"inputs have dtype {array.dtype}; expected real numbers")
-        source = ArrayInputs(array=array, layout=layout or model.input_layout, description="array")
+        source = ArrayInputs(array=array, layout=layout or model.input_layout, description="array",
+                             layout_given=layout is not None)
         if lengths is not None:
             source.lengths = _check_lengths(np.asarray(lengths), source.n_sequences, source.T)
         fields["loaded_model"] = model

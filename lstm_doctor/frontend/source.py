@@ -457,7 +457,8 @@ def text_source(
     array.info["records"] = records.counts
     array.info["layout"] = layout
     return InputSource(
-        array=array, layout=layout, path=str(inputs_path), notes=tuple(records.notes + notes)
+        # The front end writes the layout it produces: nothing is left to assume.
+        array=array, layout=layout, path=str(inputs_path), notes=tuple(records.notes + notes), layout_given=True,
     )
 
 
