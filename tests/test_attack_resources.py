@@ -92,19 +92,24 @@ def test_a_1kb_lasagne_ndarray_pickle(tmp_path):
     refused_under_budget(tmp_path, path, "inspect", path, needle="--max-memory")
 
 
-def test_an_npz_that_inflates_past_the_budget(tmp_path):
-    """A deflated member of 1.2 GB of zeros in a file of ~1 MB: refused from its sizes, never inflated."""
-    path = tmp_path / "params.npz"
-    n = (1200 << 20) // 4
-    header = {"descr": "<f4", "fortran_order": False, "shape": (n,)}
+def _deflated_zeros(path: Path, member: str, shape) -> Path:
+    """An .npz whose one member is float32 zeros of ``shape``, honestly deflated (tiny on disk)."""
+    n = int(np.prod(shape))
+    header = {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)}
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        with zf.open("W_in_to_ingate.npy", "w", force_zip64=True) as fh:
+        with zf.open(member, "w", force_zip64=True) as fh:
             np.lib.format.write_array_header_1_0(fh, header)
             zero = bytes(32 << 20)
             for _ in range(n * 4 // len(zero)):
                 fh.write(zero)
             fh.write(bytes(n * 4 % len(zero)))
     assert path.stat().st_size < 20 << 20
+    return path
+
+
+def test_an_npz_that_inflates_past_the_budget(tmp_path):
+    """A deflated member of 1.2 GB of zeros in a file of ~1 MB: refused from its sizes, never inflated."""
+    path = _deflated_zeros(tmp_path / "params.npz", "W_in_to_ingate.npy", ((1200 << 20) // 4,))
     refused_under_budget(tmp_path, path, "inspect", path, "--model-format", "lasagne", needle="--max-memory")
 
 
@@ -269,3 +274,92 @@ def test_onnx_external_data_through_a_symlink_is_one_line(tmp_path):
     code, err, _ = run_measured("inspect", folder / "m.onnx")
     line = err.strip()
     assert code == 2 and str(folder / "m.onnx") in line and "symbolic link" in line and "\n" not in line, err
+
+
+# ---------------------------------------------------------------------------
+# Every command that reads a model takes --max-memory, and the budget reaches
+# its readers and its capture (what-if, featurize, check as diagnose does)
+
+
+def _tweet2vec_bomb(folder: Path) -> Path:
+    """A 25-array Tweet2Vec list (conv stack, then the LSTM) whose last array is
+    ``numpy.ndarray((20000, 20000))``: under 1 kB, 3.2 GB once touched."""
+    arrays = [np.zeros((1, 4), np.float32)] * 24 + [af._Reduce(np.ndarray, ((20000, 20000),))]
+    path = folder / "encoding_bomb_1.npy"
+    import pickle
+
+    path.write_bytes(pickle.dumps(arrays, protocol=2))
+    assert path.stat().st_size < 2048
+    return path
+
+
+def test_what_if_refuses_a_model_bomb_under_max_memory(tmp_path):
+    path = af.ndarray_bomb(tmp_path)
+    np.save(tmp_path / "ok.npy", np.zeros((2, 5, 3), np.float32))
+    refused_under_budget(tmp_path, path, "what-if", path, "--inputs", tmp_path / "ok.npy", needle="--max-memory")
+
+
+def test_what_if_refuses_an_inputs_bomb_under_max_memory(tmp_path):
+    """1.2 GB of deflated zeros in ~1 MB: over the 1 GB given, under the default (half of physical memory)."""
+    model = _native_model(tmp_path / "m")
+    bomb = _deflated_zeros(tmp_path / "x.npz", "x.npy", (300, 1024, 1024))
+    refused_under_budget(tmp_path, bomb, "what-if", model, "--inputs", bomb, needle="--max-memory")
+
+
+def test_what_if_refuses_a_capture_over_max_memory(tmp_path):
+    """Small files (a 1.5 MB input, H=512), but the experiment's capture keeps 64
+    sequences × 2000 steps of full records: several GB, refused before the first run."""
+    model = _native_model(tmp_path / "m", D=3, H=512)
+    np.save(tmp_path / "x.npy", np.zeros((64, 2000, 3), np.float32))
+    refused_under_budget(tmp_path, tmp_path / "x.npy", "what-if", model, "--inputs", tmp_path / "x.npy",
+                         needle="--max-memory")
+
+
+def test_featurize_refuses_a_model_bomb_under_max_memory(tmp_path):
+    path = _tweet2vec_bomb(tmp_path)
+    (tmp_path / "texts.txt").write_text("hello\nworld\n")
+    refused_under_budget(tmp_path, path, "featurize", path, "--model-format", "tweet2vec",
+                         "--inputs", tmp_path / "texts.txt", "--out", tmp_path / "x.npy", needle="--max-memory")
+    assert not (tmp_path / "x.npy").exists()
+
+
+def _check_config(tmp_path: Path, model: Path, extra: str = "", **entry) -> Path:
+    lines = [extra, "[[models]]", f"model = {json.dumps(str(model))}"]
+    lines += [f"{k} = {json.dumps(str(v))}" for k, v in entry.items()]
+    config = tmp_path / "lstm-doctor.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def test_check_refuses_a_model_bomb_under_max_memory(tmp_path):
+    path = af.ndarray_bomb(tmp_path)
+    config = _check_config(tmp_path, path)
+    line = refused_under_budget(tmp_path, path, "check", "--config", config, needle="--max-memory")
+    assert line.startswith(f"lstm-doctor: error: model {str(path)!r}"), line
+
+
+def test_check_config_max_memory_reaches_the_readers(tmp_path):
+    """``max-memory = "1GB"`` in the config, no flag: the same refusal; the inputs too."""
+    path = af.ndarray_bomb(tmp_path)
+    config = _check_config(tmp_path, path, 'max-memory = "1GB"')
+    code, err, rss = run_measured("check", "--config", config)
+    line = err.strip()
+    assert code == 2 and str(path) in line and "--max-memory" in line and "\n" not in line, err
+    assert rss < BUDGET, f"peak RSS {rss / 2**20:.0f} MB"
+    model = _native_model(tmp_path / "m")
+    bomb = _deflated_zeros(tmp_path / "x.npz", "x.npy", (300, 1024, 1024))
+    config = _check_config(tmp_path, model, 'max-memory = "1GB"', inputs=bomb)
+    code, err, rss = run_measured("check", "--config", config)
+    assert code == 2 and str(bomb) in err and "\n" not in err.strip(), err
+    assert rss < BUDGET, f"peak RSS {rss / 2**20:.0f} MB"
+
+
+def test_check_flag_overrides_the_config_and_a_bad_size_names_the_config(tmp_path):
+    path = af.ndarray_bomb(tmp_path)
+    config = _check_config(tmp_path, path, 'max-memory = "20GB"')
+    refused_under_budget(tmp_path, path, "check", "--config", config, needle="--max-memory")
+    for value in ('"lots"', "0", "true", '"' + "9" * 400 + '"'):
+        config = _check_config(tmp_path, path, f"max-memory = {value}")
+        code, err, _ = run_measured("check", "--config", config)
+        line = err.strip()
+        assert code == 2 and str(config) in line and "max-memory" in line and "\n" not in line, (value, err)

@@ -192,8 +192,9 @@ def inspect_command(model, model_format, preset, layer_prefix, layer_name, trust
 @selection_options
 @color_option
 @model_options
+@max_memory_option
 def what_if(model, inputs, layout, lengths, padding, mask, fixes, sample_size, write_fixed, fmt, output, engine, fail_on, exit_zero,
-            select, ignore, threshold, color, model_format, preset, layer_prefix, layer_name, trust_pickle,
+            select, ignore, threshold, color, model_format, preset, layer_prefix, layer_name, trust_pickle, max_memory,
             **architecture):
     """Apply each proposed fix virtually, measure its effect alone and cumulatively, rank the root causes.
 
@@ -211,7 +212,7 @@ def what_if(model, inputs, layout, lengths, padding, mask, fixes, sample_size, w
         layer_prefix=layer_prefix, layer_name=layer_name, trust_pickle=trust_pickle, engine=engine, format=fmt,
         output=output, write_fixed=write_fixed, fixes=split_codes(fixes), sample_size=sample_size, fail_on=fail_on,
         exit_zero=exit_zero, select=split_codes(select), ignore=split_codes(ignore), thresholds=tuple(threshold),
-        color=color, **architecture,
+        color=color, max_memory=max_memory, **architecture,
     ))
 
 
@@ -225,8 +226,9 @@ def what_if(model, inputs, layout, lengths, padding, mask, fixes, sample_size, w
 @engine_option
 @click.option("--chunk-size", type=click.IntRange(1), default=64, show_default=True, help="Texts per chunk.")
 @model_options
+@max_memory_option
 def featurize(model, inputs, out, text_field, text_clean, featurizer, layout, engine, chunk_size,
-              model_format, preset, layer_prefix, layer_name, trust_pickle, **architecture):
+              model_format, preset, layer_prefix, layer_name, trust_pickle, max_memory, **architecture):
     """Write the LSTM inputs (.npy) that the front end makes of the texts in --inputs."""
     from lstm_doctor.jobs.featurize import FeaturizeOptions, execute
 
@@ -234,7 +236,7 @@ def featurize(model, inputs, out, text_field, text_clean, featurizer, layout, en
         model=model, inputs=inputs, out=out, text_field=text_field, text_clean=text_clean,
         featurizer=featurizer, layout=layout, engine=engine, chunk_size=chunk_size,
         model_format=model_format, preset=preset, layer_prefix=layer_prefix, layer_name=layer_name,
-        trust_pickle=trust_pickle, **architecture,
+        trust_pickle=trust_pickle, max_memory=max_memory, **architecture,
     ))
 
 
@@ -260,8 +262,9 @@ def featurize(model, inputs, out, text_field, text_clean, featurizer, layout, en
               help="Override the config's engine (default: auto).")
 @click.option("--exit-zero", is_flag=True, help="Always exit 0 when the check ran.")
 @color_option
+@max_memory_option
 def check(config, fmt, reports, plots_dir, baseline, no_baseline, write_baseline, fail_on, select, ignore, threshold,
-          engine, exit_zero, color):
+          engine, exit_zero, color, max_memory):
     """Diagnose every model of the config; exit 1 if any finding at or above fail-on
     (with --baseline: any new one).
 
@@ -281,7 +284,7 @@ def check(config, fmt, reports, plots_dir, baseline, no_baseline, write_baseline
         config=config, format=fmt, reports=tuple(reports), plots_dir=plots_dir, baseline=baseline,
         no_baseline=no_baseline, write_baseline=write_baseline, fail_on=fail_on,
         select=split_codes(select) if select else None, ignore=split_codes(ignore) if ignore else None,
-        thresholds=tuple(threshold), engine=engine, exit_zero=exit_zero, color=color,
+        thresholds=tuple(threshold), engine=engine, exit_zero=exit_zero, color=color, max_memory=max_memory,
     ))
 
 

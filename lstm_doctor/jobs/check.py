@@ -12,6 +12,7 @@ first, or ``--config FILE``)::
     outputs = { json = "report.json", junit = "junit.xml", html = "report.html" }
     plots = "plots"                        # where the markdown output's PNGs go
     engine = "auto"
+    max-memory = "2GB"                     # as --max-memory: every model's reading and capture
 
     [[tool.lstm-doctor.models]]            # ([[models]] in lstm-doctor.toml)
     model = "models/encoder"               # required; the rest as `diagnose`
@@ -49,7 +50,7 @@ CONFIG_FILES = ("lstm-doctor.toml", "pyproject.toml")
 TOOL_KEY = "lstm-doctor"
 TOP_KEYS = {
     "models", "select", "ignore", "thresholds", "fail-on", "outputs", "baseline", "plots", "engine",
-    "chunk-size", "sample-size",
+    "chunk-size", "sample-size", "max-memory",
 }  # fmt: skip
 MODEL_KEYS = {
     "model", "name", "inputs", "layout", "lengths", "preset", "model-format", "layer-prefix", "layer-name",
@@ -94,6 +95,7 @@ class CheckConfig:
     engine: str = "auto"
     chunk_size: int = 64
     sample_size: int = 64
+    max_memory: str | None = None  # None: the default --max-memory (lstm_doctor.capture.budget)
 
 
 @dataclass
@@ -114,6 +116,7 @@ class CheckOptions:
     engine: str | None = None
     exit_zero: bool = False
     color: str = "auto"
+    max_memory: str | None = None  # --max-memory, over the config's max-memory
     created: str | None = None  # fixed timestamp (tests)
     cwd: str | None = None  # where to look for the config (default: the working directory)
 
@@ -276,6 +279,7 @@ def load_config(path: Path, cwd: Path) -> CheckConfig:
     for key in ("chunk-size", "sample-size"):
         if key in section and (not isinstance(section[key], int) or section[key] < 1):
             raise ConfigError(f"{key} must be a positive integer", path)
+    max_memory = _max_memory(section.get("max-memory"), path)
     return CheckConfig(
         source=os.path.relpath(path, cwd),
         models=entries,
@@ -289,7 +293,24 @@ def load_config(path: Path, cwd: Path) -> CheckConfig:
         engine=section.get("engine", "auto"),
         chunk_size=section.get("chunk-size", 64),
         sample_size=section.get("sample-size", 64),
+        max_memory=max_memory,
     )
+
+
+def _max_memory(value, path: Path) -> str | None:
+    """``max-memory = "2GB"`` (or a number of bytes), checked now: a bad size names the config."""
+    from lstm_doctor.capture.budget import parse_size
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError('max-memory must be a size such as "2GB" or a number of bytes', path)
+    text = str(value)
+    try:
+        parse_size(text)
+    except UserError as exc:
+        raise ConfigError(exc.problem.replace("--max-memory", "max-memory", 1), path) from None
+    return text
 
 
 def resolve(options: CheckOptions) -> CheckConfig:
@@ -319,6 +340,7 @@ def resolve(options: CheckOptions) -> CheckConfig:
         baseline=None if options.no_baseline else (options.baseline or config.baseline),
         plots_dir=options.plots_dir or config.plots_dir,
         engine=options.engine or config.engine,
+        max_memory=options.max_memory or config.max_memory,
     )
 
 
@@ -440,6 +462,7 @@ def diagnose_options(entry: ModelEntry, config: CheckConfig, options: CheckOptio
         engine=config.engine,
         chunk_size=config.chunk_size,
         sample_size=config.sample_size,
+        max_memory=config.max_memory,
         fail_on=config.fail_on,
         exit_zero=options.exit_zero,
         select=config.select,
@@ -460,6 +483,7 @@ def render_outputs(fmt: str, results: list[tuple[str, dict]], document: dict, op
 def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
     """Diagnose every model, apply the baseline, write the outputs; return (exit code, document, config)."""
     from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
+    from lstm_doctor.capture.budget import parse_size
     from lstm_doctor.jobs.diagnose import check_plots_dir, run_diagnosis
     from lstm_doctor.output import allow_replacing, check_output_path, one_unit, same_file, write_atomic
     from lstm_doctor.report import RenderOptions
@@ -469,6 +493,7 @@ def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
     validate_prefixes(config.select, "select")
     validate_prefixes(config.ignore, "ignore")
     parse_thresholds(config.thresholds)
+    parse_size(options.max_memory)  # a bad --max-memory (the config's was checked when read)
     # Every file the check reads; the read-set (lstm_doctor.output) adds what the loaders open.
     protected = [p for e in config.models for p in (e.model, e.inputs, e.lengths)] + [config.source]
     # --write-baseline FILE may refresh the baseline it is compared with: the one input it may replace.

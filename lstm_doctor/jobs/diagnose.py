@@ -83,7 +83,6 @@ def open_text_source(options: DiagnoseOptions | FeaturizeOptions, model):
     layout, engine, trust_pickle and chunk_size (diagnose and featurize share it).
     """
     from lstm_doctor.frontend import text_source
-    from lstm_doctor.load import LoadOptions
 
     return text_source(
         options.model,
@@ -94,7 +93,7 @@ def open_text_source(options: DiagnoseOptions | FeaturizeOptions, model):
         layout=options.layout,
         engine=options.engine,
         model=model,
-        load_options=LoadOptions(trust_pickle=options.trust_pickle),
+        load_options=options.load_options(),  # the conv stack is read again: same trust, same --max-memory
         chunk_size=options.chunk_size,
     )
 
