@@ -213,8 +213,9 @@ def npz_declared_bomb(folder: Path, name: str = "x.npz", shape=(100000, 1000, 10
     return path
 
 
-def torch_zero_stride(folder: Path, name: str = "m.pt") -> Path:
-    """A torch zip checkpoint whose weight has stride 0 over a 1-element storage: (1e5, 1e5) declared."""
+def torch_zero_stride(folder: Path, name: str = "m.pt", sizes=((100000, 100000), (100000, 25000))) -> Path:
+    """A torch zip checkpoint whose weights have stride 0 over a 1-element storage:
+    weight_ih_l0 and weight_hh_l0 of ``sizes`` ((1e5, 1e5) and (1e5, 2.5e4) by default) declared."""
     # Written by hand: data.pkl is a dict of _rebuild_tensor_v2(persistent storage, 0, size, stride).
     def tensor(key: str, size, stride) -> bytes:
         sz = b"(" + b"".join(b"J" + struct.pack("<i", s) for s in size) + b"t"
@@ -227,8 +228,8 @@ def torch_zero_stride(folder: Path, name: str = "m.pt") -> Path:
 
     pkl = (
         b"\x80\x02}("
-        + b"X\x0c\x00\x00\x00weight_ih_l0" + tensor("0", (100000, 100000), (0, 0))
-        + b"X\x0c\x00\x00\x00weight_hh_l0" + tensor("0", (100000, 25000), (0, 0))
+        + b"X\x0c\x00\x00\x00weight_ih_l0" + tensor("0", sizes[0], (0,) * len(sizes[0]))
+        + b"X\x0c\x00\x00\x00weight_hh_l0" + tensor("0", sizes[1], (0,) * len(sizes[1]))
         + b"u."
     )
     path = folder / name

@@ -363,3 +363,62 @@ def test_check_flag_overrides_the_config_and_a_bad_size_names_the_config(tmp_pat
         code, err, _ = run_measured("check", "--config", config)
         line = err.strip()
         assert code == 2 and str(config) in line and "max-memory" in line and "\n" not in line, (value, err)
+
+
+# ---------------------------------------------------------------------------
+# A reader's running total belongs to its own load
+
+
+@pytest.mark.parametrize("other", ["thread", "nested"])
+def test_a_torch_checkpoint_keeps_its_own_allowance(tmp_path, other):
+    """Two tensors of 400 bytes over one 4-byte storage under a 600-byte budget: refused by
+    their sum. Another checkpoint read in the middle of it (in a second thread, or nested in
+    the same one) starts and ends its own count: the first read's goes on and refuses."""
+    import threading
+
+    from lstm_doctor.capture import budget
+    from lstm_doctor.capture.budget import BudgetError
+    from lstm_doctor.load import torch as torch_load
+
+    big = af.torch_zero_stride(tmp_path, "big.pt", sizes=((100,), (100,)))
+    small = af.torch_zero_stride(tmp_path, "small.pt", sizes=((1,), (1,)))
+    paused, resume = threading.Event(), threading.Event()
+    real = torch_load.declared_bytes
+    state = {"reader": threading.current_thread(), "calls": 0, "error": None, "result": None}
+
+    def pausing(shape, itemsize):  # the big read's first tensor: let the other read run now
+        if threading.current_thread() is state["reader"] and state["calls"] == 0:
+            state["calls"] += 1
+            if other == "nested":
+                with budget.reading(600):
+                    assert set(torch_load.read_zip_checkpoint(small)) == {"weight_ih_l0", "weight_hh_l0"}
+            else:
+                paused.set()
+                assert resume.wait(30)
+        return real(shape, itemsize)
+
+    def read_big():
+        try:
+            with budget.reading(600):
+                state["result"] = torch_load.read_zip_checkpoint(big)
+        except BudgetError as exc:
+            state["error"] = exc
+
+    torch_load.declared_bytes = pausing
+    try:
+        if other == "nested":
+            read_big()
+        else:
+            worker = threading.Thread(target=read_big)
+            state["reader"] = worker
+            worker.start()
+            assert paused.wait(30)
+            with budget.reading(600):
+                assert set(torch_load.read_zip_checkpoint(small)) == {"weight_ih_l0", "weight_hh_l0"}
+            resume.set()
+            worker.join(30)
+    finally:
+        torch_load.declared_bytes = real
+    assert state["calls"] == 1
+    assert state["result"] is None and state["error"] is not None, "the big checkpoint was read past its budget"
+    assert "a tensor of size (100,)" in str(state["error"]), state["error"]
