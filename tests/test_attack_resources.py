@@ -422,3 +422,65 @@ def test_a_torch_checkpoint_keeps_its_own_allowance(tmp_path, other):
     assert state["calls"] == 1
     assert state["result"] is None and state["error"] is not None, "the big checkpoint was read past its budget"
     assert "a tensor of size (100,)" in str(state["error"]), state["error"]
+
+
+# Many arrays, each under the budget, whose sum is over it: refused at the one that
+# passes it, before it is read (the arrays below are 549 MB each under a 1 GB budget).
+BIG_H = 5860  # (H, 4H) float32 = 549 MB
+
+
+def _h5_big_weights(tmp_path: Path) -> Path:
+    """A Keras .h5 whose kernel and recurrent kernel are unwritten (fill-value) datasets
+    of (H, 4H): no disk, 549 MB each once read."""
+    h5py = pytest.importorskip("h5py")
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4)])
+    path = tmp_path / "m.h5"
+    model.save(path)
+    with h5py.File(path, "r+") as f:
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and "kernel" in n else None)
+        assert len(names) == 2, names
+        for name in names:
+            dtype = f[name].dtype
+            del f[name]
+            f.create_dataset(name, shape=(BIG_H, 4 * BIG_H), dtype=dtype)
+    assert path.stat().st_size < 1 << 20
+    return path
+
+
+def _onnx_big_external(tmp_path: Path) -> Path:
+    """An ONNX LSTM whose W and R (each (1, 4H, H)) both point at the same 549 MB of one
+    sparse external file beside it."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    n = 4 * BIG_H * BIG_H * 4
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    with open(folder / "w.bin", "wb") as fh:
+        fh.truncate(n)  # a hole: no disk
+
+    def external(name):
+        t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[1, 4 * BIG_H, BIG_H])
+        t.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "w.bin"), ("offset", "0"), ("length", str(n))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        return t
+
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=BIG_H)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 1, BIG_H])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], [external("W"), external("R")],
+    )
+    path = folder / "m.onnx"
+    onnx.save_model(helper.make_model(graph), path)
+    return path
+
+
+@pytest.mark.parametrize("make", [_h5_big_weights, _onnx_big_external], ids=["hdf5", "onnx"])
+def test_arrays_each_under_the_budget_are_refused_by_their_sum(tmp_path, make):
+    path = make(tmp_path)
+    line = refused_under_budget(tmp_path, path, "inspect", path, needle="--max-memory")
+    assert "recurrent" in line or "'R'" in line, line  # the second array, not the first

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_doctor.capture.budget import check_declared, declared_bytes
+from lstm_doctor.capture.budget import Allowance, declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.output import declare_read
 from lstm_doctor.model import (
@@ -86,12 +86,17 @@ def sniff(path: Path) -> bool:
 
 
 class Graph:
-    """Constant values and producers of a graph's tensors."""
+    """Constant values and producers of a graph's tensors.
+
+    Every tensor read is counted against one allowance for the whole graph (the read
+    budget, ``--max-memory``): many tensors, each under the budget, cannot add up past it.
+    """
 
     def __init__(self, model, folder: Path):
         onnx = _onnx()
         self.onnx = onnx
         self.folder = folder
+        self.allowance = Allowance()
         self.graph = model.graph
         self.initializers = {t.name: t for t in self.graph.initializer}
         self.producer = {}
@@ -107,10 +112,13 @@ class Graph:
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"tensor {tensor.name!r} has an unsupported data type") from None
         nbytes = declared_bytes(tensor.dims, itemsize)
-        check_declared(nbytes, f"tensor {tensor.name[:60]!r}")
         if nbytes > MAX_TENSOR_BYTES:
             raise ModelError(f"tensor {tensor.name!r} has {nbytes} bytes, over the {MAX_TENSOR_BYTES}-byte limit")
-        if external_data_helper.uses_external_data(tensor):
+        # Counted before reading, with every tensor read so far (external tensors may all
+        # point at the same bytes of one file: each read is a new copy).
+        self.allowance.take(nbytes, f"tensor {tensor.name[:60]!r}")
+        external, location = external_data_helper.uses_external_data(tensor), None
+        if external:
             info = {e.key: e.value for e in tensor.external_data}
             location = info.get("location", "")
             if os.path.basename(location) != location or location in ("", ".", ".."):
@@ -120,13 +128,13 @@ class Graph:
                 )
             self._check_external(tensor.name, self.folder / location)
             declare_read(self.folder / location)  # onnx opens it in C++, unseen by the output read-set's audit hook
-            try:
-                external_data_helper.load_external_data_for_tensor(tensor, str(self.folder))
-            except self.onnx.checker.ValidationError as exc:  # onnx's own refusal (a symlink, ...)
-                text = str(exc).splitlines()[0][:160] if str(exc) else "refused"
-                raise ModelError(f"tensor {tensor.name!r}: external data {location!r} refused ({text})") from None
         try:
-            return numpy_helper.to_array(tensor)
+            # With base_dir, recent onnx reads the external bytes into the array alone, not
+            # also into the tensor: one copy, as the allowance counts it.
+            return numpy_helper.to_array(tensor, str(self.folder) if external else "")
+        except self.onnx.checker.ValidationError as exc:  # onnx's own refusal (a symlink, ...)
+            text = str(exc).splitlines()[0][:160] if str(exc) else "refused"
+            raise ModelError(f"tensor {tensor.name!r}: external data {location!r} refused ({text})") from None
         except (ValueError, TypeError) as exc:  # dims that do not match the data, an undefined type
             raise ModelError(f"tensor {tensor.name!r} cannot be read: {str(exc)[:160]}") from None
 
