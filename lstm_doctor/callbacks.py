@@ -34,7 +34,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-SEVERITY_RANK = {"info": 1, "warning": 2, "error": 3}
+from lstm_doctor.findings import Severity
+
 DEFAULT_BUDGET = 0.03  # a share of training time; steady-state overhead ≈ this, below the 5 % target
 
 
@@ -120,8 +121,8 @@ class Watch:
                 stacklevel=3,
             )
         if self.stop_on is not None:
-            rank = SEVERITY_RANK[self.stop_on]
-            if any(SEVERITY_RANK[s] >= rank and v for s, v in codes.items()):
+            rank = Severity[self.stop_on]
+            if any(Severity[s] >= rank and v for s, v in codes.items()):
                 self.should_stop = True
         if self.log is not None:
             self.log(step, metrics)

@@ -239,11 +239,11 @@ def test_compiled_function_is_reused_across_models():
     other sizes reuses the compiled function."""
     first = single_layer_model(seed=14)
     assert_parity(first, inputs(seed=15))
-    n_compiled = len(symbolic._CACHE)
+    n_compiled = len(symbolic._COMPILED)
     rng = np.random.default_rng(16)
     second = LSTMModel((Layer(direction(rng, 3, 2)),))
     assert_parity(second, inputs(seed=17, T=5, B=2, D=3))
-    assert len(symbolic._CACHE) == n_compiled
+    assert len(symbolic._COMPILED) == n_compiled
 
 
 def test_empty_sequence():

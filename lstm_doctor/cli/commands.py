@@ -18,6 +18,7 @@ from lstm_doctor.cli.options import (
     architecture_options,
     color_option,
     engine_option,
+    engine_override_option,
     input_options,
     layout_option,
     mask_options,
@@ -258,8 +259,7 @@ def featurize(model, inputs, out, text_field, text_clean, featurizer, layout, en
 @click.option("--select", multiple=True, help="Override the config's select (code prefixes).")
 @click.option("--ignore", multiple=True, help="Override the config's ignore (code prefixes).")
 @click.option("--threshold", multiple=True, help="CODE.param=value, on top of the config's thresholds.")
-@click.option("--engine", type=click.Choice(("auto", "numpy", "fused", "pytensor")),
-              help="Override the config's engine (default: auto).")
+@engine_override_option
 @click.option("--exit-zero", is_flag=True, help="Always exit 0 when the check ran.")
 @color_option
 @max_memory_option

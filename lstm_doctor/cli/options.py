@@ -114,16 +114,20 @@ def text_options(f):
     ])
 
 
+ENGINE_HELP = ("Capture engine: fused (NumPy GEMMs with one compiled pass for the step and its statistics, "
+               "float32), numpy (the NumPy loop), pytensor (the scan, engine of record); auto picks the fastest "
+               "engine available for the run.")
+
+
 def engine_option(f):
-    return click.option(
-        "--engine",
-        type=click.Choice(ENGINES),
-        default=DEFAULT_ENGINE,
-        show_default=True,
-        help="Capture engine: fused (NumPy GEMMs with one compiled pass for the step and its statistics, "
-        "float32), numpy (the NumPy loop), pytensor (the scan, engine of record); auto picks the fastest "
-        "engine available for the run.",
-    )(f)
+    return click.option("--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE, show_default=True,
+                        help=ENGINE_HELP)(f)
+
+
+def engine_override_option(f):
+    """``check``'s --engine: the same choices, no default, so the config's ``engine`` holds unless given."""
+    return click.option("--engine", type=click.Choice(ENGINES), default=None,
+                        help=f"Override the config's engine (default: {DEFAULT_ENGINE}). {ENGINE_HELP}")(f)
 
 
 def selection_options(f):

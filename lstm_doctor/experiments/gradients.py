@@ -296,12 +296,9 @@ def _processing_order(x: np.ndarray, lengths, direction: str) -> np.ndarray:
 
 
 def _compile_seconds(key) -> float:
-    from dataclasses import replace
-
     from lstm_doctor.capture.symbolic import scan as symbolic
 
-    hit = symbolic._GRAD_CACHE.get((replace(key, capture="h"), "default"))
-    return float(hit.compile_seconds) if hit is not None else 0.0
+    return symbolic.compile_seconds("gradient", key)
 
 
 def statistics(result: GradientResult) -> dict:

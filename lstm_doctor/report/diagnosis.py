@@ -37,7 +37,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-RANK = {"error": 3, "warning": 2, "info": 1}
+from lstm_doctor.findings import Severity
+
 FAMILY_ORDER = "WASCIHG"
 
 
@@ -281,7 +282,7 @@ def diagnosis(report: dict) -> dict[str, Any]:
                 "fixes": [],
                 "locations": [],
             }
-        if RANK[f["severity"]] > RANK[g["severity"]]:
+        if Severity[f["severity"]] > Severity[g["severity"]]:
             g["severity"] = f["severity"]
         g["explains"] = sorted(set(g["explains"]) | set((f.get("evidence") or {}).get("explains") or []))
         if f["fix"] and f["fix"] not in g["fixes"]:
@@ -298,7 +299,7 @@ def diagnosis(report: dict) -> dict[str, Any]:
     groups = list(keyed.values())
     for g in groups:
         # the strongest location first: its severity, then the order of the findings
-        g["locations"].sort(key=lambda x: (-RANK[x["severity"]], x["finding"]))
+        g["locations"].sort(key=lambda x: (-Severity[x["severity"]], x["finding"]))
         g["fix"] = g["fixes"][0] if g["fixes"] else ""
     explained_by: dict[tuple, list[str]] = {}
     for g in groups:
@@ -309,16 +310,16 @@ def diagnosis(report: dict) -> dict[str, Any]:
         g["explained_by"] = sorted(set(by))
         if by:
             g["role"] = "explained"
-        elif RANK[g["severity"]] >= RANK["warning"]:
+        elif Severity[g["severity"]] >= Severity["warning"]:
             g["role"] = "root_cause"
     roots = [g for g in groups if g["role"] == "root_cause"]
     for g in roots:
         g["what_if"] = _what_if_summary(what_if.get(g["code"]))
-    roots.sort(key=lambda g: (-RANK[g["severity"]], _what_if_order(g["what_if"]), -len(g["explains"]), g["code"]))
+    roots.sort(key=lambda g: (-Severity[g["severity"]], _what_if_order(g["what_if"]), -len(g["explains"]), g["code"]))
     explained = [g for g in groups if g["role"] == "explained"]
-    explained.sort(key=lambda g: (-RANK[g["severity"]], _family(g["code"]), g["code"]))
+    explained.sort(key=lambda g: (-Severity[g["severity"]], _family(g["code"]), g["code"]))
     other = [g for g in groups if g["role"] == "other"]
-    other.sort(key=lambda g: (-RANK[g["severity"]], _family(g["code"]), g["code"]))
+    other.sort(key=lambda g: (-Severity[g["severity"]], _family(g["code"]), g["code"]))
     ordered = roots + explained + other
     healthy, sentence = _headline_sentence(report, ordered, findings)
 
@@ -395,7 +396,7 @@ def status(report: dict) -> dict[str, Any]:
     """
     s = report["summary"]
     fail_on = report["config"]["fail_on"]
-    levels = [sev for sev in ("error", "warning", "info") if RANK[sev] >= RANK[fail_on]]
+    levels = [sev for sev in ("error", "warning", "info") if Severity[sev] >= Severity[fail_on]]
     check = report.get("check") or {}
     baseline = check.get("baseline")
     if baseline:

@@ -14,7 +14,6 @@ import json
 import re
 from html import escape
 
-RANK = {"error": 3, "warning": 2, "info": 1}
 
 CSS = """
 :root { --err: #c62828; --warn: #b26a00; --info: #00838f; --ok: #2e7d32; --muted: #666; --line: #ddd; }

@@ -22,7 +22,7 @@ The maths of one direction (σ = the gate activation)::
 
 Weights, initial state, inputs, mask and clip are function *inputs*: one
 compiled function per ``GraphKey`` (activations, clip or not, peepholes or
-not, mask or not, capture, dtype), cached in ``_CACHE`` for the process and
+not, mask or not, capture, dtype), cached in ``_COMPILED`` for the process and
 reused by every model, direction and size of that configuration.
 
 Compile mode (``ENGINE_MODE``, built by ``backend.compile_mode()``): PyTensor's
@@ -293,7 +293,32 @@ class CompiledDirection:
     compile_seconds: float
 
 
-_CACHE: dict[tuple[GraphKey, str | int], CompiledDirection] = {}
+# The one cache of compiled functions for the process: (what, graph key, mode) -> CompiledDirection,
+# where "what" is "direction" (the capture) or "gradient" (its vector-Jacobian product).
+_COMPILED: dict[tuple[str, GraphKey, str | int], CompiledDirection] = {}
+
+
+def _compiled(what: str, key: GraphKey, mode, build: Callable) -> CompiledDirection:
+    """The cached function ``what`` of ``key``, else ``build(mode) -> (fn, input_names,
+    output_names)`` timed and cached. ``mode`` None is ``backend.compile_mode()``;
+    another mode (benchmarks only) is cached separately."""
+    cache_key = (what, key, "default" if mode is None else id(mode))
+    hit = _COMPILED.get(cache_key)
+    if hit is not None:
+        return hit
+    start = time.perf_counter()
+    fn, input_names, output_names = build(backend.compile_mode() if mode is None else mode)
+    compiled = CompiledDirection(key, fn, tuple(input_names), tuple(output_names), time.perf_counter() - start)
+    _COMPILED[cache_key] = compiled
+    return compiled
+
+
+def compile_seconds(what: str, key: GraphKey) -> float:
+    """What compiling ``what`` ("direction" or "gradient") of ``key`` cost this process (0 if not compiled)."""
+    if what == "gradient":
+        key = replace(key, capture=CAPTURE_HIDDEN)
+    hit = _COMPILED.get((what, key, "default"))
+    return float(hit.compile_seconds) if hit is not None else 0.0
 
 
 def graph_key(params: DirectionParams, layer: Layer, has_mask: bool, capture: str) -> GraphKey:
@@ -399,30 +424,19 @@ def compile_direction(key: GraphKey, mode=None) -> CompiledDirection:
     ``mode`` defaults to ``backend.compile_mode()``; another mode is for
     benchmarks only and is cached separately.
     """
-    cache_key = (key, "default" if mode is None else id(mode))
-    if mode is None:
-        mode = backend.compile_mode()
-    hit = _CACHE.get(cache_key)
-    if hit is not None:
-        return hit
-    start = time.perf_counter()
-    inputs, outputs, _ = build_graph(key, mode)
-    fn = backend.function(
-        list(inputs.values()),
-        list(outputs.values()),
-        mode=mode,
-        on_unused_input="ignore",
-        name="lstm_doctor_direction",
-    )
-    compiled = CompiledDirection(
-        key=key,
-        fn=fn,
-        input_names=tuple(inputs),
-        output_names=tuple(outputs),
-        compile_seconds=time.perf_counter() - start,
-    )
-    _CACHE[cache_key] = compiled
-    return compiled
+
+    def build(mode):
+        inputs, outputs, _ = build_graph(key, mode)
+        fn = backend.function(
+            list(inputs.values()),
+            list(outputs.values()),
+            mode=mode,
+            on_unused_input="ignore",
+            name="lstm_doctor_direction",
+        )
+        return fn, inputs, outputs
+
+    return _compiled("direction", key, mode, build)
 
 
 def run_direction(
@@ -496,8 +510,6 @@ def _empty_record(params: DirectionParams, B: int, full: bool) -> StepRecord:
 # Gradients (autodiff through the scan)
 # ---------------------------------------------------------------------------
 
-_GRAD_CACHE: dict[tuple[GraphKey, str | int], CompiledDirection] = {}
-
 
 def gradient_function(key: GraphKey, mode=None) -> CompiledDirection:
     """The compiled vector-Jacobian product of the final hidden state (cached).
@@ -518,38 +530,27 @@ def gradient_function(key: GraphKey, mode=None) -> CompiledDirection:
     ‖∂h_T/∂x_t‖); ``seed`` = 1 gives the gradient of Σ h_T.
     """
     key = replace(key, capture=CAPTURE_HIDDEN)
-    cache_key = (key, "default" if mode is None else id(mode))
-    hit = _GRAD_CACHE.get(cache_key)
-    if hit is not None:
-        return hit
-    if mode is None:
-        mode = backend.compile_mode()
-    start = time.perf_counter()
-    inputs, outputs, input_term = build_graph(key, mode)
-    seed = inputs["seed"] = pt.matrix(name="seed", dtype=key.dtype)
-    h_last = outputs["h"][-1]
-    loss = (seed * h_last).sum()
-    wrt_names = ["x", "input_term", "W", "U", "b", "h0", "c0"]
-    wrt_names += ["peephole"] if key.has_peephole else []
-    wrt_names += ["projection"] if key.has_projection else []
-    wrt = [input_term if name == "input_term" else inputs[name] for name in wrt_names]
-    grads = backend.grad(loss, wrt)
-    fn = backend.function(
-        list(inputs.values()),
-        [h_last, *grads],
-        mode=mode,
-        on_unused_input="ignore",
-        name="lstm_doctor_direction_grad",
-    )
-    compiled = CompiledDirection(
-        key=key,
-        fn=fn,
-        input_names=tuple(inputs),
-        output_names=("h_T", *wrt_names),
-        compile_seconds=time.perf_counter() - start,
-    )
-    _GRAD_CACHE[cache_key] = compiled
-    return compiled
+
+    def build(mode):
+        inputs, outputs, input_term = build_graph(key, mode)
+        seed = inputs["seed"] = pt.matrix(name="seed", dtype=key.dtype)
+        h_last = outputs["h"][-1]
+        loss = (seed * h_last).sum()
+        wrt_names = ["x", "input_term", "W", "U", "b", "h0", "c0"]
+        wrt_names += ["peephole"] if key.has_peephole else []
+        wrt_names += ["projection"] if key.has_projection else []
+        wrt = [input_term if name == "input_term" else inputs[name] for name in wrt_names]
+        grads = backend.grad(loss, wrt)
+        fn = backend.function(
+            list(inputs.values()),
+            [h_last, *grads],
+            mode=mode,
+            on_unused_input="ignore",
+            name="lstm_doctor_direction_grad",
+        )
+        return fn, inputs, ("h_T", *wrt_names)
+
+    return _compiled("gradient", key, mode, build)
 
 
 def final_state_gradients(
