@@ -374,23 +374,28 @@ def printable(text: str) -> str:
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]}
+# and the line breaks, for formats where every value stays on its line
+_CONTROLS_AND_BREAKS = {**_CONTROLS, 0x0A: "\\x0a", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
-def escape_controls(text: str) -> str:
+def escape_controls(text: str, *, newlines: bool = False) -> str:
     """``text`` with control characters (C0 but tab and newline, DEL, C1: ESC and its
     kin, which steer a terminal and are not XML) and undecodable file-name bytes shown
-    as ``\\xNN``, so that a name from a model file prints as text."""
-    return printable(text).translate(_CONTROLS)
+    as ``\\xNN``, so that a name from a model file prints as text. With ``newlines``,
+    line breaks too (LF, U+2028, U+2029): a name with one cannot end a Markdown table
+    row or a GitHub annotation early (no report string holds a line break of its own)."""
+    return printable(text).translate(_CONTROLS_AND_BREAKS if newlines else _CONTROLS)
 
 
-def escape_controls_in(obj):
+def escape_controls_in(obj, *, newlines: bool = False):
     """A copy of a JSON-like document with every string (keys too) ``escape_controls``-ed."""
     if isinstance(obj, str):
-        return escape_controls(obj)
+        return escape_controls(obj, newlines=newlines)
     if isinstance(obj, dict):
-        return {escape_controls_in(k): escape_controls_in(v) for k, v in obj.items()}
+        return {escape_controls_in(k, newlines=newlines): escape_controls_in(v, newlines=newlines)
+                for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(escape_controls_in(v) for v in obj)
+        return type(obj)(escape_controls_in(v, newlines=newlines) for v in obj)
     return obj
 
 

@@ -359,6 +359,69 @@ def test_control_characters_keep_junit_well_formed(escaped_model):
     assert any("enc\\x1b[31mRED" in (s.get("name") or "") for s in root.iter("testsuite"))
 
 
+RAW = ("\x1b", "\x07", "\x9b")
+HOSTILE = "\x1b[31m\x07\x9b|\n"  # ESC, BEL, C1 CSI, a table's pipe, a line break
+SHOWN = "\\x1b[31m\\x07\\x9b|\\x0a"  # as every line-oriented format shows them
+
+
+@pytest.fixture()
+def hostile_model(tmp_path):
+    """A native model whose name and folder both hold ESC, BEL, C1, a pipe and a newline."""
+    folder = tmp_path / f"dir{HOSTILE}x"
+    m = LSTMModel((Layer(direction(4, 8, seed=1, init="glorot"), None, Activations()),), name="m")
+    native.save(m, folder)
+    spec = folder / "lstm.toml"
+    text = spec.read_text()
+    assert 'name = "m"' in text
+    spec.write_text(text.replace('name = "m"', 'name = "enc\\u001b[31m\\u0007\\u009b|\\nline"'))
+    np.save(tmp_path / "x.npy", normal_inputs(n=8, T=6, D=4))
+    return folder
+
+
+def _hostile_run(model, fmt):
+    r = invoke("diagnose", model, "--inputs", model.parent / "x.npy", "--format", fmt, "--exit-zero")
+    assert r.exit_code == 0, r.stderr
+    for c in RAW:
+        assert c not in r.stdout, (fmt, c)
+    return r.stdout
+
+
+def test_control_characters_and_line_breaks_are_escaped_in_markdown(hostile_model):
+    out = _hostile_run(hostile_model, "markdown")
+    assert "# lstm-doctor report: enc" + SHOWN + "line\n" in out  # the heading stays one line
+    rows = [line for line in out.splitlines() if line.startswith("| model |") or line.startswith("| files |")]
+    assert len(rows) == 2, rows
+    for row in rows:  # three cell borders; the name's pipe is escaped and its newline shown
+        assert row.replace("\\|", "").count("|") == 3, row
+    assert "enc" + SHOWN.replace("|", "\\|") + "line" in rows[0]
+    assert "dir" + SHOWN.replace("|", "\\|") + "x" in rows[1]
+
+
+def test_control_characters_and_line_breaks_are_escaped_in_html(hostile_model):
+    import html
+
+    out = _hostile_run(hostile_model, "html")
+    assert "\n" not in html.unescape(out.split("<title>")[1].split("</title>")[0])
+    assert f"<title>lstm-doctor: enc{SHOWN}line</title>" in out
+    assert f"<code>{html.escape(str(hostile_model).replace(HOSTILE, SHOWN))}" in out  # the files row
+
+
+def test_control_characters_and_line_breaks_keep_github_annotations_one_line(hostile_model):
+    out = _hostile_run(hostile_model, "github")
+    lines = out.splitlines()
+    assert lines and all(line.startswith(("::error ", "::warning ", "::notice ")) for line in lines), out
+    shown_path = str(hostile_model).replace(HOSTILE, SHOWN).replace(":", "%3A").replace(",", "%2C")
+    assert all(f"file={shown_path}" in line for line in lines), lines[0]
+    assert all(f"::enc{SHOWN}line, " in line for line in lines), lines[0]
+
+
+def test_control_characters_and_line_breaks_are_escaped_in_concise(hostile_model):
+    out = _hostile_run(hostile_model, "concise")
+    lines = out.splitlines()
+    shown = str(hostile_model).replace(HOSTILE, SHOWN)
+    assert all(line.startswith(shown) for line in lines[:-1]) and len(lines) > 1, lines
+
+
 # ---------------------------------------------------------------------------
 # A bug is a bug; usage errors are one line
 

@@ -32,8 +32,10 @@ def _model(report: dict) -> str:
 
 
 def lines(report: dict) -> list[str]:
+    from lstm_doctor.output import escape_controls_in
     from lstm_doctor.report.diagnosis import diagnosis
 
+    report = escape_controls_in(report, newlines=True)  # names from a model file: no raw ESC to the terminal
     d = report.get("diagnosis") or diagnosis(report)
     model = _model(report)
     findings = report["findings"]
@@ -66,8 +68,10 @@ def render_many(reports: list[dict], options=None) -> str:
     """Every model's lines, each model's count line, then the total."""
     if len(reports) == 1:
         return render(reports[0], options)
+    from lstm_doctor.output import escape_controls_in
     from lstm_doctor.report.diagnosis import count_line
 
+    reports = [escape_controls_in(r, newlines=True) for r in reports]  # the count lines name them too
     out: list[str] = []
     for report in reports:
         out += lines(report)

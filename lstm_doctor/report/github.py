@@ -49,6 +49,11 @@ def annotations(report: dict, names: dict[str, str]) -> list[str]:
 
 
 def render_many(reports: list[dict], options=None) -> str:
+    from lstm_doctor.output import escape_controls_in
+
+    # names from a model file: no raw ESC in the log, and a line break in one cannot end
+    # the workflow command early (escape_data's %0A is for our own "fix:" line)
+    reports = [escape_controls_in(r, newlines=True) for r in reports]
     names = _names()
     lines = [line for report in reports for line in annotations(report, names)]
     return "\n".join(lines) + ("\n" if lines else "")

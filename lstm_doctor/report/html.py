@@ -467,6 +467,10 @@ def render(report: dict, options=None) -> str:
 
 
 def render_many(reports: list[dict], options=None) -> str:
+    from lstm_doctor.output import escape_controls_in
+
+    # names from a model file: shown as \\xNN, not as raw ESC, BEL or C1 bytes in the page
+    reports = [escape_controls_in(r, newlines=True) for r in reports]
     names = _rule_names()
     cited = {f["code"] for r in reports for f in r["findings"]}
     if len(reports) == 1:

@@ -204,13 +204,20 @@ def _body(report: dict, options, prefix: str = "") -> list[str]:
 
 
 def render(report: dict, options=None) -> str:
+    from lstm_doctor.output import escape_controls_in
+
+    # names from a model file: no raw ESC, and no line break that ends a heading or a table row
+    report = escape_controls_in(report, newlines=True)
     cited = {f["code"] for f in report["findings"]}
     return "\n".join(_body(report, options) + _rules(cited)).rstrip() + "\n"
 
 
 def render_many(reports: list[dict], options=None) -> str:
+    from lstm_doctor.output import escape_controls_in
+
     if len(reports) == 1:
         return render(reports[0], options)
+    reports = [escape_controls_in(r, newlines=True) for r in reports]
     lines: list[str] = []
     for k, report in enumerate(reports):
         lines += _body(report, options, prefix=f"m{k}-") + ["---", ""]
