@@ -231,3 +231,60 @@ def test_default_diagnosis_runs_gradients_without_pytensor(tmp_path):
     g = report["statistics"]["gradients"]
     assert g["memory_horizon"] >= 1 and len(g["input_sensitivity_by_lag"]) == 256
     assert "G701" in {f["code"] for f in report["findings"]}
+
+
+def test_mixed_lengths_sensitivities_match_finite_differences_per_sequence():
+    """--lengths: lags count from each sequence's own last step, and ‖∂h_T/∂h_t‖ is √H there (∂h_T/∂h_{L−1} = I).
+
+    The reference runs each sequence alone, unpadded (x[:L]), and takes central
+    differences: ‖∂h_L/∂x_t‖_F, and ‖∂h_L/∂h_t‖_F with c_t held (restart from
+    (h_t ± ε e_k, c_t)); averaged by lag over the sequences that reach it.
+    """
+    from lstm_doctor.capture import numpy_loop
+
+    Tm, B, Dm, Hm = 7, 3, 3, 4
+    m = model(Dm, Hm, init="torch", seed=5, dtype=np.float64)
+    params, layer = m.layers[0].forward, m.layers[0]
+    lens = np.array([Tm, 4, 2])
+    x = normal_inputs(n=B, T=Tm, D=Dm, seed=2).astype(np.float64)  # btd; steps past a length are padding
+    _, cap = run(m, x, lengths=lens)
+    ours = gradients.analyze_gradients(cap, method="numpy")
+    theirs = gradients.analyze_gradients(cap, method="pytensor")
+    assert ours.exact
+
+    def h_last(p, xs):  # xs (L, 1, D) -> h_L (H,)
+        return numpy_loop.run_direction(p, layer, xs, capture="h").h[-1, 0]
+
+    eps = 1e-6
+    fd_x, fd_h, count = np.zeros(Tm), np.zeros(Tm), np.zeros(Tm)
+    for j, L in enumerate(lens):
+        xs = x[j, :L][:, None, :].copy()  # (L, 1, D)
+        full = numpy_loop.run_direction(params, layer, xs, capture="full")
+        for t in range(L):
+            lag = L - 1 - t
+            J = np.zeros((Hm, Dm))
+            for d in range(Dm):
+                up, down = xs.copy(), xs.copy()
+                up[t, 0, d] += eps
+                down[t, 0, d] -= eps
+                J[:, d] = (h_last(params, up) - h_last(params, down)) / (2 * eps)
+            fd_x[lag] += np.linalg.norm(J)
+            if lag == 0:
+                fd_h[lag] += np.sqrt(Hm)
+            else:
+                Jh = np.zeros((Hm, Hm))
+                for k in range(Hm):
+                    outs = []
+                    for sign in (1, -1):
+                        h0 = full.h[t, 0].copy()
+                        h0[k] += sign * eps
+                        p2 = make_direction(params.W, params.U, params.b, None, h0, full.c[t, 0], dtype=np.float64)
+                        outs.append(h_last(p2, xs[t + 1 :]))
+                    Jh[:, k] = (outs[0] - outs[1]) / (2 * eps)
+                fd_h[lag] += np.linalg.norm(Jh)
+            count[lag] += 1
+    fd_x, fd_h = fd_x / count, fd_h / count
+    for g in (ours, theirs):
+        assert g.state_sensitivity[0] == pytest.approx(np.sqrt(Hm), rel=1e-6)  # every sequence: lag 0 is I
+        np.testing.assert_allclose(g.input_sensitivity, fd_x, rtol=1e-5)
+        np.testing.assert_allclose(g.state_sensitivity, fd_h, rtol=1e-5)

@@ -3,8 +3,11 @@
 Computed over the bounded sample only (the first ``GRADIENT_SEQUENCES``
 sequences of the capture's sample), so the cost does not grow with the inputs.
 For layer 0's first direction (the one whose inputs are the model's inputs)
-and L = Σ seed ⊙ h_T, PyTensor's ``grad`` through the instrumented scan
-(``symbolic.final_state_gradients``) gives ∂L/∂x_t and ∂L/∂(x_t·W); from them:
+and L = Σ seed ⊙ h_T, the LSTM's backward recursion on the gates the capture
+recorded (``experiments.sensitivity``, the default, in the model's dtype) or
+PyTensor's ``grad`` through the instrumented scan
+(``symbolic.final_state_gradients``, the check) gives ∂L/∂x_t and ∂L/∂h_t;
+from them:
 
 - ``input_sensitivity[lag]``: the mean over sequences of ‖∂h_T/∂x_t‖_F, the
   Frobenius norm of the H × D Jacobian, indexed by lag = (last valid step) − t
@@ -15,7 +18,7 @@ and L = Σ seed ⊙ h_T, PyTensor's ``grad`` through the instrumented scan
 - ``state_sensitivity[lag]``: the mean of ‖∂h_T/∂h_t‖_F, the path through the
   hidden state with c_t held fixed: ∂L/∂h_t = ∂L/∂z_{t+1} · Uᵀ, where ∂L/∂z_{t+1}
   is the gradient reaching step t+1's pre-activations (= ∂L/∂(x_{t+1}·W)). At lag
-  0 it is the seed itself (‖I‖_F = √H).
+  0, each sequence's last valid step, it is the seed itself (‖I‖_F = √H).
 - ``memory_horizon``: within the window from the end up to the first lag whose
   sensitivity is below 1e-3 of the peak (``HORIZON_GAP``, where G701 says it
   has vanished), the fewest final steps whose squared input sensitivities sum
@@ -29,8 +32,9 @@ and L = Σ seed ⊙ h_T, PyTensor's ``grad`` through the instrumented scan
   tanh' = 1 − tanh²), over the capture's sample (every layer and direction).
 - ``perturbation``: how much the final encodings move when each sequence gets
   another sequence's input (the sample rolled by one along the batch), relative
-  to the encodings' mean norm: ‖h_T(x_π) − h_T(x)‖ / ‖h_T(x)‖, rerun with the
-  NumPy engine.
+  to the encodings' mean norm: ‖h_T(x_π) − h_T(x)‖ / ‖h_T(x)‖. Every sequence
+  starts from the same (h0, c0) and sequences do not interact, so h_T(x_π(j))
+  is sequence π(j)'s encoding, which the capture kept: no rerun.
 
 Rules G701, G702 and H602 (``analyzers/differential.py``) read the result from
 ``capture.gradients``.
@@ -68,6 +72,7 @@ class GradientResult:
     probes: int
     seconds: float = 0.0
     compile_seconds: float = 0.0
+    inputs_differ: bool = True  # whether the permutation changed any input (not with a constant probe)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -118,26 +123,50 @@ def memory_horizon(sensitivity: np.ndarray, share: float = HORIZON_SHARE, gap: f
     return int(min(np.searchsorted(np.cumsum(window), share * total - 1e-15 * total) + 1, window.size))
 
 
-def activation_derivative(name: str, value: np.ndarray) -> np.ndarray:
-    """The derivative of activation ``name`` expressed through its output value."""
-    v = np.asarray(value, np.float64)
+def activation_derivative(name: str, value: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """The derivative of activation ``name`` expressed through its output value, in ``dtype``."""
+    v = np.asarray(value, dtype)
     if name == "sigmoid":
         return v * (1 - v)
     if name == "tanh":
         return 1 - v * v
     if name == "hard_sigmoid":
-        return np.where((v > 0) & (v < 1), 0.2, 0.0)
+        return np.where((v > 0) & (v < 1), 0.2, 0.0).astype(dtype)
     if name == "hard_sigmoid6":
-        return np.where((v > 0) & (v < 1), 1 / 6, 0.0)
+        return np.where((v > 0) & (v < 1), 1 / 6, 0.0).astype(dtype)
     if name == "identity":
         return np.ones_like(v)
     if name == "relu":
-        return (v > 0).astype(np.float64)
+        return (v > 0).astype(dtype)
     if name == "softsign":
         return (1 - np.abs(v)) ** 2
     if name == "softplus":
         return 1 - np.exp(-v)
     raise ValueError(f"no derivative for activation {name!r}")
+
+
+def _mean_derivative(name: str, values: np.ndarray, valid: np.ndarray | None) -> float:
+    """The mean of ``activation_derivative(name, values)`` over the valid (step, sequence) rows
+    of values (T, b, H), NaN entries left out (``np.nanmean``).
+
+    σ and tanh, the common case, without a float64 copy of the sample: per row,
+    Σ_u v(1−v) or Σ_u (1−v)(1+v) as an H-long dot product in the values' dtype
+    (1−v and 1+v are exact where the derivative is small, so there is no
+    cancellation), the rows summed in float64. A non-finite row sum (a NaN in
+    the sample) takes the element-wise path, which drops the NaN entries.
+    """
+    if name in ("sigmoid", "tanh") and values.dtype in (np.float32, np.float64):
+        v = values
+        rows = np.einsum("tbh,tbh->tb", v, 1 - v) if name == "sigmoid" else np.einsum("tbh,tbh->tb", 1 - v, 1 + v)
+        if valid is not None:
+            rows = rows[valid]
+        if np.isfinite(rows).all():
+            count = rows.size * v.shape[-1]
+            return float(rows.sum(dtype=np.float64) / count) if count else float("nan")
+    deriv = activation_derivative(name, values)
+    if valid is not None:
+        deriv = deriv[valid]
+    return float(np.nanmean(deriv)) if deriv.size else float("nan")
 
 
 def gate_derivatives(capture) -> dict[tuple[int, str], dict[str, float]]:
@@ -150,12 +179,11 @@ def gate_derivatives(capture) -> dict[tuple[int, str], dict[str, float]]:
         for g in GATES:
             if g not in arrays:
                 continue
-            values = np.asarray(arrays[g], np.float64)  # (T, b, H)
-            deriv = activation_derivative(acts.candidate if g == "g" else acts.gate, values)
+            values = np.asarray(arrays[g])  # (T, b, H)
+            valid = None
             if lengths is not None:
                 valid = np.arange(values.shape[0])[:, None] < np.asarray(lengths)[None, : values.shape[1]]
-                deriv = deriv[valid]
-            res[g] = float(np.nanmean(deriv)) if deriv.size else float("nan")
+            res[g] = _mean_derivative(acts.candidate if g == "g" else acts.gate, values, valid)
         out[(k, d)] = res
     return out
 
@@ -171,13 +199,13 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str 
     """Sensitivities of layer 0's first direction over the first ``sequences`` of the sample.
 
     ``method`` "numpy" (the default): the backward recursion of
-    ``experiments.sensitivity`` (no PyTensor import, no compile); "pytensor":
-    PyTensor's ``grad`` through the instrumented scan (``--engine pytensor``),
-    the check the recursion is tested against. Both give the same ∂L/∂x_t and
-    ∂L/∂(x_t·W), so everything below is shared.
+    ``experiments.sensitivity`` on the gates the capture recorded for the
+    sample (no PyTensor import, no compile, no forward rerun), in the model's
+    dtype; "pytensor": PyTensor's ``grad`` through the instrumented scan
+    (``--engine pytensor``), the check the recursion is tested against. Both
+    give ‖∂L/∂x_t‖² and ‖∂L/∂h_t‖² per (step, sequence, seed), so everything
+    below is shared.
     """
-    from lstm_doctor.capture.engines import final_hidden, run_chunk
-
     if method not in ("numpy", "pytensor"):
         raise ValueError(f"unknown gradient method {method!r}")
     started = time.perf_counter()
@@ -189,49 +217,27 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str 
     x = np.asarray(x_all[:, :n], dtype=params.dtype)
     lengths = None if capture.sample_lengths is None else np.asarray(capture.sample_lengths)[:n]
     T, _, D = x.shape
-    H = params.H
     Hh = params.P  # h's units: H, or the projection's width (LSTMP), which seeds and ∂L/∂h_t have
     rng = np.random.default_rng(0)
     seeds, exact = _seeds(Hh, n, rng)
     P = len(seeds)
-    lens = None if lengths is None else np.repeat(lengths, P)
-    mask = None if lengths is None else np.arange(T)[:, None] < lens[None, :]  # (T, n·P)
+    mask_n = None if lengths is None else np.arange(T)[:, None] < lengths[None, :]  # (T, n)
     compile_seconds = 0.0
     t0 = time.perf_counter()
     if method == "numpy":
+        from lstm_doctor.capture.numpy_loop import blas_threads_context
         from lstm_doctor.experiments import sensitivity
 
-        xin = _processing_order(x, lengths, direction)
-        mask_n = None if lengths is None else np.arange(T)[:, None] < lengths[None, :]
-        from lstm_doctor.capture.numpy_loop import blas_threads_context
-
-        with blas_threads_context(n * P, D, H):  # small GEMMs: one BLAS thread (numpy_loop explains)
-            grads = sensitivity.final_state_gradients(params, layer, xin, mask_n, seeds)
-        grad_seconds = time.perf_counter() - t0
+        fw = sensitivity.recorded_states(capture.sample.get((0, direction)), params, layer, n, mask_n)
+        if fw is None:  # a clip, or a sample without the gates: recompute the forward (float64)
+            fw = sensitivity.forward_states(params, layer, _processing_order(x, lengths, direction), mask_n)
+        with blas_threads_context(n * P, D, params.H):  # small GEMMs: one BLAS thread (numpy_loop explains)
+            sq_x, sq_h = sensitivity.sensitivity_norms(fw, params, layer, seeds, params.dtype)
     else:
-        from lstm_doctor.capture.symbolic.scan import final_state_gradients, graph_key
-
-        # Replicate the sample once per seed: sequences are independent, so one call.
-        xr = np.repeat(x, P, axis=1)  # (T, n·P, D), sequence-major
-        seed = np.tile(seeds, (n, 1)).astype(params.dtype)  # (n·P, H)
-        xin = _processing_order(xr, lens, direction)
-        key = graph_key(params, layer, mask is not None, "h")
-        grads = final_state_gradients(params, layer, xin, mask, seed)
-        grad_seconds = time.perf_counter() - t0
-        compile_seconds = _compile_seconds(key)
-    seed = np.tile(seeds, (n, 1))  # (n·P, H)
-    gx = np.asarray(grads["x"], np.float64)  # (T, n·P, D), processing order
-    gz = np.asarray(grads["input_term"], np.float64)  # (T, n·P, 4H)
-    gh = np.zeros((T, n * P, Hh))
-    # ∂L/∂h_t through z_{t+1}; one 2-D GEMM (a stacked 3-D matmul does not reach BLAS: 8 s at H=256)
-    UT = np.ascontiguousarray(np.asarray(params.U, np.float64).T)
-    gh[:-1] = (gz[1:].reshape(-1, 4 * H) @ UT).reshape(T - 1, n * P, Hh)
-    gh[-1] = seed
-    if mask is not None:
-        gh[:-1] *= mask[1:, :, None]  # a padded step t+1 carries h_t: that path is not through U
+        sq_x, sq_h, compile_seconds = _pytensor_norms(params, layer, x, lengths, direction, seeds)
+    grad_seconds = time.perf_counter() - t0
     # Squared norms per (step, sequence), summed over the seeds (exact: the Jacobian's rows).
-    sq_x = (gx**2).sum(-1).reshape(T, n, P).sum(-1)
-    sq_h = (gh**2).sum(-1).reshape(T, n, P).sum(-1)
+    sq_x, sq_h = sq_x.sum(-1), sq_h.sum(-1)
     if not exact:
         sq_x /= P
         sq_h /= P
@@ -251,17 +257,20 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str 
     sens_x = np.where(counts > 0, sens_x / np.maximum(counts, 1), np.nan)
     sens_h = np.where(counts > 0, sens_h / np.maximum(counts, 1), np.nan)
 
-    # Perturbation: each sequence gets the next one's input (NumPy engine).
+    # Perturbation: each sequence gets the next one's input. Every sequence
+    # starts from the same (h0, c0) and sequences do not interact, so the
+    # encoding of sequence j's position given sequence roll[j]'s input (and
+    # length) is the encoding of sequence roll[j], which the capture kept: no
+    # rerun.
     roll = np.roll(np.arange(n), -1)
-    full_x = np.asarray(x_all[:, :n])
-    enc = final_hidden(model, run_chunk(model, full_x, lengths, "numpy", "h")).astype(np.float64)
-    enc_p = final_hidden(
-        model, run_chunk(model, full_x[:, roll], None if lengths is None else lengths[roll], "numpy", "h")
-    ).astype(np.float64)
+    enc = np.asarray(capture.sample_encodings[:n], np.float64)
+    enc_p = enc[roll]
     scale = float(np.mean(np.linalg.norm(enc, axis=1)))
-    # enc_p[j] is sequence j's encoding position given sequence roll[j]'s input
     change = np.linalg.norm(enc_p - enc, axis=1)
     perturbation = float(np.mean(change)) / max(scale, 1e-30) if n > 1 else float("nan")
+    full_x = np.asarray(x_all[:, :n])
+    # whether the permutation changes any input at all (a constant probe: it does not)
+    inputs_differ = bool(np.any(full_x[:, roll] != full_x)) or (lengths is not None and bool(np.any(lengths[roll] != lengths)))
     dev = full_x.astype(np.float64) - full_x.astype(np.float64).mean(axis=(0, 1), keepdims=True)
     input_scale = float(np.sqrt(np.mean(dev**2)))
     return GradientResult(
@@ -279,8 +288,43 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str 
         probes=P,
         seconds=time.perf_counter() - started,
         compile_seconds=compile_seconds,
+        inputs_differ=inputs_differ,
         extra={"gradient_call_seconds": grad_seconds, "method": method},
     )
+
+
+def _pytensor_norms(params, layer, x, lengths, direction, seeds) -> tuple[np.ndarray, np.ndarray, float]:
+    """‖∂L/∂x_t‖² and ‖∂L/∂h_t‖² (T, n, P) by PyTensor's grad through the scan, and its compile time.
+
+    ∂L/∂h_t = ∂L/∂z_{t+1} · Uᵀ before the last valid step, the seed at it
+    (padding carries h_T = h_t back): ``sensitivity._backward``'s definition.
+    """
+    from lstm_doctor.capture.symbolic.scan import final_state_gradients, graph_key
+
+    T, n, _ = x.shape
+    P, Hh = seeds.shape
+    H = params.H
+    # Replicate the sample once per seed: sequences are independent, so one call.
+    lens = None if lengths is None else np.repeat(lengths, P)
+    mask = None if lengths is None else np.arange(T)[:, None] < lens[None, :]  # (T, n·P)
+    xr = np.repeat(x, P, axis=1)  # (T, n·P, D), sequence-major
+    seed = np.tile(seeds, (n, 1))  # (n·P, H)
+    xin = _processing_order(xr, lens, direction)
+    key = graph_key(params, layer, mask is not None, "h")
+    grads = final_state_gradients(params, layer, xin, mask, seed.astype(params.dtype))
+    compile_seconds = _compile_seconds(key)
+    gx = np.asarray(grads["x"], np.float64)  # (T, n·P, D), processing order
+    gz = np.asarray(grads["input_term"], np.float64)  # (T, n·P, 4H)
+    gh = np.empty((T, n * P, Hh))
+    # ∂L/∂h_t through z_{t+1}; one 2-D GEMM (a stacked 3-D matmul does not reach BLAS: 8 s at H=256)
+    UT = np.ascontiguousarray(np.asarray(params.U, np.float64).T)
+    gh[:-1] = (gz[1:].reshape(-1, 4 * H) @ UT).reshape(T - 1, n * P, Hh)
+    gh[-1] = seed
+    if mask is not None:
+        # a padded step t+1 carries h_t to h_T: there ∂L/∂h_t is the seed
+        gh[:-1] = np.where(mask[1:, :, None], gh[:-1], seed[None])
+    sq = [(a**2).sum(-1).reshape(T, n, P) for a in (gx, gh)]
+    return sq[0], sq[1], compile_seconds
 
 
 def _processing_order(x: np.ndarray, lengths, direction: str) -> np.ndarray:

@@ -92,71 +92,178 @@ def forward_states(params: DirectionParams, layer: Layer, x: np.ndarray, mask: n
     return out
 
 
+def recorded_states(sample: dict | None, params: DirectionParams, layer: Layer, n: int,
+                    mask: np.ndarray | None = None) -> dict | None:
+    """The arrays ``forward_states`` returns, taken from the capture's sample instead of recomputed.
+
+    ``sample`` is the capture's record of one direction ({name: (T, b, H)},
+    processing order, b ≥ n); its first n sequences are the ones the gradients
+    run on. c_prev is c shifted by one step, from c0 (padding is only at the
+    end of a sequence in processing order, so a valid step's c_{t−1} is
+    recorded). Returns None when the sample lacks a gate or c, or with a clip:
+    the clip's derivative needs the pre-activations, which the sample does not
+    keep by default. The values keep the sample's dtype (the model's).
+    """
+    if layer.clip is not None or sample is None or any(k not in sample for k in ("i", "f", "g", "o", "c")):
+        return None
+    c = np.asarray(sample["c"][:, :n])
+    T = c.shape[0]
+    if c.shape[1] < n:
+        return None
+    c_prev = np.empty_like(c)
+    c_prev[0] = np.broadcast_to(np.asarray(params.c0, c.dtype), c.shape[1:])
+    c_prev[1:] = c[:-1]
+    out = {k: np.asarray(sample[k][:, :n]) for k in ("i", "f", "g", "o")}
+    out.update(c=c, c_prev=c_prev, co=layer.activations.get("cell_output").fn(c))
+    out["valid"] = np.ones((T, n), bool) if mask is None else np.asarray(mask, bool)
+    return out
+
+
+def _factors(fw: dict, params: DirectionParams, layer: Layer, dtype) -> dict[str, np.ndarray]:
+    """The per-(step, sequence) factors the backward multiplies by, in ``dtype``.
+
+    With ∂a_o = ∂m ⊙ A_o, A_o = act(c_t) ⊙ σ'(o), and ∂a_i = ∂c ⊙ G_i,
+    ∂a_f = ∂c ⊙ C_f, ∂z_g = ∂c ⊙ I_g (G_i = g ⊙ σ'(i), C_f = c_{t−1} ⊙ σ'(f),
+    I_g = i ⊙ cand'(g), clipped: 0), the peephole terms fold into two factors:
+
+        ∂c   = ∂c_t + ∂m ⊙ B_c,        B_c = o ⊙ act'(c_t) + A_o ⊙ p_o
+        ∂c_{t−1} = ∂c ⊙ F,             F = f + G_i ⊙ p_i + C_f ⊙ p_f
+
+    Returns A_o, B_c, F (T, n, H) and GCI = [G_i, C_f, I_g] (T, n, 3, H):
+    formed once over all steps, so a step is one multiply per factor.
+    """
+    from lstm_doctor.experiments.gradients import activation_derivative
+
+    acts = layer.activations
+
+    def deriv(role, name):
+        d = activation_derivative(getattr(acts, role), fw[name], dtype)
+        return d * fw["k" + name] if layer.clip is not None else d  # clipped: 0
+
+    d_i, d_f, d_g, d_o = deriv("gate", "i"), deriv("gate", "f"), deriv("candidate", "g"), deriv("gate", "o")
+    d_co = activation_derivative(acts.cell_output, fw["co"], dtype)
+    A_o = fw["co"] * d_o
+    G_i, C_f, I_g = fw["g"] * d_i, fw["c_prev"] * d_f, fw["i"] * d_g
+    B_c = fw["o"] * d_co
+    F = np.asarray(fw["f"], dtype)
+    if params.peephole is not None:
+        p = np.asarray(params.peephole, dtype)
+        B_c = B_c + A_o * p[2]
+        F = F + G_i * p[0] + C_f * p[1]
+    return {
+        "A_o": np.asarray(A_o, dtype), "B_c": np.asarray(B_c, dtype), "F": np.asarray(F, dtype),
+        "GCI": np.stack([G_i, C_f, I_g], axis=2).astype(dtype, copy=False),
+    }
+
+
+def _backward(fw: dict, params: DirectionParams, layer: Layer, seeds: np.ndarray, dtype, gz, gh):
+    """The backward recursion (module docstring) from ∂L/∂h_T = seed, ∂L/∂c_T = 0; a generator.
+
+    ``gz`` (S, n, P, 4H) and ``gh`` (S, n, P, H') are rings of S ≥ 2 steps
+    (S = T keeps every step). For t = T−1 … 0 it writes ∂L/∂z_t (0 at a
+    padding step) into gz[t mod S] and yields t; by then gh[t mod S] holds
+    ∂L/∂h_t, the gradient reaching h_t: the seed at the last valid step
+    (padding carries h_T = h_t back to it) and ∂L/∂z_{t+1}·Uᵀ before it (the
+    hidden-state path with c_t held). After a yield of a multiple of S, the
+    block t … t+S−1 of both rings is complete until the next yield.
+    """
+    T, n = fw["valid"].shape
+    S = gz.shape[0]
+    H = params.H
+    seeds = np.asarray(seeds, dtype)
+    P, Hh = seeds.shape
+    fac = _factors(fw, params, layer, dtype)
+    A_o, B_c, F = (fac[k][:, :, None, :] for k in ("A_o", "B_c", "F"))  # (T, n, 1, H): over the seeds
+    GCI = fac["GCI"][:, :, None]  # (T, n, 1, 3, H)
+    UT = np.ascontiguousarray(np.asarray(params.U, dtype).T)
+    RT = None if params.projection is None else np.ascontiguousarray(np.asarray(params.projection, dtype).T)
+    valid = fw["valid"]
+    padded = ~valid.all(axis=1)  # (T,): a step where some sequence is padding
+    # views per ring slot: the GEMM's 2-D operands, the i, f, g blocks as (n, P, 3, H), the o block
+    dz2 = [gz[k].reshape(n * P, 4 * H) for k in range(S)]
+    dz3 = [gz[k][..., : 3 * H].reshape(n, P, 3, H) for k in range(S)]
+    dzo = [gz[k][..., 3 * H :] for k in range(S)]
+    gh2 = [gh[k].reshape(n * P, Hh) for k in range(S)]
+    gh[(T - 1) % S] = seeds[None]
+    dct = np.empty((n, P, H), dtype)
+    dct4 = dct[:, :, None, :]
+    dc, dc_next = np.zeros((n, P, H), dtype), np.empty((n, P, H), dtype)
+    for t in range(T - 1, -1, -1):
+        k = t % S
+        dm = gh[k] if RT is None else (gh2[k] @ RT).reshape(n, P, H)  # through h = m·R
+        np.multiply(dm, A_o[t], out=dzo[k])  # ∂a_o
+        np.multiply(dm, B_c[t], out=dct)
+        dct += dc  # ∂c, c_t's total
+        np.multiply(dct4, GCI[t], out=dz3[k])  # ∂a_i, ∂a_f, ∂z_g
+        if padded[t]:
+            gz[k] *= valid[t][:, None, None]  # padding: nothing reaches z_t
+        yield t
+        if t == 0:
+            break
+        kp = (t - 1) % S
+        # 2-D product (a stacked 3-D matmul does not reach the BLAS GEMM)
+        np.matmul(dz2[k], UT, out=gh2[kp])
+        np.multiply(dct, F[t], out=dc_next)
+        if padded[t]:
+            # the step carried (h, c): the gradient passes through untouched
+            pad = ~valid[t][:, None, None]
+            np.copyto(gh[kp], gh[k], where=pad)
+            np.copyto(dc_next, dc, where=pad)
+        dc, dc_next = dc_next, dc
+
+
 def final_state_gradients(
     params: DirectionParams, layer: Layer, x: np.ndarray, mask: np.ndarray | None, seeds: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """∂L/∂x_t and ∂L/∂(x_t·W) for L = Σ seed ⊙ h_T, for every (sequence, seed) pair.
+    """∂L/∂x_t, ∂L/∂(x_t·W) and ∂L/∂h_t for L = Σ seed ⊙ h_T, for every (sequence, seed) pair.
 
     x (T, n, D) in processing order, mask (T, n) or None, seeds (P, H') with H'
     the hidden state's width (``params.P``: H, or the projection's width). Rows of
     the results are sequence-major, row j·P + p = sequence j, seed p (the layout
     ``gradients.analyze_gradients`` builds for the PyTensor call). Returns
-    ``{"x": (T, n·P, D), "input_term": (T, n·P, 4H)}``, float64.
+    ``{"x": (T, n·P, D), "input_term": (T, n·P, 4H), "h": (T, n·P, H')}``,
+    float64: forward and backward in float64, every step kept (the reference
+    that ``sensitivity_norms``' recursion is tested through).
     """
-    from lstm_doctor.experiments.gradients import activation_derivative
-
-    acts = layer.activations
     fw = forward_states(params, layer, x, mask)
     T, n, _ = np.shape(x)
     H = params.H
-    seeds = np.asarray(seeds, np.float64)
-    P = len(seeds)
-    W, U = np.asarray(params.W, np.float64), np.asarray(params.U, np.float64)
-    UT = np.ascontiguousarray(U.T)
-    peep = None if params.peephole is None else np.asarray(params.peephole, np.float64)
-    RT = None if params.projection is None else np.ascontiguousarray(np.asarray(params.projection, np.float64).T)
-    # Local derivatives per (step, sequence), from the output values; clipped: 0.
-    d_i = activation_derivative(acts.gate, fw["i"])
-    d_f = activation_derivative(acts.gate, fw["f"])
-    d_g = activation_derivative(acts.candidate, fw["g"])
-    d_o = activation_derivative(acts.gate, fw["o"])
-    d_co = activation_derivative(acts.cell_output, fw["co"])
-    if layer.clip is not None:
-        d_i, d_f, d_g, d_o = d_i * fw["ki"], d_f * fw["kf"], d_g * fw["kg"], d_o * fw["ko"]
-
-    def rows(a):  # (n, H) per sequence -> (n, P, H) broadcast over the seeds
-        return a[:, None, :]
-
-    dh = np.broadcast_to(seeds[None], (n, P, seeds.shape[1])).copy()
-    dc = np.zeros((n, P, H))
+    P, Hh = np.shape(seeds)
     gz = np.zeros((T, n, P, 4 * H))
-    valid = fw["valid"]
-    for t in range(T - 1, -1, -1):
-        i, f, g, o = (rows(fw[k][t]) for k in ("i", "f", "g", "o"))
-        c_prev, co = rows(fw["c_prev"][t]), rows(fw["co"][t])
-        dm = dh if RT is None else (dh.reshape(n * P, -1) @ RT).reshape(n, P, H)  # through h = m·R
-        da_o = dm * co * rows(d_o[t])
-        dct = dc + dm * o * rows(d_co[t])
-        if peep is not None:
-            dct = dct + da_o * peep[2]
-        da_i = dct * g * rows(d_i[t])
-        da_f = dct * c_prev * rows(d_f[t])
-        dz_g = dct * i * rows(d_g[t])
-        dz = np.concatenate([da_i, da_f, dz_g, da_o], axis=-1)  # (n, P, 4H)
-        # 2-D products (a stacked 3-D matmul does not reach the BLAS GEMM)
-        dh_prev = (dz.reshape(n * P, 4 * H) @ UT).reshape(n, P, -1)
-        dc_prev = dct * f
-        if peep is not None:
-            dc_prev = dc_prev + da_i * peep[0] + da_f * peep[1]
-        v = valid[t][:, None, None]
-        if v.all():
-            gz[t] = dz
-            dh, dc = dh_prev, dc_prev
-        else:
-            # padding: the step carried (h, c), so the gradient passes through untouched
-            gz[t] = np.where(v, dz, 0.0)
-            dh = np.where(v, dh_prev, dh)
-            dc = np.where(v, dc_prev, dc)
+    gh = np.zeros((T, n, P, Hh))
+    for _ in _backward(fw, params, layer, seeds, np.float64, gz, gh):
+        pass
     gz = gz.reshape(T * n * P, 4 * H)
-    gx = (gz @ np.ascontiguousarray(W.T)).reshape(T, n * P, -1)
-    return {"x": gx, "input_term": gz.reshape(T, n * P, 4 * H)}
+    gx = (gz @ np.ascontiguousarray(np.asarray(params.W, np.float64).T)).reshape(T, n * P, -1)
+    return {"x": gx, "input_term": gz.reshape(T, n * P, 4 * H), "h": gh.reshape(T, n * P, Hh)}
+
+
+BLOCK_STEPS = 16  # steps of ∂L/∂z_t per ∂x GEMM: one large GEMM, memory bounded in T
+
+
+def sensitivity_norms(
+    fw: dict, params: DirectionParams, layer: Layer, seeds: np.ndarray, dtype=np.float64
+) -> tuple[np.ndarray, np.ndarray]:
+    """‖∂L/∂x_t‖² and ‖∂L/∂h_t‖² per (step, sequence, seed), (T, n, P) each, float64.
+
+    ``fw`` is ``forward_states`` or ``recorded_states``. The recursion runs in
+    ``dtype`` (the model's, as PyTensor's grad runs in it); ∂x_t = ∂z_t · Wᵀ is
+    formed for ``BLOCK_STEPS`` steps at a time and reduced to its squared norm
+    at once, so no (T, n·P, ·) array is kept.
+    """
+    T, n = fw["valid"].shape
+    H = params.H
+    P, Hh = np.shape(seeds)
+    WT = np.ascontiguousarray(np.asarray(params.W, dtype).T)
+    S = max(min(BLOCK_STEPS, T), 2)
+    gz = np.empty((S, n, P, 4 * H), dtype)
+    gh = np.empty((S, n, P, Hh), dtype)
+    sq_x = np.empty((T, n, P))
+    sq_h = np.empty((T, n, P))
+    for t in _backward(fw, params, layer, seeds, dtype, gz, gh):
+        if t % S == 0:  # the block t … t+S−1 is complete
+            k = min(S, T - t)
+            gx = gz[:k].reshape(k * n * P, 4 * H) @ WT
+            sq_x[t : t + k] = np.einsum("rd,rd->r", gx, gx).reshape(k, n, P)
+            sq_h[t : t + k] = np.einsum("tnpk,tnpk->tnp", gh[:k], gh[:k])
+    return sq_x, sq_h
