@@ -422,6 +422,22 @@ def test_control_characters_and_line_breaks_are_escaped_in_concise(hostile_model
     assert all(line.startswith(shown) for line in lines[:-1]) and len(lines) > 1, lines
 
 
+def test_control_characters_are_escaped_by_inspect_what_if_and_error_lines(hostile_model):
+    x = hostile_model.parent / "x.npy"
+    for args in (("inspect", hostile_model), ("what-if", hostile_model, "--inputs", x, "--exit-zero")):
+        r = invoke(*args)
+        assert r.exit_code == 0, r.stderr
+        for c in RAW:
+            assert c not in r.stdout, (args[0], c)
+        assert "enc\\x1b[31m\\x07\\x9b" in r.stdout, args[0]
+    r = invoke("inspect", hostile_model / "missing.pt")
+    line = r.stderr.strip()
+    assert r.exit_code == 2 and "\n" not in line and "no such file" in line, r.stderr
+    for c in RAW:
+        assert c not in line, c
+    assert "dir\\x1b[31m\\x07\\x9b|" in line, line
+
+
 # ---------------------------------------------------------------------------
 # A bug is a bug; usage errors are one line
 

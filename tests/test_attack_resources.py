@@ -484,3 +484,11 @@ def test_arrays_each_under_the_budget_are_refused_by_their_sum(tmp_path, make):
     path = make(tmp_path)
     line = refused_under_budget(tmp_path, path, "inspect", path, needle="--max-memory")
     assert "recurrent" in line or "'R'" in line, line  # the second array, not the first
+
+
+def test_compare_refuses_a_model_bomb_under_max_memory(tmp_path):
+    path = af.ndarray_bomb(tmp_path)
+    model = _native_model(tmp_path / "m")
+    np.save(tmp_path / "ok.npy", np.zeros((2, 5, 3), np.float32))
+    refused_under_budget(tmp_path, path, "compare", model, path, "--inputs", tmp_path / "ok.npy",
+                         needle="--max-memory")

@@ -42,9 +42,11 @@ def fail(message: str) -> None:
 
 
 def one_line(message: str) -> str:
-    # A non-UTF-8 file name arrives with lone surrogates: show its bytes as \xNN, on one line.
-    message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return " ".join(message.splitlines())
+    # A non-UTF-8 file name arrives with lone surrogates, a hostile one with ESC or C1 in it:
+    # show those as \xNN (lstm_doctor.output.escape_controls), on one line.
+    from lstm_doctor.output import escape_controls
+
+    return " ".join(escape_controls(message).splitlines())
 
 
 def report_bug(exc: BaseException) -> None:
@@ -305,8 +307,9 @@ def check(config, fmt, reports, plots_dir, baseline, no_baseline, write_baseline
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the comparison here (atomically).")
 @color_option
 @architecture_options
+@max_memory_option
 def compare(a, b, inputs, inputs_b, layout, layout_b, engine, select, ignore, threshold, fmt, output, color,
-            **architecture):
+            max_memory, **architecture):
     """Compare two reports (A.json B.json) or two models (MODEL_A MODEL_B --inputs X.npy):
     findings resolved, appeared or changed in severity, and the headline metrics' moves.
 
@@ -321,7 +324,7 @@ def compare(a, b, inputs, inputs_b, layout, layout_b, engine, select, ignore, th
     run_job(execute, CompareOptions(
         a=a, b=b, inputs=inputs, inputs_b=inputs_b, layout=layout, layout_b=layout_b, engine=engine,
         select=split_codes(select), ignore=split_codes(ignore), thresholds=tuple(threshold), format=fmt,
-        output=output, color=color, **architecture,
+        output=output, color=color, max_memory=max_memory, **architecture,
     ))
 
 

@@ -36,6 +36,7 @@ class CompareOptions:
     output: str | None = None
     color: str = "auto"
     created: str | None = None
+    max_memory: str | None = None  # --max-memory: both models' reading and capture
     # Keras settings of both models (--gate-activation, --activation, --go-backwards)
     gate_activation: str | None = None
     activation: str | None = None
@@ -167,6 +168,7 @@ def _side(path: str, inputs: str | None, layout: str | None, options: CompareOpt
             gate_activation=options.gate_activation,
             activation=options.activation,
             go_backwards=options.go_backwards,
+            max_memory=options.max_memory,
         )
     )
 

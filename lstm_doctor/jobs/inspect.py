@@ -175,5 +175,7 @@ def execute(options: InspectOptions) -> int:
     if options.format == "json":
         print(json.dumps(description, indent=2, ensure_ascii=False))
     else:
-        print(render_text(description))
+        from lstm_doctor.output import escape_controls_in
+
+        print(render_text(escape_controls_in(description)))  # names from the file: no raw ESC to the terminal
     return 0

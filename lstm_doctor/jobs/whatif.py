@@ -235,8 +235,10 @@ def render(doc: dict, options: WhatIfCommandOptions) -> str:
     from rich.text import Text
 
     from lstm_doctor.report.terminal import text_width, use_color
+    from lstm_doctor.output import escape_controls_in
     from lstm_doctor.report.whatif_text import render_what_if
 
+    doc = escape_controls_in(doc)  # names from the model file: no raw ESC to the terminal
     to_terminal = options.output is None
     color = use_color(options.color, to_terminal)
     buffer = io.StringIO()
