@@ -208,6 +208,28 @@ def test_i503_never_tells_one_hot_or_embedding_inputs_to_standardise():
     assert f.evidence["input_kind"] == "dense" and "Standardise" in f.fix
 
 
+def test_input_kind_tells_repeated_rows_from_a_repeated_first_column():
+    """The shortcut on column 0 (many distinct values: dense) must not decide when only column 0 repeats."""
+    from types import SimpleNamespace
+
+    from lstm_doctor.analyzers.inputs import input_kind
+
+    rng = np.random.default_rng(2)
+
+    def kind(x):  # x (n, T, D) -> the capture's time-major sample
+        return input_kind(SimpleNamespace(sample_inputs=np.swapaxes(x, 0, 1), sample_lengths=None))
+
+    table = (rng.standard_normal((12, 8)) * 3 + 2).astype(np.float32)
+    embedded = table[rng.integers(0, 12, (64, 30))]
+    dense = rng.standard_normal((64, 30, 8)).astype(np.float32)
+    first_constant = dense.copy()
+    first_constant[..., 0] = 1.5  # one distinct value in column 0, every row still distinct
+    first_from_table = embedded.copy()
+    first_from_table[..., 1:] = dense[..., 1:]  # column 0 repeats as in a table, the rows do not
+    assert kind(embedded) == "embedding"
+    assert kind(dense) == kind(first_constant) == kind(first_from_table) == "dense"
+
+
 def test_i503_counts_get_their_own_advice():
     rng = np.random.default_rng(1)
     counts = (rng.poisson(0.3, (64, 30, 8)) * rng.integers(1, 60, (1, 1, 8))).astype(np.float32)

@@ -176,6 +176,27 @@ CREATED_FIELD = re.compile(rb'\n  "created": "[^"]*",\n')
 TIMINGS_FIELD = re.compile(rb'\n  "timings": \{[^{}]*\},\n')
 
 
+@pytest.mark.parametrize("case", ["dense", "ties", "signed_zeros", "nan"])
+def test_row_percentiles_are_nanpercentile_bit_for_bit(case):
+    """The sorted shortcut gives NumPy's numbers, the sign of a zero included."""
+    from lstm_doctor.report.build import PERCENTILES, row_percentiles
+
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((7, 1001)).astype(np.float32)
+    if case == "ties":
+        rows = np.round(rows * 2) / 2  # few distinct values: every percentile on a tie
+    if case == "signed_zeros":  # 0.0 and −0.0 at every percentile: a sort and a partition pick different ones
+        rows = rng.standard_normal((4, 16384)).astype(np.float32)
+        zero = rng.random(rows.shape) < 0.8
+        rows[zero] = np.where(rng.random(zero.sum()) < 0.5, -0.0, 0.0).astype(np.float32)
+    if case == "nan":
+        rows[2, 5] = np.nan
+    got = row_percentiles(rows, PERCENTILES)
+    want = np.nanpercentile(rows, PERCENTILES, axis=1)
+    assert got.dtype == want.dtype and got.shape == (len(PERCENTILES), rows.shape[0])
+    assert got.tobytes() == want.tobytes()
+
+
 def test_json_is_byte_identical_between_runs_apart_from_created_and_timings(tmp_path):
     # --observed (the fixed example's own trace) adds the search's wall time to `timings`.
     inputs = EXAMPLE / "conv_output_standardized.npy"

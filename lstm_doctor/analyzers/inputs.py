@@ -145,6 +145,11 @@ def input_kind(cap) -> str:
     if bool(np.all(rows >= 0)) and bool(np.all(rows == np.round(rows))) and float(np.mean(rows == 0)) > 0.5:
         return "bag-of-features"
     if D >= 4 and rows.shape[0] >= 50:
+        # Rows that differ in one column differ: when a single column already has
+        # more distinct values than half the rows, so do the rows, and sorting
+        # the whole rows (75 ms at 9,600 × 256) is not needed.
+        if np.unique(rows[:, 0]).shape[0] > 0.5 * rows.shape[0]:
+            return "dense"
         distinct = np.unique(rows, axis=0).shape[0]
         if distinct <= 0.5 * rows.shape[0]:
             return "embedding"

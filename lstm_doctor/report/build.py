@@ -295,6 +295,28 @@ def energy_shares(terms, bias: np.ndarray, H: int) -> dict[str, dict[str, float]
     }
 
 
+def row_percentiles(rows: np.ndarray, percentiles) -> np.ndarray:
+    """``np.nanpercentile(rows, percentiles, axis=1)``, the same numbers, faster: (len(percentiles), rows)."""
+    if np.isnan(rows).any():
+        return np.nanpercentile(rows, percentiles, axis=1)
+    # without NaN, percentile is the same numbers (nanpercentile goes row by row in Python: 0.1 s here)
+    if _mixed_zeros(rows):
+        return np.percentile(rows, percentiles, axis=1)
+    # the same order statistics, so the same numbers: NumPy's SIMD sort and a partition
+    # of sorted rows take 35 ms at 150 × 16,384, a partition of the raw rows 100 ms
+    return np.percentile(np.sort(rows, axis=1), percentiles, axis=1, overwrite_input=True)
+
+
+def _mixed_zeros(a: np.ndarray) -> bool:
+    """Whether ``a`` holds both 0.0 and −0.0: which of two equal keys a sort and a
+    partition put first differs, and a percentile on a zero would change sign."""
+    zeros = a[a == 0]
+    if zeros.size == 0:
+        return False
+    negative = np.signbit(zeros)
+    return bool(negative.any() and not negative.all())
+
+
 def layer_statistics(capture) -> list[dict[str, Any]]:
     """Per (layer, direction): what the summaries and plots are drawn from."""
     from lstm_doctor.stats import input_energy_share, input_variance_share
@@ -324,9 +346,7 @@ def layer_statistics(capture) -> list[dict[str, Any]]:
         for name, arr in (("h", h_sample), ("c", c_sample)):
             if arr is not None:
                 rows = arr[:PER_STEP_LIMIT].reshape(min(arr.shape[0], PER_STEP_LIMIT), -1)
-                # nanpercentile goes row by row in Python (0.1 s here); without NaN both are the same numbers
-                percentile = np.nanpercentile if np.isnan(rows).any() else np.percentile
-                q = percentile(rows, PERCENTILES, axis=1)
+                q = row_percentiles(rows, PERCENTILES)
                 pct[name] = {f"p{p}": _series(q[n]) for n, p in enumerate(PERCENTILES)}
         terms = st.terms
         out.append(
