@@ -210,3 +210,45 @@ def test_g701_and_h602_state_the_same_horizon_as_the_statistic():
         assert "256 steps" not in f.message
     zero = gradients.GradientResult(**{**g.__dict__, "input_sensitivity": np.zeros(T), "memory_horizon": 0})
     assert "no step's input reaches h_T" in horizon_text(zero)
+
+
+
+def test_zeros_probe_on_a_healthy_model_is_not_input_insensitive(tmp_path):
+    """--probe zeros: every sequence is the same, so equal encodings say nothing about the model: no H602."""
+    import json
+
+    from click.testing import CliRunner
+    from factory import direction
+
+    from lstm_doctor.cli.main import cli
+    from lstm_doctor.load import native
+    from lstm_doctor.model import Activations, Layer, LSTMModel
+
+    # the healthy model of tests/test_cli.py: torch init, forget bias 1
+    m = LSTMModel((Layer(direction(8, 32, init="torch", forget_bias=1.0, seed=3), None, Activations()),), name="healthy")
+    native.save(m, tmp_path / "m")
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(
+        cli, ["diagnose", str(tmp_path / "m"), "--probe", "zeros", "--format", "json", "--output", str(out),
+              "--color", "never"],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert "H602" not in {f["code"] for f in report["findings"]}
+    assert "identical" in report["not_evaluated"]["H602"]
+    assert report["statistics"]["gradients"]["perturbation_change"] == 0.0  # what used to fire the error
+
+
+def test_h602_needs_the_gradient_sample_to_differ():
+    """The first sequences (the gradient sample) identical, later ones not: H602 is skipped, not an error."""
+    m = model(8, 16, init="torch", forget_bias=1.0, seed=3)
+    x = normal_inputs(n=40, T=20, D=8)
+    x[: gradients.GRADIENT_SEQUENCES] = x[0]
+    analysis, cap = with_gradients(m, x)
+    assert cap.gradients.perturbation == 0.0 and not cap.gradients.inputs_differ
+    assert not found(analysis, "H602")
+    assert "identical inputs" in analysis.skipped["H602"]
+    # the same model on varied inputs computes the rule and stays quiet (it is healthy)
+    analysis, cap = with_gradients(m, normal_inputs(n=40, T=20, D=8))
+    assert cap.gradients.inputs_differ and cap.gradients.perturbation > 1e-2
+    assert "H602" not in analysis.skipped and not found(analysis, "H602")

@@ -34,7 +34,7 @@ EXPLAINS = {
 
 # Rules that compare different inputs or measure the input's share: meaningless
 # when every input is the same (a constant probe).
-COMPARES_INPUTS = ("I501", "I502", "H601", "H603", "H604")
+COMPARES_INPUTS = ("I501", "I502", "H601", "H602", "H603", "H604")
 
 
 @dataclass(frozen=True)

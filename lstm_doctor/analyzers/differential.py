@@ -299,17 +299,20 @@ def check_exploding(ctx: Context):
     "H602",
     "input-insensitive",
     "error",
-    "relative change of the final encodings when each sequence gets another sequence's input "
-    "(rerun), cross-checked by the first-order change from ‖∂h_T/∂x‖",
+    "relative change of the final encodings when each sequence gets another sequence's input, "
+    "cross-checked by the first-order change from ‖∂h_T/∂x‖",
     {"change": 1e-3},
     what="""
-With `--gradients`, reruns the sample with the inputs permuted across the
-batch (each sequence gets another one's input) and measures how far the final
-encodings move, relative to their mean norm. Fires when that is below
+Permutes the sample's inputs across the batch (each sequence gets another
+one's input) and measures how far the final encodings move, relative to their
+mean norm; every sequence starts from the same state, so these are the other
+sequences' encodings, which the capture has. Fires when that is below
 `change`. The gradients cross-check it: the first-order change
 √(Σ_t‖∂h_T/∂x_t‖²) × input deviation / ‖h_T‖ must agree (below 10 × `change`);
 if it does not, the finding is a warning (a flat region the gradients do not
-see, or the reverse).""",
+see, or the reverse). Skipped when the permutation changes no input (every
+input identical, as with `--probe zeros`): an encoding that does not move then
+says nothing about the model.""",
     why="""
 Case study (docs/case-study.md): the final encoding did not depend on the tweet (cross-tweet std 4e-8)
 because the recurrent term (~25) drowned the input term (~0.02) and every gate
@@ -328,6 +331,10 @@ def check_input_insensitive(ctx: Context):
     thr = ctx.th("H602", "change")
     if not np.isfinite(g.perturbation):
         ctx.skip("H602", "needs at least 2 sequences")
+        return
+    if not g.inputs_differ:
+        # identical inputs give identical encodings whatever the model: nothing to conclude
+        ctx.skip("H602", "the gradient sample's sequences have identical inputs (e.g. --probe zeros): nothing to swap")
         return
     if g.perturbation >= thr:
         return
