@@ -9,6 +9,8 @@ training. They are imported on first use, so ``import lstm_doctor`` stays light
 (no NumPy-heavy module, no torch, no keras).
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "diagnose", "Report", "callbacks"]
@@ -20,7 +22,5 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     if name == "callbacks":
-        import importlib
-
         return importlib.import_module("lstm_doctor.callbacks")
     raise AttributeError(f"module 'lstm_doctor' has no attribute {name!r}")

@@ -25,10 +25,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from html import escape
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from lstm_doctor.errors import UserError
-from lstm_doctor.live import match
+from lstm_doctor.jobs.diagnose import DiagnoseOptions, open_model, run_diagnosis
+from lstm_doctor.live import ArrayInputs, match, parity, parity_note
+from lstm_doctor.live import keras as live_keras
+from lstm_doctor.live import torch as live_torch
+from lstm_doctor.output import check_output_path, write_atomic
+from lstm_doctor.report import RenderOptions, render_many, to_json
+from lstm_doctor.report import html as page
 
 __all__ = ["diagnose", "Report"]
 
@@ -101,7 +110,6 @@ class Report:
         One module: the CLI's JSON report. Several: ``{"modules": {path: report}, "parity": ...,
         "skipped": ...}``.
         """
-        from lstm_doctor.report import to_json
 
         if len(self.reports) == 1 and not self.skipped:
             text = to_json(next(iter(self.reports.values())))
@@ -111,14 +119,12 @@ class Report:
 
     def to_html(self, path: str | os.PathLike | None = None) -> str:
         """The self-contained HTML report (``--format html``), written atomically to ``path`` when given."""
-        from lstm_doctor.report import RenderOptions, render_many
 
         text = render_many("html", list(self.reports.values()), RenderOptions(output=None if path is None else str(path)))
         return _write(text, path)
 
     def to_text(self, width: int = 110, color: bool = False) -> str:
         """The terminal report (``--format text``) of every module, one after the other."""
-        from lstm_doctor.report import RenderOptions, render_many
 
         text = render_many("text", list(self.reports.values()), RenderOptions(color=color, width=width))
         for name, why in self.skipped.items():
@@ -136,9 +142,7 @@ class Report:
     def _repr_html_(self) -> str:
         """Jupyter: the HTML report without plots and rule texts (``to_html`` has them), in an iframe
         so that its CSS stays inside."""
-        from html import escape
 
-        from lstm_doctor.report import html as page
 
         names = page._rule_names()
         body = "".join(
@@ -160,8 +164,6 @@ def _num(value) -> float:
 
 def _write(text: str, path) -> str:
     if path is not None:
-        from lstm_doctor.output import check_output_path, write_atomic
-
         check_output_path(str(path), [])
         write_atomic(str(path), text)
     return text
@@ -203,7 +205,6 @@ def diagnose(
     ``thresholds``: ``{"S301.share": 0.6}`` or ``["S301.share=0.6"]``.
     ``fail_on``: error | warning | info, for ``Report.exit_code``.
     """
-    from lstm_doctor.jobs.diagnose import DiagnoseOptions
 
     threshold_items = tuple(
         f"{k}={v}" for k, v in thresholds.items()
@@ -219,7 +220,6 @@ def diagnose(
         raise UserError(f"options for model files do not apply to a live model: {', '.join(sorted(file_options))}")
     if inputs is not None:
         args = (inputs, *args)
-    from lstm_doctor.live import parity, parity_note
 
     found, skipped = _capture_live(model, args, dict(forward_kwargs or {}))
     wanted = _patterns(layers)
@@ -249,8 +249,6 @@ def diagnose(
 
 
 def _run(options) -> dict:
-    from lstm_doctor.jobs.diagnose import run_diagnosis
-
     return run_diagnosis(options)
 
 
@@ -279,11 +277,8 @@ def _scoped(prefixes: Sequence[str], path: str | None, what: str) -> tuple[str, 
 
 
 def _capture_live(model, args: tuple, kwargs: dict):
-    from lstm_doctor.live import torch as live_torch
-
     if live_torch.is_module(model):
         return live_torch.capture_model(model, args, kwargs)
-    from lstm_doctor.live import keras as live_keras
 
     if live_keras.is_model(model):
         return live_keras.capture_model(model, args, kwargs)
@@ -294,15 +289,9 @@ def _capture_live(model, args: tuple, kwargs: dict):
 
 
 def _diagnose_file(path, inputs, lengths, layout, select, ignore, common, sample_size, file_options) -> Report:
-    import numpy as np
-
-    from lstm_doctor.jobs.diagnose import DiagnoseOptions, open_model
-
     fields = dict(file_options)
     source = None
     if inputs is not None and not isinstance(inputs, (str, os.PathLike)):
-        from lstm_doctor.live import ArrayInputs
-
         model = open_model(DiagnoseOptions(model=path, **_load_fields(fields)))
         array = np.asarray(inputs)
         if array.dtype.kind not in "fiub":
@@ -339,7 +328,6 @@ def _load_fields(fields: dict) -> dict:
 
 def _check_lengths(lengths, n: int, T: int):
     """Lengths given as an array: (n,) integers in 1..T."""
-    import numpy as np
 
     if lengths.shape != (n,) or lengths.dtype.kind not in "iu":
         raise UserError(f"lengths have shape {lengths.shape} and dtype {lengths.dtype}; expected ({n},) integers")

@@ -34,6 +34,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from lstm_doctor.api import diagnose
+from lstm_doctor.capture.numpy_loop import _one_blas_thread
 from lstm_doctor.findings import Severity
 
 DEFAULT_BUDGET = 0.03  # a share of training time; steady-state overhead ≈ this, below the 5 % target
@@ -94,8 +96,6 @@ class Watch:
 
     def check(self, step: int):
         """Diagnose the probe now; log, warn, decide whether to stop. Returns the ``Report``."""
-        from lstm_doctor.api import diagnose
-        from lstm_doctor.capture.numpy_loop import _one_blas_thread
 
         args = self.probe if isinstance(self.probe, tuple) else (self.probe,)
         started = time.perf_counter()

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -258,8 +260,6 @@ def check_output_folder(folder: str | Path) -> Path:
 def signals_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM for a few system calls (create a temporary and note its
     name; rename a set of files), so an interrupt cannot fall between them."""
-    import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield

@@ -211,6 +211,7 @@ def test_check_reports_never_overwrite_an_input(model, tmp_path):
 def test_ctrl_c_during_the_capture(model, tmp_path, monkeypatch):
     from lstm_doctor.capture import engines as scan
     from lstm_doctor.capture import pipeline
+    from lstm_doctor.jobs import trace
 
     calls = {"n": 0, "at": 2}
     real = scan.run_chunk
@@ -221,8 +222,9 @@ def test_ctrl_c_during_the_capture(model, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
+    # patched where each stage looks it up: the capture (diagnose) and trace
     monkeypatch.setattr(pipeline, "run_chunk", interrupt_on_second_chunk)
-    monkeypatch.setattr(scan, "run_chunk", interrupt_on_second_chunk)
+    monkeypatch.setattr(trace, "run_chunk", interrupt_on_second_chunk)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     # numpy: the engine whose chunks go through run_chunk (the fused one streams through its kernel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lstm_doctor.analyzers.cell import weighty_steps
 from lstm_doctor.analyzers.registry import Context, Deferred, rule
 from lstm_doctor.findings import Location
 
@@ -105,8 +106,6 @@ Case study (docs/case-study.md): h reached 1.0 by step 15 for every tweet, and s
     fix="Fix the saturation that pins the state (S301, C401).",
 )
 def check_fixed_point(ctx: Context):
-    from lstm_doctor.analyzers.cell import weighty_steps
-
     for (k, d), st in ctx.capture.directions.items():
         # the tails of the longest sequences (under 10% of them valid) do not
         # decide whether "every sequence" has stopped moving

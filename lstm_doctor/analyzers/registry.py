@@ -12,6 +12,7 @@ the captured statistics and the thresholds. It does no I/O and no printing.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
@@ -36,8 +37,6 @@ class Deferred:
         self._name = name
 
     def __getattr__(self, attr: str):
-        import importlib
-
         module = importlib.import_module(self._name)
         return getattr(module, attr)
 

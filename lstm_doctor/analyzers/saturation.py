@@ -11,6 +11,7 @@ saturation; saturation that switches with the input is reported as info.
 
 from __future__ import annotations
 
+from lstm_doctor.analyzers.cell import weighty_steps
 from lstm_doctor.analyzers.registry import Context, Deferred, rule
 from lstm_doctor.findings import Location, Severity
 
@@ -144,7 +145,6 @@ def check_gate_saturation(ctx: Context):
             continue
         # Steps holding under 10% of the sequences (the tails of the longest
         # ones, with --lengths) do not decide where saturation starts.
-        from lstm_doctor.analyzers.cell import weighty_steps
 
         steps = weighty_steps(st)
         for gate in SIGMOID_GATES:
@@ -216,7 +216,6 @@ def _over_weighty_steps(st, per_step_unit: np.ndarray) -> np.ndarray:
     A cross-input std is 0 at a step with one valid sequence; averaging such
     steps in would make any layer look input-independent under --lengths.
     """
-    from lstm_doctor.analyzers.cell import weighty_steps
 
     steps = weighty_steps(st)
     if steps.size == 0:

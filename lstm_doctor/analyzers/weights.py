@@ -7,7 +7,11 @@ tanh and σ) stands in, which is what a weight-only check can honestly say.
 
 from __future__ import annotations
 
+from lstm_doctor.analyzers.cell import cell_keeps_growing
+from lstm_doctor.analyzers.hidden import encodings_collapse, encodings_low_rank
+from lstm_doctor.analyzers.inputs import input_negligible
 from lstm_doctor.analyzers.registry import LINEAR_RANGE, Context, Deferred, rule
+from lstm_doctor.analyzers.saturation import gate_saturation
 from lstm_doctor.findings import Location, Severity
 
 np = Deferred("numpy")  # imported by the first check that runs
@@ -50,7 +54,6 @@ def evidence_mode(ctx: Context) -> str:
 
 def gate_verdicts(ctx: Context, layer: int, direction: str, gates) -> dict[str, dict]:
     """Per gate, how the capture saw it saturate (``saturation.gate_saturation``)."""
-    from lstm_doctor.analyzers.saturation import gate_saturation
 
     if ctx.capture is None or (layer, direction) not in ctx.capture.directions:
         return {}
@@ -67,9 +70,6 @@ def behaviour_broken(ctx: Context, layer: int, direction: str) -> list[str]:
     """The behavioural failures the capture shows for this direction (codes, in words):
     the encodings collapse (H601) or are low-rank (H604), the input term is
     negligible (I501), or the cell keeps growing (C401's growth test)."""
-    from lstm_doctor.analyzers.cell import cell_keeps_growing
-    from lstm_doctor.analyzers.hidden import encodings_collapse, encodings_low_rank
-    from lstm_doctor.analyzers.inputs import input_negligible
 
     out = []
     if encodings_collapse(ctx):

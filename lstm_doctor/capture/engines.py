@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from lstm_doctor.capture.fused import engine as fused
 from lstm_doctor.capture.numpy_loop import CAPTURE_FULL, StepRecord
 from lstm_doctor.capture.numpy_loop import run_direction as numpy_run_direction
 from lstm_doctor.choices import DEFAULT_ENGINE, ENGINES
@@ -47,7 +48,6 @@ def resolve_engine(name: str, model: LSTMModel, T: int, n_sequences: int) -> str
     a workload; no engine's choice depends on them now.)"""
     if name not in ("auto", "fused"):
         return name
-    from lstm_doctor.capture.fused import engine as fused
 
     if fused.unsupported_reason(model):  # a projection (LSTMP): the kernel has none
         if name == "fused":
@@ -67,9 +67,7 @@ def get_engine(name: str) -> Callable[..., StepRecord]:
     if name in ("numpy", "auto"):
         return numpy_run_direction
     if name == "fused":
-        from lstm_doctor.capture.fused.engine import run_direction
-
-        return run_direction
+        return fused.run_direction
     if name == "pytensor":
         from lstm_doctor.capture.symbolic.scan import (
             run_direction,  # imports pytensor (or theano)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import threadpoolctl
 
 from lstm_doctor.model import DirectionParams, Layer
 
@@ -141,15 +142,13 @@ _BLAS = None  # threadpoolctl.ThreadpoolController of the BLAS NumPy loaded, mad
 
 def _one_blas_thread():
     """Context manager: one BLAS thread inside, the previous counts restored after
-    (threadpoolctl, which knows OpenBLAS, MKL and BLIS). Without threadpoolctl
-    (an install with ``--no-deps``) BLAS is left alone."""
+    (threadpoolctl, which knows OpenBLAS, MKL and BLIS). Where threadpoolctl
+    cannot inspect the loaded libraries, BLAS is left alone."""
     global _BLAS
     if _BLAS is None:
         try:
-            import threadpoolctl
-
-            _BLAS = threadpoolctl.ThreadpoolController()
-        except Exception:  # not installed, or a library it cannot inspect
+            _BLAS = threadpoolctl.ThreadpoolController()  # inspects the loaded libraries: ~10 ms, once
+        except Exception:  # a library it cannot inspect
             _BLAS = False
     if _BLAS is False:
         return _Nothing()

@@ -16,15 +16,16 @@ from typing import Callable
 
 import numpy as np
 
+from lstm_doctor.capture import budget
 from lstm_doctor.capture.engines import (
     STREAMING_ENGINES,
     final_hidden,
     resolve_engine,
     run_chunk,
 )
+from lstm_doctor.capture.fused.engine import kernels as fused_kernels
 from lstm_doctor.capture.numpy_loop import CAPTURE_FULL, CAPTURE_STATS, StepRecord
 from lstm_doctor.choices import DEFAULT_ENGINE
-from lstm_doctor.capture import budget
 from lstm_doctor.load.inputs import InputSource
 from lstm_doctor.model import LSTMModel
 from lstm_doctor.stats import (
@@ -112,7 +113,6 @@ def capture(
     streaming = engine in STREAMING_ENGINES
     kernels = None
     if engine == "fused":  # the input statistics in one compiled pass too
-        from lstm_doctor.capture.fused.engine import kernels as fused_kernels
 
         kernels = fused_kernels()
     for start, x, lengths in source.chunks(effective_chunk_size(model, T, options.chunk_size), model.dtype):

@@ -8,7 +8,9 @@ and ``lstm-doctor --help`` must not.
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import Any, Callable
 
 import click
@@ -29,6 +31,8 @@ from lstm_doctor.cli.options import (
     split_codes,
     text_options,
 )
+from lstm_doctor.errors import UserError
+from lstm_doctor.output import tracking
 
 EXIT_USAGE = 2
 EXIT_BUG = 3
@@ -52,11 +56,7 @@ def one_line(message: str) -> str:
 def report_bug(exc: BaseException) -> None:
     """An exception no reader or job expected: a bug. One line asking for a report, exit 3;
     the traceback with ``--debug`` or LSTM_DOCTOR_DEBUG=1."""
-    import os
-
     if os.environ.get("LSTM_DOCTOR_DEBUG", "") not in ("", "0"):
-        import traceback
-
         traceback.print_exception(exc, file=sys.stderr)
     detail = one_line(f"{type(exc).__name__}: {exc}")
     if len(detail) > 300:
@@ -73,9 +73,6 @@ def run_job(execute: Callable[[Any], int], options: Any) -> None:
     """Run a job and exit with its code: 2 (one line) for a user error, 130 when interrupted,
     3 (one line) for a bug. Every file the job reads is protected from its outputs
     (``lstm_doctor.output.tracking``)."""
-    from lstm_doctor.errors import UserError
-    from lstm_doctor.output import tracking
-
     try:
         with tracking():
             code = execute(options)

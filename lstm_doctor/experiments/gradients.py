@@ -47,7 +47,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lstm_doctor.capture.engines import reverse_padded
+from lstm_doctor.capture.numpy_loop import blas_threads_context
+from lstm_doctor.experiments import sensitivity
 from lstm_doctor.model import GATES, LSTMModel
+from lstm_doctor.model.activations import activation_derivative
 
 GRADIENT_SEQUENCES = 8
 EXACT_UNITS = 32
@@ -121,28 +125,6 @@ def memory_horizon(sensitivity: np.ndarray, share: float = HORIZON_SHARE, gap: f
         # all the window there is
         return 1
     return int(min(np.searchsorted(np.cumsum(window), share * total - 1e-15 * total) + 1, window.size))
-
-
-def activation_derivative(name: str, value: np.ndarray, dtype=np.float64) -> np.ndarray:
-    """The derivative of activation ``name`` expressed through its output value, in ``dtype``."""
-    v = np.asarray(value, dtype)
-    if name == "sigmoid":
-        return v * (1 - v)
-    if name == "tanh":
-        return 1 - v * v
-    if name == "hard_sigmoid":
-        return np.where((v > 0) & (v < 1), 0.2, 0.0).astype(dtype)
-    if name == "hard_sigmoid6":
-        return np.where((v > 0) & (v < 1), 1 / 6, 0.0).astype(dtype)
-    if name == "identity":
-        return np.ones_like(v)
-    if name == "relu":
-        return (v > 0).astype(dtype)
-    if name == "softsign":
-        return (1 - np.abs(v)) ** 2
-    if name == "softplus":
-        return 1 - np.exp(-v)
-    raise ValueError(f"no derivative for activation {name!r}")
 
 
 def _mean_derivative(name: str, values: np.ndarray, valid: np.ndarray | None) -> float:
@@ -225,9 +207,6 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str 
     compile_seconds = 0.0
     t0 = time.perf_counter()
     if method == "numpy":
-        from lstm_doctor.capture.numpy_loop import blas_threads_context
-        from lstm_doctor.experiments import sensitivity
-
         fw = sensitivity.recorded_states(capture.sample.get((0, direction)), params, layer, n, mask_n)
         if fw is None:  # a clip, or a sample without the gates: recompute the forward (float64)
             fw = sensitivity.forward_states(params, layer, _processing_order(x, lengths, direction), mask_n)
@@ -334,7 +313,6 @@ def _processing_order(x: np.ndarray, lengths, direction: str) -> np.ndarray:
         return x
     if lengths is None:
         return x[::-1]
-    from lstm_doctor.capture.engines import reverse_padded
 
     return reverse_padded(x, lengths)
 

@@ -57,7 +57,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_doctor.capture import budget
 from lstm_doctor.errors import UserError
+from lstm_doctor.load import check_readable_file
+from lstm_doctor.load.npyfile import load_npy, load_npz
 from lstm_doctor.model import GATES, LSTMModel, normalise_gate_order
 from lstm_doctor.model.activations import get_activation
 
@@ -105,9 +108,6 @@ def load_observation(path: str, model: LSTMModel, n_sequences: int, T: int, *, m
     declared size (an .npz member's, an .npy header's) checked against
     ``max_memory`` before anything is inflated.
     """
-    from lstm_doctor.capture import budget
-    from lstm_doctor.load import check_readable_file
-    from lstm_doctor.load.npyfile import load_npy, load_npz
 
     p = Path(path)
     try:

@@ -23,7 +23,7 @@ Backward, from ∂L/∂h_T = seed and ∂L/∂c_T = 0, for t = T−1 … 0 (vali
 
 A padding step carries (h, c) unchanged, so there ∂z = 0 and (∂h, ∂c) pass
 through. Each activation's derivative is taken from its output value
-(``gradients.activation_derivative``); a clipped pre-activation has derivative
+(``model.activations.activation_derivative``); a clipped pre-activation has derivative
 0 (strictly outside the open interval (−clip, clip)).
 
 The forward is recomputed here in float64 from the weights for the few
@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from lstm_doctor.model import DirectionParams, Layer
+from lstm_doctor.model.activations import activation_derivative
 
 
 def forward_states(params: DirectionParams, layer: Layer, x: np.ndarray, mask: np.ndarray | None = None) -> dict:
@@ -132,7 +133,6 @@ def _factors(fw: dict, params: DirectionParams, layer: Layer, dtype) -> dict[str
     Returns A_o, B_c, F (T, n, H) and GCI = [G_i, C_f, I_g] (T, n, 3, H):
     formed once over all steps, so a step is one multiply per factor.
     """
-    from lstm_doctor.experiments.gradients import activation_derivative
 
     acts = layer.activations
 

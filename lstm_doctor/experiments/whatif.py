@@ -92,17 +92,21 @@ and ``add_what_if`` give the JSON-able ``what_if`` section, which
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from lstm_doctor.analyzers import AnalysisConfig, analyze
+from lstm_doctor.analyzers import RULES, AnalysisConfig, analyze
 from lstm_doctor.capture import budget
+from lstm_doctor.capture.engines import resolve_engine
+from lstm_doctor.capture.pipeline import CaptureOptions, capture, headline_metrics
 from lstm_doctor.errors import ConfigError, InputError
 from lstm_doctor.findings import Finding, Severity
 from lstm_doctor.load.inputs import InputSource
 from lstm_doctor.model import SIGMOID_GATES, Layer, LSTMModel, make_direction
+from lstm_doctor.report.build import clean
 
 DEFAULT_SAMPLE = 256  # sequences re-run for every fix
 EXPECTED_CAPTURES = 8  # captures of the sample in a typical experiment (the bundled example's)
@@ -395,7 +399,6 @@ def detected_padding(source: InputSource) -> np.ndarray | None:
     """``padding_lengths`` when the trailing zeros look like padding by I506's default
     thresholds (enough sequences padded, by enough steps), else None: a few
     incidental zero steps (a ReLU output) are data, not padding."""
-    from lstm_doctor.analyzers import RULES
 
     th = RULES["I506"].thresholds
     lengths = padding_lengths(source)
@@ -584,8 +587,6 @@ def _sort_key(run: Run):
 
 
 def run_metrics(cap) -> dict[str, Any]:
-    from lstm_doctor.capture.pipeline import headline_metrics
-
     metrics = dict(headline_metrics(cap))
     per_gate = {}
     for g in SIGMOID_GATES:
@@ -609,9 +610,7 @@ def _chunk_size(state: State, options: WhatIfOptions) -> int:
 
 def measure(state: State, fixes: tuple[str, ...], descriptions: tuple[str, ...], options: WhatIfOptions) -> Run:
     """Capture ``state``'s sample and analyze it."""
-    import time
 
-    from lstm_doctor.capture.pipeline import CaptureOptions, capture
 
     started = time.perf_counter()
     n = state.source.n_sequences
@@ -735,7 +734,6 @@ def run_experiment(
     ``progress(label)``, if given, is called before each capture (e.g. to show
     a status line); nothing is printed here.
     """
-    import time
 
     options = options or WhatIfOptions()
     started = time.perf_counter()
@@ -746,7 +744,6 @@ def run_experiment(
     # One engine for every run: "auto" weighs the whole experiment (a baseline,
     # each fix alone and the cumulative path, about EXPECTED_CAPTURES captures
     # of the sample), not one capture, against the cost of loading a kernel.
-    from lstm_doctor.capture.engines import resolve_engine
 
     engine = resolve_engine(options.engine, model, sample.T, sample.n_sequences * EXPECTED_CAPTURES)
     options = replace(options, engine=engine)
@@ -1080,7 +1077,6 @@ METRIC_LABELS = {
 def conclusions(exp: Experiment) -> list[str]:
     """Measured statements, root causes first: which change removes which error
     code (alone, or only in combination), what cannot be run, and the end state."""
-    from lstm_doctor.analyzers import RULES
 
     def names(codes):
         return ", ".join(f"{c} ({RULES[c].name})" if c in RULES else c for c in codes)
@@ -1250,7 +1246,6 @@ def experiment_dict(exp: Experiment) -> dict[str, Any]:
     (``cumulative`` true; ``fix`` is the fix added at that step and ``fixes``
     all fixes applied so far).
     """
-    from lstm_doctor.report.build import clean
 
     rows = [_run_entry(exp.baseline, "none", False)]
     for fid in exp.order:

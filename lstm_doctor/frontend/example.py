@@ -29,6 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_doctor.example import example_folder
+from lstm_doctor.frontend.tweet2vec import FILTERS, N_CHANNELS, WIDTHS
+from lstm_doctor.load import load_model
+
 SEED = 2016 + 9  # Tweet2Vec's year, issue 9
 LAST_LAYER_SCALE = 0.12
 ENCODING_NAME = "encoding_tweet2vec_like_3.npy"
@@ -91,7 +95,6 @@ def write_tweets(path: str | Path) -> Path:
 
 def conv_arrays(seed: int = SEED) -> list[np.ndarray]:
     """The 8 conv arrays W1, b1, ..., W4, b4 (float32), seeded."""
-    from lstm_doctor.frontend.tweet2vec import FILTERS, N_CHANNELS, WIDTHS
 
     rng = np.random.default_rng(seed)
     arrays = []
@@ -109,7 +112,6 @@ def conv_arrays(seed: int = SEED) -> list[np.ndarray]:
 
 def lstm_arrays(broken_folder: Path) -> list[np.ndarray]:
     """The broken example encoder as the 17 Tweet2Vec arrays, in their order."""
-    from lstm_doctor.load import load_model
 
     params = load_model(broken_folder).layers[0].forward
     H = params.H
@@ -129,7 +131,6 @@ def lstm_arrays(broken_folder: Path) -> list[np.ndarray]:
 
 def write_encoding(folder: str | Path, broken_folder: str | Path | None = None) -> Path:
     """Write ``encoding_tweet2vec_like_3.npy`` (25 arrays) into ``folder``."""
-    from lstm_doctor.example import example_folder
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -154,7 +155,6 @@ def text_example(folder: str | Path | None = None) -> tuple[Path, Path]:
     The tweets are the checkout's ``examples/tweet2vec_like/tweets.txt`` when
     it exists, else a copy written beside the encoding.
     """
-    from lstm_doctor.example import example_folder
 
     folder = Path(folder) if folder else cache_folder()
     encoding = folder / ENCODING_NAME

@@ -33,6 +33,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from importlib.metadata import entry_points as _entry_points
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -61,7 +62,6 @@ class Featurizer:
 
 def entry_points() -> dict[str, object]:
     """The installed ``lstm_doctor.featurizers`` entry points, by name."""
-    from importlib.metadata import entry_points as _entry_points
 
     return {ep.name: ep for ep in _entry_points(group=GROUP)}
 

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from lstm_doctor.choices import ENGINES
 from lstm_doctor.errors import InputError, UserError
 from lstm_doctor.frontend import plugins
 from lstm_doctor.frontend import tweet2vec as t2v
@@ -35,6 +36,9 @@ from lstm_doctor.frontend.text import (
     is_text_inputs,
     read_texts,
 )
+from lstm_doctor.load import load_model
+from lstm_doctor.load import tweet2vec as t2v_load
+from lstm_doctor.load.inputs import LAYOUTS, InputSource
 
 __all__ = [
     "CACHE_BYTES",
@@ -297,8 +301,6 @@ class FeatureArray:
 
 
 def _builtin(records: TextRecords, model, model_path, layout, engine, clean, load_options, chunk):
-    from lstm_doctor.load import tweet2vec as t2v_load
-
     if model.source_format != "tweet2vec":
         raise InputError(
             "the built-in tweet2vec front end reads its conv stack from a 25-array Tweet2Vec "
@@ -431,9 +433,6 @@ def text_source(
     it is "pytensor", else on the NumPy reference.
     The returned source's ``notes`` account for every skipped record.
     """
-    from lstm_doctor.choices import ENGINES
-    from lstm_doctor.load import load_model
-    from lstm_doctor.load.inputs import LAYOUTS, InputSource
 
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")

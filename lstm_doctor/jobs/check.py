@@ -35,16 +35,27 @@ version control) and exits 0.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
+from lstm_doctor.capture.budget import parse_size
 from lstm_doctor.choices import KERAS_ACTIVATIONS, LAYOUTS
 from lstm_doctor.errors import ConfigError, UserError
 from lstm_doctor.findings import IDENTITY_FIELDS, Severity, finding_identity
+from lstm_doctor.jobs.diagnose import DiagnoseOptions, check_plots_dir, run_diagnosis
+from lstm_doctor.output import allow_replacing, check_output_path, emit, one_unit, same_file, write_atomic
+from lstm_doctor.report import REPORTERS, RenderOptions, render_many, to_json
+from lstm_doctor.report.build import envelope
+from lstm_doctor.report.diagnosis import status
+from lstm_doctor.report.html import _where
+from lstm_doctor.report.terminal import text_width, use_color
 
 CONFIG_FILES = ("lstm-doctor.toml", "pyproject.toml")
 TOOL_KEY = "lstm-doctor"
@@ -245,7 +256,6 @@ def _thresholds(value, path: Path) -> tuple[str, ...]:
 
 def load_config(path: Path, cwd: Path) -> CheckConfig:
     """Read and validate a config file; paths come back relative to ``cwd``."""
-    from lstm_doctor.report import REPORTERS
 
     section = _section(path)
     if not isinstance(section, dict):
@@ -299,7 +309,6 @@ def load_config(path: Path, cwd: Path) -> CheckConfig:
 
 def _max_memory(value, path: Path) -> str | None:
     """``max-memory = "2GB"`` (or a number of bytes), checked now: a bad size names the config."""
-    from lstm_doctor.capture.budget import parse_size
 
     if value is None:
         return None
@@ -315,7 +324,6 @@ def _max_memory(value, path: Path) -> str | None:
 
 def resolve(options: CheckOptions) -> CheckConfig:
     """The config file, then the command line on top of it."""
-    from lstm_doctor.report import REPORTERS
 
     cwd = Path(options.cwd or os.getcwd())
     path = Path(options.config) if options.config else find_config(cwd)
@@ -379,8 +387,6 @@ def load_baseline(path: str) -> set[tuple]:
 
 
 def baseline_document(results: list[tuple[str, dict]]) -> dict:
-    from lstm_doctor.report.build import envelope
-
     keys: dict[tuple, str] = {}
     for model_id, report in results:
         for f in report["findings"]:
@@ -422,8 +428,6 @@ def apply_baseline(
 
 
 def check_document(results: list[tuple[str, dict]], config: CheckConfig, created: str, exit_code: int) -> dict:
-    from lstm_doctor.report.build import envelope
-
     reports = [r for _, r in results]
     new = [r["check"]["new"] for r in reports]
     return {
@@ -441,8 +445,6 @@ def check_document(results: list[tuple[str, dict]], config: CheckConfig, created
 
 
 def diagnose_options(entry: ModelEntry, config: CheckConfig, options: CheckOptions):
-    from lstm_doctor.jobs.diagnose import DiagnoseOptions
-
     return DiagnoseOptions(
         model=entry.model,
         inputs=entry.inputs,
@@ -473,8 +475,6 @@ def diagnose_options(entry: ModelEntry, config: CheckConfig, options: CheckOptio
 
 
 def render_outputs(fmt: str, results: list[tuple[str, dict]], document: dict, options) -> str | bytes:
-    from lstm_doctor.report import render_many, to_json
-
     if fmt == "json":
         return to_json(document)
     return render_many(fmt, [r for _, r in results], options)
@@ -482,11 +482,6 @@ def render_outputs(fmt: str, results: list[tuple[str, dict]], document: dict, op
 
 def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
     """Diagnose every model, apply the baseline, write the outputs; return (exit code, document, config)."""
-    from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
-    from lstm_doctor.capture.budget import parse_size
-    from lstm_doctor.jobs.diagnose import check_plots_dir, run_diagnosis
-    from lstm_doctor.output import allow_replacing, check_output_path, one_unit, same_file, write_atomic
-    from lstm_doctor.report import RenderOptions
 
     config = resolve(options)
     # Options common to every model are checked once, before any model runs.
@@ -525,20 +520,16 @@ def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
             render_options = RenderOptions(output=out, plots_dir=config.plots_dir if fmt == "markdown" else None)
             write_atomic(out, render_outputs(fmt, results, document, render_options))
         if options.write_baseline:
-            from lstm_doctor.report import to_json
-
             write_atomic(options.write_baseline, to_json(baseline_document(results)))
     return code, document, config
 
 
 def summary_text(document: dict, config: CheckConfig, written: list[str], color: bool, width: int) -> str:
     """The closing table of ``check``: one row per model, then the verdict."""
-    import io
 
     from rich.console import Console
     from rich.table import Table
 
-    from lstm_doctor.report.html import _where
 
     baseline = config.baseline is not None
     table = Table(title=f"lstm-doctor check ({config.source}, fail-on {config.fail_on})", title_justify="left")
@@ -566,7 +557,6 @@ def summary_text(document: dict, config: CheckConfig, written: list[str], color:
             console.print(line, markup=False)
     for line in written:
         console.print(f"wrote {line}", markup=False)
-    from lstm_doctor.report.diagnosis import status
 
     code = document["summary"]["exit_code"]
     failing = sum(status(m["report"])["failing"] for m in document["models"])
@@ -579,12 +569,6 @@ def summary_text(document: dict, config: CheckConfig, written: list[str], color:
 
 
 def execute(options: CheckOptions) -> int:
-    import sys
-
-    from lstm_doctor.output import emit, one_unit
-    from lstm_doctor.report import REPORTERS, RenderOptions
-    from lstm_doctor.report.terminal import text_width, use_color
-
     if options.format not in REPORTERS:
         raise UserError(f"unknown format {options.format!r}; choose one of {', '.join(REPORTERS)}")
     code, document, config = run_check(options)

@@ -11,12 +11,20 @@ report dicts.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lstm_doctor.analyzers import RULES
 from lstm_doctor.errors import UserError
 from lstm_doctor.findings import Severity, finding_identity
+from lstm_doctor.jobs.diagnose import DiagnoseOptions, run_diagnosis
+from lstm_doctor.output import check_output_path, emit
+from lstm_doctor.report import to_json
+from lstm_doctor.report.build import clean, envelope
+from lstm_doctor.report.html import HEADLINE_LABELS
+from lstm_doctor.report.terminal import text_width, use_color
 
 
 @dataclass
@@ -70,7 +78,6 @@ def _label(report: dict, source: str) -> dict:
 
 def compare_reports(a: dict, b: dict, source_a: str = "A", source_b: str = "B") -> dict:
     """The comparison document (schema: ``$defs/compare`` of ``report/schema.json``)."""
-    from lstm_doctor.report.build import clean, envelope
 
     groups_a: dict[tuple, list[dict]] = {}
     groups_b: dict[tuple, list[dict]] = {}
@@ -152,7 +159,6 @@ def _is_report(path: str) -> bool:
 def _side(path: str, inputs: str | None, layout: str | None, options: CompareOptions) -> dict:
     if _is_report(path):
         return load_report(path)
-    from lstm_doctor.jobs.diagnose import DiagnoseOptions, run_diagnosis
 
     return run_diagnosis(
         DiagnoseOptions(
@@ -188,8 +194,6 @@ def run_compare(options: CompareOptions) -> dict:
 
 
 def render_text(doc: dict, color: bool, width: int) -> str:
-    import io
-
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -219,7 +223,6 @@ def render_text(doc: dict, color: bool, width: int) -> str:
             parts.append(f["gate"])
         return " ".join(parts) or "model"
 
-    from lstm_doctor.analyzers import RULES
 
     table = Table(title="Findings, A → B (matched by code, layer, direction, gate)", title_justify="left")
     for col in ("change", "code", "rule", "where", "A", "B"):
@@ -250,8 +253,6 @@ def render_text(doc: dict, color: bool, width: int) -> str:
     console.print(Text.assemble(("resolved codes: ", "bold green"), ", ".join(doc["resolved_codes"]) or "none"))
     console.print(Text.assemble(("new codes: ", "bold red"), ", ".join(doc["new_codes"]) or "none"))
     if doc["headline"]:
-        from lstm_doctor.report.html import HEADLINE_LABELS
-
         metrics = Table(title="Headline metrics", title_justify="left")
         for col in ("metric", "A", "B", "B − A"):
             metrics.add_column(col, justify="left" if col == "metric" else "right")
@@ -264,10 +265,6 @@ def render_text(doc: dict, color: bool, width: int) -> str:
 
 
 def execute(options: CompareOptions) -> int:
-    from lstm_doctor.output import check_output_path, emit
-    from lstm_doctor.report import to_json
-    from lstm_doctor.report.terminal import text_width, use_color
-
     if options.format not in ("text", "json"):
         raise UserError(f"unknown format {options.format!r}; choose text or json")
     if options.output:

@@ -11,10 +11,17 @@ tweets in two lines; and the commands that give the full reports and plots.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 
+from lstm_doctor.example import example_folder
+from lstm_doctor.frontend import stats_lines
+from lstm_doctor.frontend.example import text_example
 from lstm_doctor.jobs.diagnose import DiagnoseOptions, run_diagnosis
+from lstm_doctor.output import emit
+from lstm_doctor.report.diagnosis import status
+from lstm_doctor.report.terminal import text_width, use_color
 
 METRICS = (
     ("saturated_fraction", "gate values saturated (i, f, o)", "{:.0%}"),
@@ -30,8 +37,6 @@ DEMO_WHAT_IF_SAMPLE = 32
 
 
 def demo_options(base: DiagnoseOptions) -> tuple[DiagnoseOptions, DiagnoseOptions]:
-    from lstm_doctor.example import example_folder
-
     folder = example_folder()
     # The broken encoder also gets the what-if experiment: which fix removes
     # the saturation, which the collapse (the case study's ablation, measured).
@@ -50,15 +55,12 @@ def demo_options(base: DiagnoseOptions) -> tuple[DiagnoseOptions, DiagnoseOption
 def text_options(base: DiagnoseOptions) -> DiagnoseOptions:
     """The text path: the bundled tweets through the broken encoder's own front end
     (a 25-array Tweet2Vec file generated once into a cache folder)."""
-    from lstm_doctor.frontend.example import text_example
 
     encoding, tweets = text_example()
     return replace(base, model=str(encoding), inputs=str(tweets), preset="tweet2vec", layout=None)
 
 
 def execute(base: DiagnoseOptions) -> int:
-    from lstm_doctor.output import emit
-
     broken_opts, fixed_opts = demo_options(base)
     broken = run_diagnosis(broken_opts)
     fixed = run_diagnosis(fixed_opts)
@@ -69,7 +71,6 @@ def execute(base: DiagnoseOptions) -> int:
             base.output,
         )
         return 0
-    from lstm_doctor.report.terminal import text_width, use_color
 
     to_terminal = base.output is None
     text = demo_text(broken, fixed, from_text, use_color(base.color, to_terminal), text_width(to_terminal))
@@ -83,12 +84,10 @@ FIXED = "examples/tweet2vec_like/fixed"
 
 def demo_text(broken: dict, fixed: dict, from_text: dict | None, color: bool = False, width: int = 110) -> str:
     """The demo's terminal output, from the three report dicts only (about 60 lines at 110 columns)."""
-    import io
 
     from rich.console import Console
     from rich.text import Text
 
-    from lstm_doctor.report.diagnosis import status
     from lstm_doctor.report.text import diagnosis_block
     from lstm_doctor.report.whatif_text import ablation_table
 
@@ -156,7 +155,6 @@ def comparison_table(broken: dict, fixed: dict):
 
 def text_section(report: dict) -> str:
     """Text → features → diagnosis, in a few lines: the notes, the front end's statistics, the codes."""
-    from lstm_doctor.frontend import stats_lines
 
     inputs = report["inputs"]
     model_file = report["model"]["files"][0]["path"]
@@ -174,12 +172,9 @@ def text_section(report: dict) -> str:
 
 
 def comparison(broken: dict, fixed: dict, color: str, to_terminal: bool) -> str:
-    import io
-
     from rich.console import Console
     from rich.table import Table
 
-    from lstm_doctor.report.terminal import text_width, use_color
 
     table = Table(title="Broken encoder vs its fixed twin (all four docs/case-study.md defects repaired)", title_justify="left")
     table.add_column("metric")

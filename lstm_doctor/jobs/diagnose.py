@@ -10,11 +10,25 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lstm_doctor.analyzers import AnalysisConfig, analyze
+from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
+from lstm_doctor.capture import budget
+from lstm_doctor.capture.pipeline import CaptureOptions, capture
+from lstm_doctor.choices import ENGINES
 from lstm_doctor.errors import UserError
+from lstm_doctor.experiments.gradients import analyze_gradients
+from lstm_doctor.experiments.observed import load_observation, search_capture
+from lstm_doctor.experiments.whatif import DEFAULT_SAMPLE, WhatIfOptions, add_what_if
 from lstm_doctor.findings import Severity, exit_code
+from lstm_doctor.frontend import is_text_inputs, text_source
 from lstm_doctor.jobs.selection import ModelSelection, open_model
+from lstm_doctor.load.inputs import check_against_model, load_inputs, make_probe
+from lstm_doctor.output import check_output_folder, check_output_path, emit, one_unit
+from lstm_doctor.report import REPORTERS, RenderOptions, build_report
+from lstm_doctor.report.diagnosis import add_diagnosis
 from lstm_doctor.report.terminal import text_width, use_color
 
 if TYPE_CHECKING:  # featurize imports this module
@@ -66,8 +80,6 @@ class DiagnoseOptions(ModelSelection):
 
 def analysis_config(select: tuple[str, ...], ignore: tuple[str, ...], thresholds: tuple[str, ...]):
     """The rule selection of ``--select``, ``--ignore`` and ``--threshold``."""
-    from lstm_doctor.analyzers import AnalysisConfig
-    from lstm_doctor.analyzers.registry import parse_thresholds, validate_prefixes
 
     return AnalysisConfig(
         select=tuple(validate_prefixes(select or ("",), "--select")),
@@ -82,7 +94,6 @@ def open_text_source(options: DiagnoseOptions | FeaturizeOptions, model):
     ``options`` carries model, inputs, text_field, text_clean, featurizer,
     layout, engine, trust_pickle and chunk_size (diagnose and featurize share it).
     """
-    from lstm_doctor.frontend import text_source
 
     return text_source(
         options.model,
@@ -100,8 +111,6 @@ def open_text_source(options: DiagnoseOptions | FeaturizeOptions, model):
 
 def open_inputs(options: DiagnoseOptions, model):
     """``--inputs``: an array file, or texts (.txt/.jsonl/.json) through a front end."""
-    from lstm_doctor.frontend import is_text_inputs
-    from lstm_doctor.load.inputs import load_inputs
 
     if is_text_inputs(options.inputs):
         if options.lengths:
@@ -118,12 +127,6 @@ def open_inputs(options: DiagnoseOptions, model):
 
 def run_diagnosis(options: DiagnoseOptions) -> dict:
     """Load, capture, analyze; return the report dict (nothing is printed)."""
-    from lstm_doctor.analyzers import analyze
-    from lstm_doctor.capture import budget
-    from lstm_doctor.capture.pipeline import CaptureOptions, capture
-    from lstm_doctor.choices import ENGINES
-    from lstm_doctor.load.inputs import check_against_model, make_probe
-    from lstm_doctor.report import build_report
 
     if options.engine not in ENGINES:
         raise UserError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
@@ -179,13 +182,6 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
     )
     stages["report_seconds"] = time.perf_counter() - clock
     if options.what_if:
-        from lstm_doctor.experiments.whatif import (
-            DEFAULT_SAMPLE,
-            WhatIfOptions,
-            add_what_if,
-        )
-        from lstm_doctor.report.diagnosis import add_diagnosis
-
         report = add_what_if(report, model, source, WhatIfOptions(
             sample_size=options.what_if_sample or DEFAULT_SAMPLE, engine=options.engine, analysis=config,
         ))
@@ -211,8 +207,6 @@ def attach_differential(options: DiagnoseOptions, model, result) -> float | None
     Both run on the capture's bounded sample and are attached to it for the rules.
     Returns the gradient flow's wall seconds (None when it did not run)."""
     if options.observed:
-        from lstm_doctor.experiments.observed import load_observation, search_capture
-
         if not options.inputs:
             raise UserError("--observed needs --inputs: the inputs your code produced the trace from")
 
@@ -221,8 +215,6 @@ def attach_differential(options: DiagnoseOptions, model, result) -> float | None
         )
         result.observed = search_capture(result, observation)
     if options.gradients:
-        from lstm_doctor.experiments.gradients import analyze_gradients
-
         clock = time.perf_counter()
         # --engine pytensor checks the recursion against PyTensor's grad (costs a compile)
         result.gradients = analyze_gradients(result, method="pytensor" if options.engine == "pytensor" else "numpy")
@@ -240,7 +232,6 @@ def render(
     verbose: bool = False,
 ) -> str | bytes:
     """The report in ``fmt`` (a name in ``lstm_doctor.report.REPORTERS``)."""
-    from lstm_doctor.report import REPORTERS, RenderOptions
 
     if fmt not in REPORTERS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(REPORTERS)}")
@@ -252,8 +243,6 @@ def render(
 
 
 def execute(options: DiagnoseOptions) -> int:
-    from lstm_doctor.output import check_output_path, emit, one_unit
-
     # The files named here, and (lstm_doctor.output's read-set) every file the loaders open.
     protected = [options.model, options.inputs, options.lengths, options.observed, *options.extra_protected]
     if options.output:
@@ -280,9 +269,7 @@ def execute(options: DiagnoseOptions) -> int:
 
 def check_plots_dir(plots_dir: str, fmt: str) -> None:
     """``--plots DIR`` goes with ``--format markdown`` (html embeds its plots); DIR may not be a file."""
-    from pathlib import Path
 
-    from lstm_doctor.output import check_output_folder
 
     if fmt != "markdown":
         raise UserError(f"--plots writes the PNGs of --format markdown (html embeds them), not of --format {fmt}")

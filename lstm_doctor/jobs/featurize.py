@@ -12,8 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import click
+import numpy as np
 
-from lstm_doctor.jobs.selection import ModelSelection
+from lstm_doctor.errors import UserError
+from lstm_doctor.frontend import frontend_stats, is_text_inputs, stats_lines
+from lstm_doctor.jobs.diagnose import open_text_source
+from lstm_doctor.jobs.selection import ModelSelection, open_model
+from lstm_doctor.load.inputs import check_against_model
+from lstm_doctor.output import atomic_path, check_output_path
 
 
 @dataclass(kw_only=True)
@@ -29,15 +35,6 @@ class FeaturizeOptions(ModelSelection):
 
 
 def execute(options: FeaturizeOptions) -> int:
-    import numpy as np
-
-    from lstm_doctor.errors import UserError
-    from lstm_doctor.frontend import frontend_stats, is_text_inputs, stats_lines
-    from lstm_doctor.jobs.diagnose import open_text_source
-    from lstm_doctor.jobs.selection import open_model
-    from lstm_doctor.load.inputs import check_against_model
-    from lstm_doctor.output import atomic_path, check_output_path
-
     if not is_text_inputs(options.inputs):
         raise UserError("featurize reads texts: .txt, .jsonl or .json", options.inputs)
     if not str(options.out).endswith(".npy"):

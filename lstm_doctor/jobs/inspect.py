@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lstm_doctor.jobs.selection import ModelSelection
+from lstm_doctor.jobs.selection import ModelSelection, open_model
 from lstm_doctor.model import GATES, PEEPHOLE_GATES, DirectionParams, LSTMModel
+from lstm_doctor.output import escape_controls_in
 
 ROLES = ("W", "U", "b", "peephole", "projection", "h0", "c0")
 
@@ -169,13 +170,9 @@ class InspectOptions(ModelSelection):
 
 
 def execute(options: InspectOptions) -> int:
-    from lstm_doctor.jobs.selection import open_model
-
     description = describe(open_model(options))
     if options.format == "json":
         print(json.dumps(description, indent=2, ensure_ascii=False))
     else:
-        from lstm_doctor.output import escape_controls_in
-
         print(render_text(escape_controls_in(description)))  # names from the file: no raw ESC to the terminal
     return 0

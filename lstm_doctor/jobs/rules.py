@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 
+from lstm_doctor.analyzers import RULES, all_rules
+from lstm_doctor.analyzers.registry import FAMILIES
 from lstm_doctor.errors import UserError
 
 
 def list_rules(fmt: str) -> int:
-    from lstm_doctor.analyzers import all_rules
-    from lstm_doctor.analyzers.registry import FAMILIES
-
     rules = all_rules()
     if fmt == "markdown":
         print(rules_markdown(), end="")
@@ -31,8 +30,6 @@ def list_rules(fmt: str) -> int:
 
 def rule_text(code: str, heading: str = "") -> str:
     """One rule's documentation, as ``explain`` prints it (``heading``: a markdown prefix for the title)."""
-    from lstm_doctor.analyzers import RULES
-    from lstm_doctor.analyzers.registry import FAMILIES
 
     key = code.strip().upper()
     if key not in RULES:
@@ -64,8 +61,6 @@ def explain_rule(code: str) -> int:
 
 def rules_markdown() -> str:
     """The rule reference (``docs/rules.md``), generated from the registry so that it cannot drift."""
-    from lstm_doctor.analyzers import all_rules
-    from lstm_doctor.analyzers.registry import FAMILIES
 
     rules = all_rules()
     out = [

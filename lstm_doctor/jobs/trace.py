@@ -26,8 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstm_doctor.capture.budget import check_trace
+from lstm_doctor.capture.engines import run_chunk, to_time_order
 from lstm_doctor.errors import UserError
-from lstm_doctor.jobs.selection import ModelSelection
+from lstm_doctor.jobs.selection import ModelSelection, open_model
+from lstm_doctor.load.inputs import check_against_model, expand, load_inputs
+from lstm_doctor.model import location_name
+from lstm_doctor.output import check_output_path, output_file
 
 TRACE_FIELDS = ("h", "c", "i", "f", "g", "o", "preact", "m")  # m: only layers with a projection
 
@@ -83,10 +88,7 @@ def parse_units(text: str | None, H: int) -> np.ndarray | None:
 
 def collect_trace(model, source, engine="numpy", chunk_size=64, steps=None, units=None) -> dict[str, np.ndarray]:
     """Run every sequence and gather the per-step arrays as (B, T, ·), time order."""
-    from lstm_doctor.capture.engines import run_chunk, to_time_order
-    from lstm_doctor.model import location_name
 
-    from lstm_doctor.load.inputs import expand
 
     steps = steps or slice(0, source.T)
     parts: dict[str, list[np.ndarray]] = {}
@@ -118,10 +120,6 @@ def collect_trace(model, source, engine="numpy", chunk_size=64, steps=None, unit
 
 
 def execute(options: TraceOptions) -> int:
-    from lstm_doctor.jobs.selection import open_model
-    from lstm_doctor.load.inputs import check_against_model, load_inputs
-    from lstm_doctor.output import check_output_path, output_file
-
     out = options.out if options.out.endswith(".npz") else options.out + ".npz"
     # The files named here; the read-set adds every file the loaders open.
     check_output_path(out, [options.model, options.inputs, options.lengths])
@@ -132,7 +130,6 @@ def execute(options: TraceOptions) -> int:
         max_memory=options.max_memory,
     )
     check_against_model(source, model.D)
-    from lstm_doctor.capture.budget import check_trace
 
     check_trace(model, source, options.chunk_size, options.max_memory)
     arrays = collect_trace(

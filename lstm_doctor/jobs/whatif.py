@@ -15,11 +15,36 @@ renamed to DIR once complete.
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import shutil
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lstm_doctor.jobs.selection import ModelSelection
+import numpy as np
+
+from lstm_doctor.capture import budget
+from lstm_doctor.choices import ENGINES
+from lstm_doctor.errors import UserError
+from lstm_doctor.experiments.whatif import (
+    WhatIfOptions,
+    experiment_dict,
+    harmful_requested,
+    parse_fix_ids,
+    run_experiment,
+    write_plan,
+)
+from lstm_doctor.findings import Severity, exit_code
+from lstm_doctor.jobs.diagnose import analysis_config
+from lstm_doctor.jobs.selection import ModelSelection, open_model
+from lstm_doctor.load import native
+from lstm_doctor.load.inputs import check_against_model, load_inputs
+from lstm_doctor.output import check_output_folder, check_output_path, emit, escape_controls_in, os_error
+from lstm_doctor.report.build import clean, describe_model, envelope, file_identity
+from lstm_doctor.report.terminal import text_width, use_color
 
 INPUT_FIXES_FILE = "input_fixes.npz"
 
@@ -52,10 +77,7 @@ def check_fixed_folder(folder: str, protected: list[str | None]) -> Path:
     not an empty folder, that is (or holds) one of the user's files, whose parent folder
     is missing, or where nothing can be written. A symlink is followed: the fixed model
     goes into the (empty) folder it points to. Returns the real folder to write."""
-    import os
 
-    from lstm_doctor.errors import UserError
-    from lstm_doctor.output import check_output_folder
 
     out = Path(os.path.realpath(folder)) if Path(folder).is_symlink() else Path(folder)
     for item in protected:
@@ -79,15 +101,9 @@ def check_fixed_folder(folder: str, protected: list[str | None]) -> Path:
 
 def write_fixed(folder: Path, model, notes: tuple[str, ...], arrays: dict) -> Path:
     """Write the native model (and the input-fix parameters) into ``folder`` atomically."""
-    import os
-    import shutil
-    import uuid
 
-    import numpy as np
 
-    from lstm_doctor.load import native
 
-    from lstm_doctor.output import os_error
 
     tmp = folder.parent / f".{folder.name[:200]}.{uuid.uuid4().hex[:12]}.tmp"
     try:
@@ -112,14 +128,6 @@ def write_fixed(folder: Path, model, notes: tuple[str, ...], arrays: dict) -> Pa
 
 def build_output(options: WhatIfCommandOptions, model, source, exp) -> dict:
     """The JSON document of the ``what-if`` command."""
-    from lstm_doctor.experiments.whatif import experiment_dict
-    from lstm_doctor.findings import Severity, exit_code
-    from lstm_doctor.report.build import (
-        clean,
-        describe_model,
-        envelope,
-        file_identity,
-    )
 
     code = exit_code(exp.baseline.findings, Severity.parse(options.fail_on), options.exit_zero)
     doc = {
@@ -150,20 +158,6 @@ def build_output(options: WhatIfCommandOptions, model, source, exp) -> dict:
 
 
 def execute(options: WhatIfCommandOptions) -> int:
-    from lstm_doctor.choices import ENGINES
-    from lstm_doctor.errors import UserError
-    from lstm_doctor.experiments.whatif import (
-        WhatIfOptions,
-        harmful_requested,
-        parse_fix_ids,
-        run_experiment,
-        write_plan,
-    )
-    from lstm_doctor.jobs.diagnose import analysis_config
-    from lstm_doctor.jobs.selection import open_model
-    from lstm_doctor.load.inputs import check_against_model, load_inputs
-    from lstm_doctor.output import check_output_path, emit
-
     if options.engine not in ENGINES:
         raise UserError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
     fixes = parse_fix_ids(options.fixes) if options.fixes else None
@@ -217,7 +211,6 @@ def check_capture_budget(model, source, options: WhatIfCommandOptions) -> int:
     chunks of full records, keeping 64 sequences in full: the estimate of ``diagnose``
     (``budget.check_capture``) with the chunk the experiment will use.
     """
-    from lstm_doctor.capture import budget
 
     n = min(options.sample_size, source.n_sequences)
     per_sequence = budget.sequence_bytes(model, source.T, budget.FULL_RECORD_VALUES_PER_H)
@@ -226,16 +219,11 @@ def check_capture_budget(model, source, options: WhatIfCommandOptions) -> int:
 
 
 def render(doc: dict, options: WhatIfCommandOptions) -> str:
-    import io
-    import json
-
     if options.format == "json":
         return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     from rich.console import Console
     from rich.text import Text
 
-    from lstm_doctor.report.terminal import text_width, use_color
-    from lstm_doctor.output import escape_controls_in
     from lstm_doctor.report.whatif_text import render_what_if
 
     doc = escape_controls_in(doc)  # names from the model file: no raw ESC to the terminal

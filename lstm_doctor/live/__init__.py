@@ -11,10 +11,12 @@ with the capture. Neither framework is imported here.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from lstm_doctor.capture.engines import to_time_order
 from lstm_doctor.load.inputs import InputSource
 from lstm_doctor.model import LSTMModel
 
@@ -81,7 +83,6 @@ def parity(live: LiveLSTM, capture) -> dict:
     (``outputs``) and each direction's final h and c. Returns
     ``{"max_abs_diff": float, "values": int, "sequences": int, "tolerance": float, "ok": bool}``.
     """
-    from lstm_doctor.capture.engines import to_time_order
 
     lengths = live.source.lengths
     b = None
@@ -150,7 +151,6 @@ def compact(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def match(path: str, pattern: str) -> bool:
     """A module path against a shell pattern (``*``, ``?``); brackets are literal (``layers[2]``)."""
-    import fnmatch
 
     return fnmatch.fnmatchcase(path, pattern.replace("[", "[[]"))
 

@@ -26,6 +26,8 @@ import numpy as np
 
 from lstm_doctor.errors import ModelError, UserError
 from lstm_doctor.live import ArrayInputs, LiveLSTM, Skipped, compact, is_prefix_mask
+from lstm_doctor.load.keras import _activations
+from lstm_doctor.load.keras import _direction as keras_direction
 from lstm_doctor.model import Layer, LSTMModel
 
 
@@ -124,8 +126,6 @@ def capture_model(model, args: tuple, kwargs: dict | None = None) -> tuple[list[
 
 
 def _direction(layer, where: str):
-    from lstm_doctor.load.keras import _direction as keras_direction
-
     weights = [np.asarray(w) for w in layer.get_weights()]
     kernel, recurrent = weights[0], weights[1]
     bias = weights[2] if layer.use_bias and len(weights) > 2 else None
@@ -148,7 +148,6 @@ def _sequence_output(entry) -> tuple[np.ndarray | None, np.ndarray | None]:
 def _convert(path: str, kind: str, layer, calls: dict) -> LiveLSTM | Skipped:
     import keras
 
-    from lstm_doctor.load.keras import _activations
 
     entries = calls[id(layer)]
     if not entries:

@@ -23,6 +23,7 @@ give the same model. torch is imported only by this module.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,12 @@ import numpy as np
 
 from lstm_doctor.errors import ModelError, UserError
 from lstm_doctor.live import ArrayInputs, LiveLSTM, Skipped
+from lstm_doctor.load.torch import build_model, lstm_prefixes
 from lstm_doctor.model import LSTMModel, make_direction
 
 
 def is_module(obj: Any) -> bool:
     """True for a ``torch.nn.Module``, without importing torch unless it is already loaded."""
-    import sys
 
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.nn.Module)
@@ -67,7 +68,6 @@ def _numpy(tensor) -> np.ndarray:
 
 def _convert(sub, path: str, layout: str) -> LSTMModel:
     """The submodule's parameters → ``LSTMModel`` with the file importer's converter."""
-    from lstm_doctor.load.torch import build_model, lstm_prefixes
 
     tensors = {name: _numpy(value) for name, value in sub.state_dict().items()}
     groups = lstm_prefixes(tensors)

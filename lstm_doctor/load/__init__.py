@@ -16,7 +16,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lstm_doctor.choices import MODEL_FORMATS
+from lstm_doctor.capture import budget
+from lstm_doctor.choices import ARCHITECTURE_FLAGS, MODEL_FORMATS
 from lstm_doctor.errors import ConfigError, ModelError, UserError
 from lstm_doctor.model import LSTMModel
 from lstm_doctor.output import declare_read, recheck_outputs
@@ -42,7 +43,6 @@ class LoadOptions:
 
     def architecture_flags(self) -> list[str]:
         """The command-line names of the Keras settings given."""
-        from lstm_doctor.choices import ARCHITECTURE_FLAGS
 
         return [flag for name, flag in ARCHITECTURE_FLAGS.items() if getattr(self, name) is not None]
 
@@ -117,7 +117,6 @@ def load_model(
     options: LoadOptions | None = None,
 ) -> LSTMModel:
     """Load any supported model file (or native directory) as an ``LSTMModel``."""
-    from lstm_doctor.capture import budget
 
     path = check_readable_file(Path(path), allow_dir=True)
     options = options or LoadOptions()

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from lstm_doctor.capture import budget
 from lstm_doctor.choices import LAYOUTS
 from lstm_doctor.errors import InputError, UserError
 from lstm_doctor.load import check_readable_file
@@ -254,7 +255,6 @@ def load_inputs(
     masked; masked steps may be anywhere.
     Sizes the files declare are checked against ``max_memory`` (``--max-memory``) before reading.
     """
-    from lstm_doctor.capture import budget
 
     with budget.reading(max_memory):
         source = _load_inputs(

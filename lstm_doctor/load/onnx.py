@@ -44,7 +44,6 @@ import numpy as np
 
 from lstm_doctor.capture.budget import Allowance, declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
-from lstm_doctor.output import declare_read
 from lstm_doctor.model import (
     Activations,
     Layer,
@@ -53,6 +52,7 @@ from lstm_doctor.model import (
     reorder_gates,
 )
 from lstm_doctor.model.activations import get_activation
+from lstm_doctor.output import declare_read
 
 ONNX_ORDER = "iofc"
 PASS_THROUGH = ("Squeeze", "Transpose", "Reshape", "Identity", "Cast")

@@ -54,6 +54,7 @@ import numpy as np
 
 from lstm_doctor.capture.budget import Allowance, declared_bytes, read_limit
 from lstm_doctor.errors import ModelError
+from lstm_doctor.load.npyfile import load_npy
 
 # Every size a pickle declares (arrays, bytearrays, the bytes its opcodes read,
 # decompressed data) is counted against the read budget (``--max-memory``,
@@ -516,8 +517,6 @@ class _JoblibLegacyWrapper:
     def read(self, unpickler: "RestrictedUnpickler") -> np.ndarray:
         path = self.companion(unpickler)
         try:
-            from lstm_doctor.load.npyfile import load_npy
-
             array = load_npy(path)
         except FileNotFoundError:
             raise ModelError(f"joblib companion file {path.name} is missing") from None

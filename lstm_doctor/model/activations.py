@@ -104,3 +104,25 @@ def get_activation(name: str) -> Activation:
             f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}"
         )
     return ACTIVATIONS[key]
+
+
+def activation_derivative(name: str, value: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """The derivative of activation ``name`` expressed through its output value, in ``dtype``."""
+    v = np.asarray(value, dtype)
+    if name == "sigmoid":
+        return v * (1 - v)
+    if name == "tanh":
+        return 1 - v * v
+    if name == "hard_sigmoid":
+        return np.where((v > 0) & (v < 1), 0.2, 0.0).astype(dtype)
+    if name == "hard_sigmoid6":
+        return np.where((v > 0) & (v < 1), 1 / 6, 0.0).astype(dtype)
+    if name == "identity":
+        return np.ones_like(v)
+    if name == "relu":
+        return (v > 0).astype(dtype)
+    if name == "softsign":
+        return (1 - np.abs(v)) ** 2
+    if name == "softplus":
+        return 1 - np.exp(-v)
+    raise ValueError(f"no derivative for activation {name!r}")

@@ -8,9 +8,13 @@ where ``report`` is the JSON-able dict built by ``build_report`` and
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Callable
 
+from lstm_doctor.report import concise, github, html, junit, markdown
 from lstm_doctor.report.build import SCHEMA_VERSION, build_report, to_json
 
 
@@ -28,8 +32,6 @@ def _json(report: dict, options: RenderOptions) -> str:
 
 
 def _text(report: dict, options: RenderOptions) -> str:
-    import io
-
     from rich.console import Console
 
     from lstm_doctor.report.text import render
@@ -42,60 +44,27 @@ def _text(report: dict, options: RenderOptions) -> str:
     return buffer.getvalue()
 
 
-def _concise(report: dict, options: RenderOptions) -> str:
-    from lstm_doctor.report.concise import render
-
-    return render(report, options)
-
-
-def _html(report: dict, options: RenderOptions) -> str:
-    from lstm_doctor.report.html import (
-        render,  # matplotlib is imported only when a plot is drawn
-    )
-
-    return render(report, options)
-
-
-def _markdown(report: dict, options: RenderOptions) -> str:
-    from lstm_doctor.report.markdown import render
-
-    return render(report, options)
-
-
-def _junit(report: dict, options: RenderOptions) -> str:
-    from lstm_doctor.report.junit import render
-
-    return render(report, options)
-
-
-def _github(report: dict, options: RenderOptions) -> str:
-    from lstm_doctor.report.github import render
-
-    return render(report, options)
-
-
 REPORTERS: dict[str, Callable[[dict, RenderOptions], str | bytes]] = {
     "text": _text,
     "json": _json,
-    "html": _html,
-    "markdown": _markdown,
-    "junit": _junit,
-    "github": _github,
-    "concise": _concise,
+    "html": html.render,  # matplotlib is imported only when a plot is drawn
+    "markdown": markdown.render,
+    "junit": junit.render,
+    "github": github.render,
+    "concise": concise.render,
 }
 
 # Formats that put several reports in one file (``lstm-doctor check``):
-# module name in this package; each defines ``render_many(reports, options)``.
+# each module defines ``render_many(reports, options)``.
 # The others (text) are concatenated; JSON is the check's own document.
-MULTI = {"html": "html", "markdown": "markdown", "junit": "junit", "github": "github", "concise": "concise"}
+MULTI = {"html": html, "markdown": markdown, "junit": junit, "github": github, "concise": concise}
 
 
 def render_many(fmt: str, reports: list[dict], options: RenderOptions) -> str | bytes:
     """Several reports in one output of format ``fmt`` (not json: see ``lstm_doctor.jobs.check``)."""
-    import importlib
 
     if fmt in MULTI:
-        return importlib.import_module(f"{__name__}.{MULTI[fmt]}").render_many(reports, options)
+        return MULTI[fmt].render_many(reports, options)
     if fmt == "json":
         raise ValueError("several reports in JSON: use lstm_doctor.jobs.check.check_document")
     return "".join(REPORTERS[fmt](report, options) for report in reports)
@@ -103,8 +72,6 @@ def render_many(fmt: str, reports: list[dict], options: RenderOptions) -> str | 
 
 def load_schema() -> dict:
     """The JSON Schema (draft 2020-12) of the report, shipped as ``report/schema.json``."""
-    import json
-    from importlib.resources import files
 
     return json.loads(files(__name__).joinpath("schema.json").read_text(encoding="utf-8"))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,13 @@ import numpy as np
 
 from lstm_doctor import __version__
 from lstm_doctor.analyzers import RULES, Analysis, AnalysisConfig
+from lstm_doctor.capture.pipeline import headline_metrics
+from lstm_doctor.experiments.gradients import statistics
 from lstm_doctor.findings import Severity
+from lstm_doctor.frontend import frontend_stats
 from lstm_doctor.model import FORMAT_FIXES, GATES, SIGMOID_GATES, LSTMModel
+from lstm_doctor.report.diagnosis import add_diagnosis
+from lstm_doctor.stats import input_energy_share, input_variance_share
 
 SCHEMA_VERSION = "1.1"  # 1.1: ``diagnosis``, ``summary.failing`` and ``summary.exit_forced``
 
@@ -88,7 +94,6 @@ def to_json(value: Any, indent: int = 2) -> str:
     """JSON text of a cleaned report, as ``json.dumps(indent=2)`` but with every
     list of scalars on one line (per-step series, matrix rows), so that a
     report stays readable and small. Deterministic for a given value."""
-    import json
 
     def scalar(v: Any) -> bool:
         return not isinstance(v, (dict, list))
@@ -209,8 +214,6 @@ def describe_model(model: LSTMModel, source=None) -> dict[str, Any]:
 
 
 def describe_inputs(capture) -> dict[str, Any]:
-    from lstm_doctor.frontend import frontend_stats
-
     src = capture.source
     st = capture.inputs
     return {
@@ -319,7 +322,6 @@ def _mixed_zeros(a: np.ndarray) -> bool:
 
 def layer_statistics(capture) -> list[dict[str, Any]]:
     """Per (layer, direction): what the summaries and plots are drawn from."""
-    from lstm_doctor.stats import input_energy_share, input_variance_share
 
     out = []
     for (k, d), st in capture.directions.items():
@@ -448,7 +450,6 @@ def build_report(
     ``exit_zero``: --exit-zero was given, so ``summary.exit_forced`` records that an
     exit code of 0 does not mean that nothing reached ``fail_on``. The ``diagnosis``
     section (``report/diagnosis.py``) is computed here, once, from the findings."""
-    from lstm_doctor.capture.pipeline import headline_metrics
 
     config = config or AnalysisConfig()
     timings = stage_timings(capture) if capture is not None else {}
@@ -485,7 +486,6 @@ def build_report(
         if capture is not None
         else None,
     }
-    from lstm_doctor.report.diagnosis import add_diagnosis
 
     return add_diagnosis(clean(report))
 
@@ -511,8 +511,6 @@ def differential_statistics(capture) -> dict[str, Any]:
     out: dict[str, Any] = {}
     g = getattr(capture, "gradients", None)
     if g is not None:
-        from lstm_doctor.experiments.gradients import statistics
-
         out["gradients"] = statistics(g)
     r = getattr(capture, "observed", None)
     if r is not None:

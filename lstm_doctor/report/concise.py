@@ -13,12 +13,16 @@ It reads the report's ``diagnosis`` only; nothing is computed here.
 
 from __future__ import annotations
 
+import os
+
+from lstm_doctor.output import escape_controls_in
+from lstm_doctor.report.diagnosis import count_line, diagnosis, status
+
 
 def _model(report: dict) -> str:
     check = report.get("check") or {}
     if check.get("model_id"):
         return str(check["model_id"])
-    import os
 
     files = report["model"]["files"]
     if not files:
@@ -32,9 +36,6 @@ def _model(report: dict) -> str:
 
 
 def lines(report: dict) -> list[str]:
-    from lstm_doctor.output import escape_controls_in
-    from lstm_doctor.report.diagnosis import diagnosis
-
     report = escape_controls_in(report, newlines=True)  # names from a model file: no raw ESC to the terminal
     d = report.get("diagnosis") or diagnosis(report)
     model = _model(report)
@@ -59,8 +60,6 @@ def lines(report: dict) -> list[str]:
 
 
 def render(report: dict, options=None) -> str:
-    from lstm_doctor.report.diagnosis import count_line
-
     return "\n".join(lines(report) + [count_line(report)]) + "\n"
 
 
@@ -68,8 +67,6 @@ def render_many(reports: list[dict], options=None) -> str:
     """Every model's lines, each model's count line, then the total."""
     if len(reports) == 1:
         return render(reports[0], options)
-    from lstm_doctor.output import escape_controls_in
-    from lstm_doctor.report.diagnosis import count_line
 
     reports = [escape_controls_in(r, newlines=True) for r in reports]  # the count lines name them too
     out: list[str] = []
@@ -81,7 +78,6 @@ def render_many(reports: list[dict], options=None) -> str:
     roots = sum(len((r.get("diagnosis") or {}).get("root_causes") or []) for r in reports)
     parts = [f"{len(reports)} models", f"{roots} root cause{'s' if roots != 1 else ''}"]
     parts += [f"{n} {sev}{'s' if n != 1 and sev != 'info' else ''}" for sev, n in total.items() if n]
-    from lstm_doctor.report.diagnosis import status
 
     forced = code == 0 and any(status(r)["state"] == "forced" for r in reports)
     out.append(", ".join(parts + [f"exit {code}" + (" (forced by --exit-zero)" if forced else "")]))

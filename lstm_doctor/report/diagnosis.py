@@ -37,14 +37,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from lstm_doctor.analyzers import RULES
 from lstm_doctor.findings import Severity
 
 FAMILY_ORDER = "WASCIHG"
 
 
 def _names() -> dict[str, str]:
-    from lstm_doctor.analyzers import RULES
-
     return {code: r.name for code, r in RULES.items()}
 
 

@@ -10,6 +10,8 @@ file in a pull request. Values are escaped as the runner expects
 
 from __future__ import annotations
 
+from lstm_doctor.analyzers import RULES
+from lstm_doctor.output import escape_controls_in
 from lstm_doctor.report.html import _where
 
 LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
@@ -24,8 +26,6 @@ def escape_property(text: str) -> str:
 
 
 def _names() -> dict[str, str]:
-    from lstm_doctor.analyzers import RULES
-
     return {code: r.name for code, r in RULES.items()}
 
 
@@ -49,8 +49,6 @@ def annotations(report: dict, names: dict[str, str]) -> list[str]:
 
 
 def render_many(reports: list[dict], options=None) -> str:
-    from lstm_doctor.output import escape_controls_in
-
     # names from a model file: no raw ESC in the log, and a line break in one cannot end
     # the workflow command early (escape_data's %0A is for our own "fix:" line)
     reports = [escape_controls_in(r, newlines=True) for r in reports]

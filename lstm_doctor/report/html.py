@@ -14,6 +14,11 @@ import json
 import re
 from html import escape
 
+from lstm_doctor.analyzers import RULES, all_rules
+from lstm_doctor.analyzers.registry import FAMILIES
+from lstm_doctor.output import escape_controls_in
+from lstm_doctor.report.diagnosis import diagnosis, status
+from lstm_doctor.report.plots import report_plots
 
 CSS = """
 :root { --err: #c62828; --warn: #b26a00; --info: #00838f; --ok: #2e7d32; --muted: #666; --line: #ddd; }
@@ -97,8 +102,6 @@ def _where(loc: dict) -> str:
 
 
 def _rule_names() -> dict[str, str]:
-    from lstm_doctor.analyzers import RULES
-
     return {code: r.name for code, r in RULES.items()}
 
 
@@ -110,8 +113,6 @@ def _file(f: dict) -> str:
 
 
 def _header(report: dict) -> str:
-    from lstm_doctor.report.diagnosis import status
-
     s = report["summary"]
     st = status(report)  # never "pass" while a finding reaches --fail-on, whatever the exit code
     label = {"pass": "PASS", "fail": "FAIL", "forced": "FAIL"}[st["state"]]
@@ -267,7 +268,6 @@ def _findings(report: dict, names: dict[str, str]) -> str:
 
 def _diagnosis(report: dict) -> str:
     """The diagnosis block: what is wrong, the root causes in order (code, where, key number, fix), the rest collapsed."""
-    from lstm_doctor.report.diagnosis import diagnosis
 
     d = report.get("diagnosis") or diagnosis(report)
     out = [f'<section class="diagnosis {"healthy" if d["healthy"] else "sick"}" id="diagnosis">',
@@ -313,7 +313,6 @@ def _diagnosis(report: dict) -> str:
 
 def _grouped_findings(report: dict, names: dict[str, str]) -> str:
     """One row per rule and layer, in the diagnosis order; a rule on several gates gets a breakdown, its fix once."""
-    from lstm_doctor.report.diagnosis import diagnosis
 
     d = report.get("diagnosis") or diagnosis(report)
     if not d["groups"]:
@@ -382,8 +381,6 @@ def _saturation_table(report: dict) -> str:
 
 
 def _plots(report: dict, prefix: str) -> str:
-    from lstm_doctor.report.plots import report_plots
-
     sections = report_plots(report, prefix)
     if not sections:
         return ""
@@ -400,9 +397,6 @@ def _plots(report: dict, prefix: str) -> str:
 
 
 def _rules(cited: set[str]) -> str:
-    from lstm_doctor.analyzers import all_rules
-    from lstm_doctor.analyzers.registry import FAMILIES
-
     out = [
         '<h2 id="rules">Rules</h2>',
         '<p class="muted">The catalogue (<code>lstm-doctor rules</code>, <code>lstm-doctor explain CODE</code>). '
@@ -467,8 +461,6 @@ def render(report: dict, options=None) -> str:
 
 
 def render_many(reports: list[dict], options=None) -> str:
-    from lstm_doctor.output import escape_controls_in
-
     # names from a model file: shown as \\xNN, not as raw ESC, BEL or C1 bytes in the page
     reports = [escape_controls_in(r, newlines=True) for r in reports]
     names = _rule_names()
@@ -480,7 +472,6 @@ def render_many(reports: list[dict], options=None) -> str:
     for k, r in enumerate(reports):
         s = r["summary"]
         label = (r.get("check") or {}).get("model_id") or r["model"]["name"]
-        from lstm_doctor.report.diagnosis import status
 
         parts.append(
             f'<li><a href="#model-{k}">{escape(label)}</a>: {s["error"]} errors, {s["warning"]} warnings, '

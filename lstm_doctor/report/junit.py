@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from lstm_doctor.findings import Severity
+from lstm_doctor.analyzers import RULES
+from lstm_doctor.findings import Severity, is_selected
+from lstm_doctor.output import escape_controls_in
 from lstm_doctor.report.html import _where
 
 
-
 def _in_scope(code: str, config: dict) -> bool:
-    from lstm_doctor.findings import is_selected
-
     return is_selected(code, config.get("select") or ("",), config.get("ignore") or ())
 
 
@@ -78,12 +77,9 @@ def _suite(report: dict, rules: dict) -> ET.Element:
 
 
 def render_many(reports: list[dict], options=None) -> str:
-    from lstm_doctor.analyzers import RULES
-
     rules = {code: r.name for code, r in RULES.items()}
     root = ET.Element("testsuites", name="lstm-doctor")
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    from lstm_doctor.output import escape_controls_in
 
     for report in reports:
         suite = _suite(escape_controls_in(report), rules)  # control characters are not XML

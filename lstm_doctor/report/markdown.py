@@ -12,7 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lstm_doctor.analyzers import RULES
+from lstm_doctor.output import escape_controls_in, write_atomic
+from lstm_doctor.report.diagnosis import diagnosis, status
 from lstm_doctor.report.html import HEADLINE_LABELS, _fmt
+from lstm_doctor.report.plots import report_plots, slug
 
 
 def _cell(text) -> str:
@@ -21,8 +25,6 @@ def _cell(text) -> str:
 
 
 def _header(report: dict) -> list[str]:
-    from lstm_doctor.report.diagnosis import status
-
     m, s = report["model"], report["summary"]
     out = [f"# lstm-doctor report: {m['name']}", ""]
     st = status(report)  # never "pass" while a finding reaches --fail-on, whatever the exit code
@@ -71,7 +73,6 @@ def _header(report: dict) -> list[str]:
 
 def _diagnosis(report: dict) -> list[str]:
     """The diagnosis block: what is wrong, the root causes in order, the rest collapsed."""
-    from lstm_doctor.report.diagnosis import diagnosis
 
     d = report.get("diagnosis") or diagnosis(report)
     out = [f"**Diagnosis:** {_cell(d['sentence'])}", ""]
@@ -112,7 +113,6 @@ def _headline(report: dict) -> list[str]:
 
 def _findings(report: dict, names: dict[str, str]) -> list[str]:
     """One row per rule and layer (the diagnosis' groups): a per-location breakdown, the fix once."""
-    from lstm_doctor.report.diagnosis import diagnosis
 
     out = ["## Findings", ""]
     if not report["findings"]:
@@ -145,8 +145,6 @@ def _findings(report: dict, names: dict[str, str]) -> list[str]:
 def _plots(report: dict, options, prefix: str) -> list[str]:
     if not options or not options.plots_dir:
         return []
-    from lstm_doctor.output import write_atomic
-    from lstm_doctor.report.plots import report_plots, slug
 
     sections = report_plots(report, prefix=f"{prefix}{slug(report['model']['name'])}-")
     if not sections:
@@ -166,8 +164,6 @@ def _plots(report: dict, options, prefix: str) -> list[str]:
 
 
 def _rules(cited: set[str]) -> list[str]:
-    from lstm_doctor.analyzers import RULES
-
     if not cited:
         return []
     out = ["## Rules cited", ""]
@@ -193,8 +189,6 @@ def _rules(cited: set[str]) -> list[str]:
 
 
 def _names() -> dict[str, str]:
-    from lstm_doctor.analyzers import RULES
-
     return {code: r.name for code, r in RULES.items()}
 
 
@@ -204,8 +198,6 @@ def _body(report: dict, options, prefix: str = "") -> list[str]:
 
 
 def render(report: dict, options=None) -> str:
-    from lstm_doctor.output import escape_controls_in
-
     # names from a model file: no raw ESC, and no line break that ends a heading or a table row
     report = escape_controls_in(report, newlines=True)
     cited = {f["code"] for f in report["findings"]}
@@ -213,8 +205,6 @@ def render(report: dict, options=None) -> str:
 
 
 def render_many(reports: list[dict], options=None) -> str:
-    from lstm_doctor.output import escape_controls_in
-
     if len(reports) == 1:
         return render(reports[0], options)
     reports = [escape_controls_in(r, newlines=True) for r in reports]

@@ -12,7 +12,7 @@ adds the full table, one row per finding location, grouped by layer and family.
 
 from __future__ import annotations
 
-from lstm_doctor.findings import Severity
+import math
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -20,6 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from lstm_doctor.analyzers.registry import FAMILIES, RULES
+from lstm_doctor.findings import Severity
+from lstm_doctor.output import escape_controls_in
+from lstm_doctor.report.diagnosis import diagnosis, status
+from lstm_doctor.report.whatif_text import render_what_if
 
 RULE_NAMES = {code: r.name for code, r in RULES.items()}
 
@@ -168,7 +172,6 @@ STRIP_STEPS = 60
 def sensitivity_strip(values: list, steps: int = STRIP_STEPS) -> str:
     """One character per step, oldest left, last step right: log10 of ‖∂h_T/∂x_t‖
     relative to its peak, 8 levels over 6 decades (blank below 1e-6)."""
-    import math
 
     vals = [v for v in values[:steps] if v is not None]
     peak = max(vals, default=0.0)
@@ -239,7 +242,6 @@ def _summary(report: dict) -> Text:
     for sev in ("error", "warning", "info"):
         text.append(f"{s[sev]} {sev}{'s' if s[sev] != 1 and sev != 'info' else ''}", style=STYLE[sev] if s[sev] else "dim")
         text.append("  ")
-    from lstm_doctor.report.diagnosis import status
 
     st = status(report)
     text.append(f"({st['text']})", style="bold red" if st["state"] == "forced" else "dim")
@@ -260,7 +262,6 @@ def _count(code: str, n: int) -> str:
 
 def diagnosis_block(report: dict) -> list:
     """The diagnosis: what is wrong, the root causes (one line each), what they explain, the verdict."""
-    from lstm_doctor.report.diagnosis import diagnosis, status
 
     d = report.get("diagnosis") or diagnosis(report)
     out: list = []
@@ -316,7 +317,6 @@ def diagnosis_block(report: dict) -> list:
 
 def _details(report: dict) -> list:
     """One entry per rule and layer: the per-location breakdown, one message, the fix once."""
-    from lstm_doctor.report.diagnosis import diagnosis
 
     d = report.get("diagnosis") or diagnosis(report)
     if not d["groups"]:
@@ -350,8 +350,6 @@ def _details(report: dict) -> list:
 
 
 def render(report: dict, console: Console, verbose: bool = False) -> None:
-    from lstm_doctor.output import escape_controls_in
-
     report = escape_controls_in(report)  # names from a model file: no raw ESC to the terminal
     console.print(_header(report))
     for part in diagnosis_block(report):
@@ -365,7 +363,6 @@ def render(report: dict, console: Console, verbose: bool = False) -> None:
     for part in (_saturation(report), _per_step(report), _differential(report)):
         if part is not None:
             console.print(part)
-    from lstm_doctor.report.whatif_text import render_what_if
 
     render_what_if(report, console)  # prints nothing without a what-if section
     console.print(_summary(report))

@@ -9,6 +9,8 @@ report has no ``what_if`` section.
 
 from __future__ import annotations
 
+import io
+
 from rich import box
 from rich.console import Console, Group
 from rich.table import Table
@@ -182,7 +184,6 @@ def render_what_if(report: dict, console: Console) -> None:
 
 def render_text(report: dict, width: int = 110, color: bool = False) -> str:
     """The what-if section alone, as text (the ``what-if`` command's text output)."""
-    import io
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)

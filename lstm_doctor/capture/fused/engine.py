@@ -50,6 +50,7 @@ from lstm_doctor.capture.numpy_loop import (
 )
 from lstm_doctor.capture.numpy_loop import run_direction as numpy_run_direction
 from lstm_doctor.model import DirectionParams, Layer
+from lstm_doctor.stats import DirectionReducer
 
 # Activation codes understood by the kernel.
 ACTIVATION_CODES = {
@@ -165,7 +166,6 @@ def run_direction(
     observer, a float32 model and kernels that load; anything else runs the
     NumPy engine, which computes the same values.
     """
-    from lstm_doctor.stats import DirectionReducer
 
     if (
         capture != CAPTURE_STATS
