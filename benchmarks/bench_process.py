@@ -16,14 +16,24 @@ PyTorch's default init; B sequences of T steps of D features, batch first):
   no Python start-up; the least any capture on NumPy's BLAS can take.
 
 Every command runs with one thread (OMP/OpenBLAS/MKL = 1, torch.set_num_threads(1))
-in a fresh process, round after round, the order rotating each round; the
-table gives medians and ranges of wall time and their ratio to the GEMM floor.
+in a fresh process, round after round, the order rotating each round, after
+one untimed run of each; the table gives medians and ranges of wall time and
+their ratio to the GEMM floor, and the median CPU time (user + sys) of the
+process, which other load on the machine disturbs less than the wall time.
+
+Bytecode: an installed package has its modules compiled (pip compiles them,
+and torch's and NumPy's ``__pycache__`` exist), but an editable install under
+``PYTHONDONTWRITEBYTECODE=1`` recompiles lstm_doctor's ~90 modules in every
+process (~0.07 s). So every command runs with ``PYTHONDONTWRITEBYTECODE``
+unset and ``PYTHONPYCACHEPREFIX`` in the scratch folder, which the untimed
+runs fill: each command imports compiled modules, as after an ordinary install.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -94,13 +104,17 @@ def write_inputs(folder: str, B: int, T: int, D: int, H: int, keras_ok: bool) ->
     return files
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, str]:
+def timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds user + sys, stdout) of one run of ``cmd``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode not in (0, 1):  # diagnose exits 1 when a finding reaches --fail-on
         raise SystemExit(f"{' '.join(cmd[:3])}… failed ({out.returncode}):\n{out.stderr[-600:]}")
-    return wall, out.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, out.stdout
 
 
 def main() -> int:
@@ -120,6 +134,8 @@ def main() -> int:
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     doctor = shutil.which("lstm-doctor") or "lstm-doctor"
     folder = tempfile.mkdtemp(prefix="bench_process_")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled modules, as installed (module docstring)
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(folder, "pycache")
     try:
         files = write_inputs(folder, args.B, args.T, args.D, args.H, not args.no_keras)
         report = os.path.join(folder, "report.json")
@@ -135,17 +151,21 @@ def main() -> int:
         gemm_cmd = [sys.executable, "-c", GEMM_SCRIPT, str(args.T), str(args.B), str(args.D), str(args.H)]
         names = list(commands) + ["gemm floor"]
         walls: dict[str, list[float]] = {name: [] for name in names}
+        cpus: dict[str, list[float]] = {name: [] for name in names}
         engines, stage_times = set(), []
+        for cmd in commands.values():
+            timed(cmd, env)  # untimed: fills the bytecode cache and the disk cache
         loads = [os.getloadavg()[0]]
         for k in range(args.rounds):
             order = names[k % len(names):] + names[: k % len(names)]
             for name in order:
                 if name == "gemm floor":
-                    _, out = timed(gemm_cmd, env)
+                    _, _, out = timed(gemm_cmd, env)
                     walls[name].append(float(out.strip()))
                     continue
-                wall, _ = timed(commands[name], env)
+                wall, cpu, _ = timed(commands[name], env)
                 walls[name].append(wall)
+                cpus[name].append(cpu)
                 if name.startswith("lstm-doctor"):
                     import json
 
@@ -160,11 +180,20 @@ def main() -> int:
     floor = statistics.median(walls["gemm floor"])
     print(f"B={args.B} T={args.T} D={args.D} H={args.H}, float32, one thread, {args.rounds} rounds; "
           f"load average {min(loads):.2f}–{max(loads):.2f}; lstm-doctor engine: {', '.join(sorted(engines))}\n")
-    print("| command | wall s, median (range) | × GEMM floor |")
-    print("|---|---:|---:|")
+    print("| command | wall s, median (range) | × GEMM floor | CPU s (user + sys), median |")
+    print("|---|---:|---:|---:|")
     for name in names:
         v = walls[name]
-        print(f"| {name} | {statistics.median(v):.2f} ({min(v):.2f}–{max(v):.2f}) | {statistics.median(v) / floor:.1f} |")
+        cpu = f"{statistics.median(cpus[name]):.2f}" if cpus[name] else "–"
+        print(f"| {name} | {statistics.median(v):.2f} ({min(v):.2f}–{max(v):.2f}) | "
+              f"{statistics.median(v) / floor:.1f} | {cpu} |")
+    torch_name = "torch: load the state_dict, nn.LSTM forward"
+    doctor_name = next(n for n in names if n.startswith("lstm-doctor"))
+    ours, theirs = walls[doctor_name], walls[torch_name]
+    per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs))
+    print(f"\nlstm-doctor / torch script: wall {statistics.median(ours) / statistics.median(theirs):.2f}× "
+          f"(per round {per_round}), CPU "
+          f"{statistics.median(cpus[doctor_name]) / statistics.median(cpus[torch_name]):.2f}×")
     if stage_times:
         keys = [k for k in stage_times[0] if k.endswith("_seconds")]
         print("\nlstm-doctor's own stage times (report `timings`, medians): " + ", ".join(

@@ -63,6 +63,29 @@ def test_help_and_version_do_not_import_heavy_modules():
     assert invoke("--version").stdout.startswith("lstm-doctor, version")
 
 
+HEAVY_MODULES = ("torch", "pytensor", "theano", "matplotlib", "scipy", "keras", "tensorflow", "jax", "onnx",
+                 "onnxruntime", "numba", "llvmlite")
+
+
+def test_diagnose_of_a_pt_file_to_json_imports_no_heavy_module(tmp_path):
+    """Issue 18.1: the project's own .pt reader, the fused engine, the gradients and the JSON
+    renderer: a whole ``diagnose m.pt --format json`` process never imports a framework or plotting."""
+    corpus = Path(__file__).resolve().parents[1] / "corpus" / "adding"
+    out = tmp_path / "r.json"
+    code = (
+        "import sys; from lstm_doctor.cli.main import main\n"
+        f"sys.argv = ['lstm-doctor', 'diagnose', {str(corpus / 'model.pt')!r}, '--inputs', "
+        f"{str(corpus / 'inputs.npy')!r}, '--format', 'json', '--output', {str(out)!r}, '--exit-zero']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r})\n"
+        "assert not heavy, heavy\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["model"]["format"] == "torch" and report["statistics"]["gradients"]["memory_horizon"] >= 1
+
+
 def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "lstm_doctor", "rules"], capture_output=True, text=True)
     assert out.returncode == 0 and "W101" in out.stdout
