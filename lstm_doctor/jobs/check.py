@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 import os
 import sys
 import tomllib
@@ -52,7 +51,7 @@ from lstm_doctor.findings import IDENTITY_FIELDS, Severity, finding_identity
 from lstm_doctor.jobs.diagnose import DiagnoseOptions, check_plots_dir, run_diagnosis
 from lstm_doctor.output import allow_replacing, check_output_path, emit, one_unit, same_file, write_atomic
 from lstm_doctor.report import REPORTERS, RenderOptions, render_many, to_json
-from lstm_doctor.report.build import envelope
+from lstm_doctor.report.build import envelope, read_json
 from lstm_doctor.report.diagnosis import status
 from lstm_doctor.report.html import _where
 from lstm_doctor.report.terminal import text_width, use_color
@@ -174,6 +173,16 @@ def _norm(key: str) -> str:
     return str(key).replace("_", "-")
 
 
+def _known_keys(table: dict, known: frozenset | set, path: Path, where: str = "") -> dict:
+    """``table`` with its keys normalised (``_`` → ``-``); a key outside ``known`` is a ConfigError."""
+    table = {_norm(key): v for key, v in table.items()}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", path)
+    return table
+
+
 def _prefixes(value, key: str, path: Path) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -197,10 +206,7 @@ def _model_entry(raw: Any, k: int, base: Path, cwd: Path, path: Path) -> ModelEn
     where = f"models[{k}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table with at least `model = PATH`", path)
-    raw = {_norm(key): v for key, v in raw.items()}
-    unknown = sorted(set(raw) - MODEL_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(MODEL_KEYS))}", path)
+    raw = _known_keys(raw, MODEL_KEYS, path, where)
     if not isinstance(raw.get("model"), str) or not raw["model"]:
         raise ConfigError(f"{where}: `model = PATH` is required", path)
     for key in ("name", "inputs", "layout", "lengths", "preset", "model-format", "layer-prefix", "layer-name", "probe"):
@@ -260,10 +266,7 @@ def load_config(path: Path, cwd: Path) -> CheckConfig:
     section = _section(path)
     if not isinstance(section, dict):
         raise ConfigError(f"[tool.{TOOL_KEY}] must be a table", path)
-    section = {_norm(k): v for k, v in section.items()}
-    unknown = sorted(set(section) - TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(TOP_KEYS))}", path)
+    section = _known_keys(section, TOP_KEYS, path)
     base = path.resolve().parent
     models = section.get("models")
     if not isinstance(models, list) or not models:
@@ -361,14 +364,7 @@ def finding_key(model_id: str, finding: dict) -> tuple:
 
 def load_baseline(path: str) -> set[tuple]:
     """Keys of a baseline, a ``check`` JSON output, or a ``diagnose`` JSON report (any model)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError("baseline not found (write one with --write-baseline)", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read the baseline: {exc}", path) from None
-    except RecursionError:
-        raise UserError("cannot read the baseline: JSON nested too deeply", path) from None
+    data = read_json(path, "baseline not found (write one with --write-baseline)", "cannot read the baseline")
     if not isinstance(data, dict):
         raise UserError("not an lstm-doctor baseline, check output or report", path)
     kind = data.get("kind")

@@ -12,7 +12,6 @@ report dicts.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from lstm_doctor.findings import Severity, finding_identity
 from lstm_doctor.jobs.diagnose import DiagnoseOptions, run_diagnosis
 from lstm_doctor.output import check_output_path, emit
 from lstm_doctor.report import to_json
-from lstm_doctor.report.build import clean, envelope
+from lstm_doctor.report.build import clean, envelope, read_json
 from lstm_doctor.report.html import HEADLINE_LABELS
 from lstm_doctor.report.terminal import text_width, use_color
 
@@ -134,14 +133,7 @@ def _order(key: tuple) -> tuple:
 
 def load_report(path: str) -> dict:
     """A ``diagnose`` JSON report, or a ``check`` output holding exactly one model."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError("file not found", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"not a JSON report: {exc}", path) from None
-    except RecursionError:
-        raise UserError("not a JSON report: JSON nested too deeply", path) from None
+    data = read_json(path, "file not found", "not a JSON report")
     if isinstance(data, dict) and data.get("kind") == "lstm-doctor-check":
         if len(data.get("models", [])) != 1:
             raise UserError(f"a check output with {len(data.get('models', []))} models: compare one report", path)

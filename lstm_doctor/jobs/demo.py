@@ -133,6 +133,16 @@ def demo_text(broken: dict, fixed: dict, from_text: dict | None, color: bool = F
     return buffer.getvalue()
 
 
+def _headline_rows(table, broken: dict, fixed: dict) -> None:
+    """The metric, broken and fixed columns of ``table`` (a rich Table), one row per headline metric."""
+    table.add_column("metric")
+    table.add_column("broken", justify="right")
+    table.add_column("fixed", justify="right")
+    hb, hf = broken["summary"]["headline"], fixed["summary"]["headline"]
+    for key, label, fmt in METRICS:
+        table.add_row(label, _fmt(fmt, hb[key]), _fmt(fmt, hf[key]))
+
+
 def comparison_table(broken: dict, fixed: dict):
     """The headline metrics of the broken encoder and its fixed twin, side by side."""
     from rich import box
@@ -142,12 +152,7 @@ def comparison_table(broken: dict, fixed: dict):
         title="Broken vs its fixed twin (the four case-study defects repaired)", title_justify="left",
         box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
     )
-    table.add_column("metric")
-    table.add_column("broken", justify="right")
-    table.add_column("fixed", justify="right")
-    hb, hf = broken["summary"]["headline"], fixed["summary"]["headline"]
-    for key, label, fmt in METRICS:
-        table.add_row(label, _fmt(fmt, hb[key]), _fmt(fmt, hf[key]))
+    _headline_rows(table, broken, fixed)
     for sev in ("error", "warning"):
         table.add_row(f"{sev}s", str(broken["summary"][sev]), str(fixed["summary"][sev]))
     return table
@@ -175,14 +180,8 @@ def comparison(broken: dict, fixed: dict, color: str, to_terminal: bool) -> str:
     from rich.console import Console
     from rich.table import Table
 
-
     table = Table(title="Broken encoder vs its fixed twin (all four docs/case-study.md defects repaired)", title_justify="left")
-    table.add_column("metric")
-    table.add_column("broken", justify="right")
-    table.add_column("fixed", justify="right")
-    hb, hf = broken["summary"]["headline"], fixed["summary"]["headline"]
-    for key, label, fmt in METRICS:
-        table.add_row(label, _fmt(fmt, hb[key]), _fmt(fmt, hf[key]))
+    _headline_rows(table, broken, fixed)
     for sev in ("error", "warning"):
         codes = lambda r: ", ".join(sorted({f["code"] for f in r["findings"] if f["severity"] == sev})) or "none"  # noqa: E731
         table.add_row(f"{sev} codes", codes(broken), codes(fixed))

@@ -30,6 +30,7 @@ import numpy as np
 from lstm_doctor import __version__
 from lstm_doctor.analyzers import RULES, Analysis, AnalysisConfig
 from lstm_doctor.capture.pipeline import headline_metrics
+from lstm_doctor.errors import UserError
 from lstm_doctor.experiments.gradients import statistics
 from lstm_doctor.findings import Severity
 from lstm_doctor.frontend import frontend_stats
@@ -88,6 +89,20 @@ def _clean_array(value: np.ndarray) -> list:
     if value.dtype.kind in "iub":
         return value.tolist()
     return [clean(v) for v in value.tolist()]
+
+
+def read_json(path: str, missing: str, unreadable: str) -> Any:
+    """The JSON document in ``path`` (a report, a check output, a baseline), or a
+    ``UserError`` naming the file: ``missing`` when there is none, ``unreadable:
+    why`` when it cannot be read or parsed (nesting too deep included)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(missing, path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{unreadable}: {exc}", path) from None
+    except RecursionError:
+        raise UserError(f"{unreadable}: JSON nested too deeply", path) from None
 
 
 def to_json(value: Any, indent: int = 2) -> str:
