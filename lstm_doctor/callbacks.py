@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from lstm_doctor.api import diagnose
-from lstm_doctor.capture.numpy_loop import _one_blas_thread
+from lstm_doctor.capture.numpy_loop import one_blas_thread
 from lstm_doctor.findings import Severity
 
 DEFAULT_BUDGET = 0.03  # a share of training time; steady-state overhead ≈ this, below the 5 % target
@@ -102,7 +102,7 @@ class Watch:
         # One BLAS thread: inside a training process the framework's own threads keep the
         # cores busy, and NumPy's second OpenBLAS thread made the analyzers' small SVDs
         # ~100x slower (4 s instead of 40 ms per check, benchmarks/bench_callback.py).
-        with _one_blas_thread():
+        with one_blas_thread():
             report = diagnose(self.model, *args, **self.options)
         seconds = time.perf_counter() - started
         self._next_after = time.perf_counter() + seconds * (1 - self.budget) / self.budget

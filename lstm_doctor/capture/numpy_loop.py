@@ -140,7 +140,7 @@ SMALL_GEMM_FLOPS = 2e7
 _BLAS = None  # threadpoolctl.ThreadpoolController of the BLAS NumPy loaded, made on first use
 
 
-def _one_blas_thread():
+def one_blas_thread():
     """Context manager: one BLAS thread inside, the previous counts restored after
     (threadpoolctl, which knows OpenBLAS, MKL and BLIS). Where threadpoolctl
     cannot inspect the loaded libraries, BLAS is left alone."""
@@ -164,7 +164,7 @@ def blas_threads_context(B: int, D: int, H: int):
     the library's own choice otherwise."""
     small = 2.0 * B * (D + H) * 4 * H < SMALL_GEMM_FLOPS
     if small or (os.cpu_count() or 1) <= 2:
-        return _one_blas_thread()
+        return one_blas_thread()
     return _Nothing()
 
 

@@ -53,7 +53,7 @@ from lstm_doctor.output import allow_replacing, check_output_path, emit, one_uni
 from lstm_doctor.report import REPORTERS, RenderOptions, render_many, to_json
 from lstm_doctor.report.build import envelope, read_json
 from lstm_doctor.report.diagnosis import status
-from lstm_doctor.report.html import _where
+from lstm_doctor.report.html import location_label
 from lstm_doctor.report.terminal import text_width, use_color
 
 CONFIG_FILES = ("lstm-doctor.toml", "pyproject.toml")
@@ -538,7 +538,7 @@ def summary_text(document: dict, config: CheckConfig, written: list[str], color:
         if baseline:
             row.append(str(m["report"]["check"]["new"]))
             new_lines += [
-                f"  new: {f['severity']} {f['code']} {m['id']} ({_where(f['location'])})"
+                f"  new: {f['severity']} {f['code']} {m['id']} ({location_label(f['location'])})"
                 for f in m["report"]["findings"]
                 if f.get("baseline") == "new"
             ]

@@ -26,8 +26,8 @@ import numpy as np
 
 from lstm_doctor.errors import ModelError, UserError
 from lstm_doctor.live import ArrayInputs, LiveLSTM, Skipped, compact, is_prefix_mask
-from lstm_doctor.load.keras import _activations
-from lstm_doctor.load.keras import _direction as keras_direction
+from lstm_doctor.load.keras import config_activations
+from lstm_doctor.load.keras import direction_from_kernels as keras_direction
 from lstm_doctor.model import Layer, LSTMModel
 
 
@@ -161,7 +161,7 @@ def _convert(path: str, kind: str, layer, calls: dict) -> LiveLSTM | Skipped:
     fwd_layer = layer.forward_layer if bidirectional else layer
     cfg = fwd_layer.get_config()
     where = f"layer {path}"
-    acts = _activations(cfg, 3, where)
+    acts = config_activations(cfg, 3, where)
     fwd = _direction(fwd_layer, where)
     rev = _direction(layer.backward_layer, where + " rev") if bidirectional else None
     go_backwards = bool(cfg.get("go_backwards")) and not bidirectional

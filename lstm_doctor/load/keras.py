@@ -398,7 +398,7 @@ def _settings(entry: "Entry", source: Source, options, major, where: str) -> tup
     def why(key):
         return f", Keras {source.inferred}'s default" if src(key) == "default" else ""
 
-    acts = Activations() if entry.class_name == "CuDNNLSTM" else _activations(cfg, major, where)
+    acts = Activations() if entry.class_name == "CuDNNLSTM" else config_activations(cfg, major, where)
     if bidirectional:
         direction = "both (Bidirectional: forward, and backward from the last step)"
     elif cfg.get("go_backwards"):
@@ -580,7 +580,8 @@ def _activation(value, major: int | None, where: str) -> str:
         raise ModelError(f"{where}: activation {value!r} is not one lstm_doctor models") from None
 
 
-def _activations(cfg: dict, major, where: str) -> Activations:
+def config_activations(cfg: dict, major, where: str) -> Activations:
+    """The activations a Keras LSTM config declares (``activation``, ``recurrent_activation``)."""
     act = _activation(cfg.get("activation", "tanh"), major, where)
     rec = _activation(
         cfg.get("recurrent_activation", cfg.get("inner_activation", "sigmoid")), major, where
@@ -729,7 +730,9 @@ def cudnn_to_keras(kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray):
     return kernel, recurrent, bias[: 4 * H] + bias[4 * H :]
 
 
-def _direction(kernel, recurrent, bias, where: str, notes: list[str] | None = None):
+def direction_from_kernels(kernel, recurrent, bias, where: str, notes: list[str] | None = None):
+    """One direction from Keras' kernel (D, 4H), recurrent kernel (H, 4H) and bias (4H,)
+    (or CuDNN's (8H,), folded), gates in Keras' order i, f, c, o; also the live route's."""
     if recurrent.ndim != 2 or kernel.ndim != 2:
         raise ModelError(f"{where}: kernel {kernel.shape} and recurrent kernel {recurrent.shape} must be matrices")
     H = recurrent.shape[0]
@@ -766,14 +769,14 @@ def _layer(entry: Entry, source: Source, major, notes: list, options=None) -> tu
     if entry.class_name == "CuDNNLSTM":
         acts = Activations()
     else:
-        acts = _activations(cfg, major, where)
+        acts = config_activations(cfg, major, where)
     use_bias = bool(cfg.get("use_bias", True))
     bidirectional = entry.class_name == "Bidirectional"
     if bidirectional:
         back = entry.backward_config or cfg
         if source.inferred is not None:  # the flags set both directions
             back = {**back, **{k: cfg[k] for k in ("recurrent_activation", "activation")}}
-        if entry.backward_config is not None and _activations(back, major, where) != acts:
+        if entry.backward_config is not None and config_activations(back, major, where) != acts:
             raise ModelError(f"{where}: the backward layer's activations differ from the forward's")
         if bool(cfg.get("go_backwards")) or (
             entry.backward_config is not None and not entry.backward_config.get("go_backwards", True)
@@ -792,8 +795,8 @@ def _layer(entry: Entry, source: Source, major, notes: list, options=None) -> tu
             parts = [_triple(_vars_v3(source.weights, entry.v3_path, entry.name, where), use_bias, where)]
     else:
         parts = _split_legacy(_vars_legacy(source.weights, entry.name, where), bidirectional, use_bias, where)
-    fwd = _direction(*parts[0], where, notes)
-    rev = _direction(*parts[1], where + " rev", notes) if bidirectional else None
+    fwd = direction_from_kernels(*parts[0], where, notes)
+    rev = direction_from_kernels(*parts[1], where + " rev", notes) if bidirectional else None
     go_backwards = bool(cfg.get("go_backwards")) and not bidirectional
     if go_backwards:
         notes.append(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from lstm_doctor.analyzers import RULES
 from lstm_doctor.output import escape_controls_in
-from lstm_doctor.report.html import _where
+from lstm_doctor.report.html import location_label
 
 LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
 
@@ -39,7 +39,7 @@ def annotations(report: dict, names: dict[str, str]) -> list[str]:
         title = f"{f['code']} {names.get(f['code'], '')}".strip()
         if known:
             title += " (in baseline)"
-        where = _where(f["location"])
+        where = location_label(f["location"])
         message = f"{report['model']['name']}, {where}: {f['message']}"
         if f["fix"]:
             message += f"\nfix: {f['fix']}"

@@ -78,7 +78,8 @@ def _paragraphs(text: str) -> str:
     return "".join(f"<p>{_inline(' '.join(b.split()))}</p>" for b in blocks)
 
 
-def _fmt(value, spec: str = ".4g") -> str:
+def format_number(value, spec: str = ".4g") -> str:
+    """A report value for a table cell: floats to ``spec``, None as n/a (also markdown's)."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -86,7 +87,9 @@ def _fmt(value, spec: str = ".4g") -> str:
     return str(value)
 
 
-def _where(loc: dict) -> str:
+def location_label(loc: dict) -> str:
+    """A finding's location as one phrase (layer 0 fwd, gate f, steps 3–9, …), shared by the
+    HTML, JUnit, GitHub and check outputs."""
     parts = []
     if loc.get("layer") is not None:
         parts.append(f"layer {loc['layer']}" + (f" {loc['direction']}" if loc.get("direction") else ""))
@@ -176,10 +179,10 @@ def _overview(report: dict) -> str:
                 f"{what}{sha}<br>{inp['sequences']} sequences × {inp['T']} steps × {inp['D']} features "
                 f"(layout {escape(inp['layout'])}, stored shape {tuple(inp['stored_shape'])})"
                 + (", with lengths" if inp["lengths_given"] else "")
-                + f"<br><span class='muted'>mean {_fmt(summ['mean'])}, rms {_fmt(summ['rms'])}, "
-                f"range [{_fmt(summ['min'])}, {_fmt(summ['max'])}], zeros {_fmt(summ['zero_share'], '.1%')}, "
-                f"adjacent-step correlation {_fmt(summ['step_correlation'], '.3f')}, "
-                f"adjacent-feature correlation {_fmt(summ['feature_correlation'], '.3f')}</span>",
+                + f"<br><span class='muted'>mean {format_number(summ['mean'])}, rms {format_number(summ['rms'])}, "
+                f"range [{format_number(summ['min'])}, {format_number(summ['max'])}], zeros {format_number(summ['zero_share'], '.1%')}, "
+                f"adjacent-step correlation {format_number(summ['step_correlation'], '.3f')}, "
+                f"adjacent-feature correlation {format_number(summ['feature_correlation'], '.3f')}</span>",
             )
         )
         rows.append(("engine", escape(str(report.get("engine")))))
@@ -237,7 +240,7 @@ def _headline(report: dict) -> str:
         return ""
     rows = "".join(
         f"<tr><td>{escape(HEADLINE_LABELS.get(k, (k, ''))[0])} <span class='muted'>({escape(k)})</span></td>"
-        f"<td class='num'>{escape(_fmt(v, HEADLINE_LABELS.get(k, ('', '.4g'))[1]))}</td></tr>"
+        f"<td class='num'>{escape(format_number(v, HEADLINE_LABELS.get(k, ('', '.4g'))[1]))}</td></tr>"
         for k, v in head.items()
     )
     return f"<h3>Headline metrics</h3><table><tr><th>metric</th><th class='num'>value</th></tr>{rows}</table>"
@@ -258,7 +261,7 @@ def _findings(report: dict, names: dict[str, str]) -> str:
             f'<td><span class="sev {f["severity"]}">{f["severity"]}</span>{tag}</td>'
             f'<td><a href="#rule-{f["code"]}"><b>{f["code"]}</b></a><br>'
             f'<span class="muted">{escape(names.get(f["code"], ""))}</span></td>'
-            f"<td>{escape(_where(f['location']))}</td>"
+            f"<td>{escape(location_label(f['location']))}</td>"
             f"<td>{_inline(f['message'])}{fix}"
             f"<details><summary>evidence</summary><pre>{escape(evidence)}</pre></details></td></tr>"
         )
@@ -369,8 +372,8 @@ def _saturation_table(report: dict) -> str:
         for g, v in st["gates"].items():
             rows.append(
                 f"<tr><td>layer {st['layer']} {st['direction']}</td><td>{g}</td>"
-                f"<td class='num'>{_fmt(v['saturated'], '.0%')}</td><td class='num'>{_fmt(v['left'], '.0%')}</td>"
-                f"<td class='num'>{_fmt(v['right'], '.0%')}</td>"
+                f"<td class='num'>{format_number(v['saturated'], '.0%')}</td><td class='num'>{format_number(v['left'], '.0%')}</td>"
+                f"<td class='num'>{format_number(v['right'], '.0%')}</td>"
                 f"<td class='num'>{v['units_saturated_90pct']}/{st['H']}</td></tr>"
             )
     head = (

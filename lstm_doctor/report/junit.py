@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from lstm_doctor.analyzers import RULES
 from lstm_doctor.findings import Severity, is_selected
 from lstm_doctor.output import escape_controls_in
-from lstm_doctor.report.html import _where
+from lstm_doctor.report.html import location_label
 
 
 def _in_scope(code: str, config: dict) -> bool:
@@ -23,7 +23,7 @@ def _in_scope(code: str, config: dict) -> bool:
 
 
 def _describe(f: dict) -> str:
-    text = f"{f['severity']} {f['code']} at {_where(f['location'])}: {f['message']}"
+    text = f"{f['severity']} {f['code']} at {location_label(f['location'])}: {f['message']}"
     if f.get("baseline") == "known":
         text += " [in baseline]"
     if f["fix"]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from lstm_doctor.analyzers import RULES
 from lstm_doctor.output import escape_controls_in, write_atomic
 from lstm_doctor.report.diagnosis import diagnosis, status
-from lstm_doctor.report.html import HEADLINE_LABELS, _fmt
+from lstm_doctor.report.html import HEADLINE_LABELS, format_number
 from lstm_doctor.report.plots import report_plots, slug
 
 
@@ -107,7 +107,7 @@ def _headline(report: dict) -> list[str]:
     out = ["## Headline metrics", "", "| metric | value |", "|---|---:|"]
     for k, v in head.items():
         label, spec = HEADLINE_LABELS.get(k, (k, ".4g"))
-        out.append(f"| {_cell(label)} | {_fmt(v, spec)} |")
+        out.append(f"| {_cell(label)} | {format_number(v, spec)} |")
     return out + [""]
 
 
