@@ -339,3 +339,31 @@ def test_the_pytensor_engine_gives_the_same_findings(scenario):
     got = [(f.code, f.severity, f.location) for f in a_pt.findings]
     assert got == [(f.code, f.severity, f.location) for f in a_np.findings]
     assert bool(got) == (scenario == "W101")
+
+
+@pytest.mark.parametrize("block", [7, 1 << 16])
+def test_hidden_fit_in_blocks_gives_the_whole_sample_means(monkeypatch, block):
+    """A201's behaviour check over blocks of steps (NaN entries left out) = the formulas on the whole sample."""
+    from lstm_doctor.analyzers import activation
+
+    monkeypatch.setattr(activation, "FIT_BLOCK", block)
+    rng = np.random.default_rng(4)
+    c = rng.standard_normal((30, 5, 6)).astype(np.float32)
+    o = rng.random((30, 5, 6)).astype(np.float32)
+    h = (o * np.tanh(c)).astype(np.float32)
+    h[3, 1, 2], c[17, 0, 0] = np.nan, np.inf
+    fit = activation.hidden_fit(h, o, c)
+    ok = np.isfinite(h) & np.isfinite(o) & np.isfinite(c)
+    h64, o64, c64 = (a[ok].astype(np.float64) for a in (h, o, c))
+    want = {
+        "residual_tanh": np.abs(h64 - o64 * np.tanh(c64)).mean(),
+        "residual_sigmoid": np.abs(h64 - o64 / (1 + np.exp(-c64))).mean(),
+        "min_h": h64.min(),
+        "share_c_negative": (c64 < 0).mean(),
+        "share_c_positive": (c64 > 0).mean(),
+        "mean_abs_h": np.abs(h64).mean(),
+    }
+    assert set(fit) == set(want)
+    for key, value in want.items():
+        assert fit[key] == pytest.approx(value, rel=1e-9), key
+    assert activation.hidden_fit(h[:0], o[:0], c[:0]) == {}
