@@ -59,6 +59,7 @@ import numpy as np
 
 from lstm_doctor.capture.budget import Allowance, declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
+from lstm_doctor.load import LoadOptions
 from lstm_doctor.model import (
     Activations,
     Layer,
@@ -348,7 +349,7 @@ SETTINGS = (
 )
 
 
-def _settings(entry: "Entry", source: Source, options, major, where: str) -> tuple[dict, list[tuple]]:
+def _settings(entry: "Entry", source: Source, options: LoadOptions, major, where: str) -> tuple[dict, list[tuple]]:
     """The entry's config with the command line's settings, and where each came from.
 
     A file that states a setting (its config, or the JSON beside it) keeps it, and a flag
@@ -358,7 +359,7 @@ def _settings(entry: "Entry", source: Source, options, major, where: str) -> tup
     """
     cfg = dict(entry.config)
     bidirectional = entry.class_name == "Bidirectional"
-    given = {key: getattr(options, field) for key, field, _ in SETTINGS if getattr(options, field, None) is not None}
+    given = {key: getattr(options, field) for key, field, _ in SETTINGS if getattr(options, field) is not None}
     flag_of = {key: flag for key, _, flag in SETTINGS}
     if bidirectional and given.get("go_backwards"):
         raise ConfigError(f"{where} is a Bidirectional: its directions are fixed, --go-backwards does not apply")

@@ -32,7 +32,7 @@ import numpy as np
 
 from lstm_doctor.capture.budget import BudgetError, reading
 from lstm_doctor.errors import ConfigError, ModelError
-from lstm_doctor.load import safepickle
+from lstm_doctor.load import LoadOptions, safepickle
 from lstm_doctor.model import Activations, Layer, LSTMModel, make_direction
 
 GATE_WORDS = ("input", "forget", "cell", "output")
@@ -197,11 +197,12 @@ def check_conv(arrays: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
-def conv_stack(path: str | Path, options=None) -> list[tuple[np.ndarray, np.ndarray]]:
+def conv_stack(path: str | Path, options: LoadOptions | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The four conv layers' (W, b) of a 25-array file, W (filters, in_channels, width)."""
     path = Path(path)
-    with reading(getattr(options, "max_memory", None)):  # read again, under the model's budget
-        arrays = read_arrays(path, trust=options.trust_pickle if options is not None else False)
+    options = options or LoadOptions()
+    with reading(options.max_memory):  # read again, under the model's budget
+        arrays = read_arrays(path, trust=options.trust_pickle)
     if len(arrays) != N_LSTM + N_CONV:
         raise ModelError(
             f"this file holds {len(arrays)} arrays (an LSTM alone); the conv stack is in "
