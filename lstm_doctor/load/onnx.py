@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_doctor.choices import LAYOUTS
 from lstm_doctor.capture.budget import Allowance, declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.model import (
@@ -640,7 +641,7 @@ def graph_input_layout(graph: Graph, node, layout: str) -> tuple[str, str | None
     graph_inputs = {i.name for i in graph.graph.input} - set(graph.initializers)
     traced = "".join(axes)
     traced = {"bdt": "bct"}.get(traced, traced)
-    if name not in graph_inputs or traced == layout or traced not in ("btd", "tbd", "bct"):
+    if name not in graph_inputs or traced == layout or traced not in LAYOUTS:
         return layout, None
     return traced, (
         f"the graph input {name!r} is {traced} (transposed to the LSTM node's {layout}): "
