@@ -6,11 +6,15 @@ Times, in one process, the capture of (a) the bundled demo's broken encoder on
 its inputs and (b) a random encoder at B = 256, T = 150, D = H = 256, then
 ``analyze_gradients`` on the capture's sample with the NumPy backward
 recursion (the default) and, with ``--pytensor``, PyTensor's grad (compile
-included, first call). Medians of 3 rounds for the NumPy path.
+included, first call). The capture and the NumPy path alternate over
+``ROUNDS`` rounds (the machine's load drifts between them); the line gives
+both medians, their spread (min–max) and the ratio of the medians, with the
+1-minute load average.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -38,19 +42,25 @@ def large(B=256, T=150, D=256, H=256):
     return LSTMModel((Layer(d),), name="large"), rng.standard_normal((B, T, D)).astype(np.float32)
 
 
+ROUNDS = 5
+
+
 def measure(name, m, x, with_pytensor):
-    t0 = time.perf_counter()
-    cap = capture(m, InputSource(array=x, layout=m.input_layout), CaptureOptions(engine="auto"))
-    cap_s = time.perf_counter() - t0
-    rounds = []
-    for _ in range(3):
+    source = InputSource(array=x, layout=m.input_layout)
+    caps, grads, calls = [], [], []
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        cap = capture(m, source, CaptureOptions(engine="auto"))
+        caps.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         g = analyze_gradients(cap)
-        rounds.append((time.perf_counter() - t0, g.extra["gradient_call_seconds"]))
-    total, call = sorted(rounds)[1]
-    line = (f"{name}: capture {cap_s:.3f} s; gradients (numpy) {total:.3f} s "
-            f"(recursion {call:.3f} s) = {100 * total / cap_s:.1f}% of the capture; "
-            f"T={g.T} H={m.layers[0].H} sequences={g.sequences} probes={g.probes} exact={g.exact}")
+        grads.append(time.perf_counter() - t0)
+        calls.append(g.extra["gradient_call_seconds"])
+    cap_s, total, call = (float(np.median(v)) for v in (caps, grads, calls))
+    line = (f"{name}: capture {cap_s:.3f} s ({min(caps):.3f}-{max(caps):.3f}, {cap.engine}); "
+            f"gradients (numpy) {total:.3f} s ({min(grads):.3f}-{max(grads):.3f}; recursion {call:.3f} s) "
+            f"= {100 * total / cap_s:.1f}% of the capture; T={g.T} H={m.layers[0].H} sequences={g.sequences} "
+            f"probes={g.probes} exact={g.exact}; load {os.getloadavg()[0]:.2f}")
     if with_pytensor:
         t0 = time.perf_counter()
         analyze_gradients(cap, method="pytensor")

@@ -29,7 +29,8 @@ from them:
   step for ``tests/factory.case_like`` (saturated gates, T=64).
 - per gate, the mean local derivative of its actual activation at the
   captured values (σ' = σ(1−σ), hard σ: its slope inside (0, 1) and 0 outside,
-  tanh' = 1 − tanh²), over the capture's sample (every layer and direction).
+  tanh' = 1 − tanh²), over the sequences the sensitivities are taken on
+  (every layer and direction).
 - ``perturbation``: how much the final encodings move when each sequence gets
   another sequence's input (the sample rolled by one along the batch), relative
   to the encodings' mean norm: ‖h_T(x_π) − h_T(x)‖ / ‖h_T(x)‖. Every sequence
@@ -55,7 +56,12 @@ from lstm_doctor.model.activations import activation_derivative
 
 GRADIENT_SEQUENCES = 8
 EXACT_UNITS = 32
-PROBES = 8
+# Hutchinson probes per sequence above EXACT_UNITS. The backward's cost is its
+# rows (sequences × probes) times the forward's per-row cost; 8 × 4 = 32 rows
+# keep it within 15% of a 256-sequence capture (benchmarks/RESULTS.md), and at
+# fixed rows more sequences and fewer probes give the lower variance (the
+# between-sequence variation is averaged as well). The first 4 of the former 8.
+PROBES = 4
 HORIZON_SHARE = 0.99
 HORIZON_GAP = 1e-3  # G701's default ratio: below it, a step's sensitivity has vanished
 
@@ -151,8 +157,9 @@ def _mean_derivative(name: str, values: np.ndarray, valid: np.ndarray | None) ->
     return float(np.nanmean(deriv)) if deriv.size else float("nan")
 
 
-def gate_derivatives(capture) -> dict[tuple[int, str], dict[str, float]]:
-    """Per (layer, direction), per gate, the mean local derivative over the sample's valid steps."""
+def gate_derivatives(capture, sequences: int | None = None) -> dict[tuple[int, str], dict[str, float]]:
+    """Per (layer, direction), per gate, the mean local derivative over the valid steps of the
+    sample's first ``sequences`` sequences (all of the sample's with None)."""
     out = {}
     lengths = capture.sample_lengths
     for (k, d), arrays in capture.sample.items():
@@ -161,7 +168,7 @@ def gate_derivatives(capture) -> dict[tuple[int, str], dict[str, float]]:
         for g in GATES:
             if g not in arrays:
                 continue
-            values = np.asarray(arrays[g])  # (T, b, H)
+            values = np.asarray(arrays[g])[:, :sequences]  # (T, b, H)
             valid = None
             if lengths is not None:
                 valid = np.arange(values.shape[0])[:, None] < np.asarray(lengths)[None, : values.shape[1]]
@@ -258,7 +265,7 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str 
         input_sensitivity=sens_x,
         state_sensitivity=sens_h,
         memory_horizon=memory_horizon(sens_x),
-        gate_derivative=gate_derivatives(capture),
+        gate_derivative=gate_derivatives(capture, n),  # the sequences the sensitivities are taken on
         perturbation=perturbation,
         input_scale=input_scale,
         encoding_scale=scale,
