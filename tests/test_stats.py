@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from factory import model, normal_inputs, stat_fields
 
 from lstm_doctor.capture.pipeline import CaptureOptions, capture
@@ -50,6 +51,33 @@ def test_axis_correlations_tell_channels_from_time():
     smooth = np.cumsum(rng.standard_normal((40, 8, 16)), axis=0)  # (T, B, D): smooth in time
     step, feat = axis_correlations(smooth)
     assert step > 0.8 and abs(feat) < 0.3
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 15])
+def test_axis_correlations_in_blocks_are_the_whole_sample_pearson_means(monkeypatch, block):
+    """Blocks of steps (one step, a block boundary inside the sample, one block) give the
+    definition on the whole sample: centred per step / per feature, non-finite values as 0."""
+    from lstm_doctor import stats
+
+    monkeypatch.setattr(stats, "CORRELATION_BLOCK", block)
+    rng = np.random.default_rng(2)
+    x = np.cumsum(rng.standard_normal((23, 3, 5)), axis=0) + np.arange(5)  # (T, B, D)
+    x[4, 1, 2], x[9, 0, 0] = np.nan, -np.inf
+    z = np.where(np.isfinite(x), x, 0.0)
+
+    def pearson_next(rows):  # rows (K, M): each row with the next
+        c = rows - rows.mean(axis=1, keepdims=True)
+        return np.mean([c[k] @ c[k + 1] / np.sqrt((c[k] @ c[k]) * (c[k + 1] @ c[k + 1])) for k in range(len(c) - 1)])
+
+    columns = z.reshape(-1, 5)
+    columns = columns - columns.mean(axis=0)
+    want_feat = np.mean([columns[:, d] @ columns[:, d + 1] / np.sqrt((columns[:, d] @ columns[:, d])
+                                                                      * (columns[:, d + 1] @ columns[:, d + 1]))
+                         for d in range(4)])
+    step, feat = stats.axis_correlations(x)
+    assert step == pytest.approx(pearson_next(z.reshape(23, -1)), rel=1e-12)
+    assert feat == pytest.approx(want_feat, rel=1e-12)
+    assert np.isnan(stats.axis_correlations(x[:1])[0]) and np.isnan(stats.axis_correlations(x[..., :1])[1])
 
 
 def test_reorder_gates_from_every_framework_order():
