@@ -110,7 +110,6 @@ class Report:
         One module: the CLI's JSON report. Several: ``{"modules": {path: report}, "parity": ...,
         "skipped": ...}``.
         """
-
         if len(self.reports) == 1 and not self.skipped:
             text = to_json(next(iter(self.reports.values())))
         else:
@@ -119,13 +118,11 @@ class Report:
 
     def to_html(self, path: str | os.PathLike | None = None) -> str:
         """The self-contained HTML report (``--format html``), written atomically to ``path`` when given."""
-
         text = render_many("html", list(self.reports.values()), RenderOptions(output=None if path is None else str(path)))
         return _write(text, path)
 
     def to_text(self, width: int = 110, color: bool = False) -> str:
         """The terminal report (``--format text``) of every module, one after the other."""
-
         text = render_many("text", list(self.reports.values()), RenderOptions(color=color, width=width))
         for name, why in self.skipped.items():
             text += f"not diagnosed: {name}: {why}\n"
@@ -142,8 +139,6 @@ class Report:
     def _repr_html_(self) -> str:
         """Jupyter: the HTML report without plots and rule texts (``to_html`` has them), in an iframe
         so that its CSS stays inside."""
-
-
         names = page._rule_names()
         body = "".join(
             page._header(r) + page._overview(r) + page._headline(r) + "<h2>Findings</h2>"
@@ -205,7 +200,6 @@ def diagnose(
     ``thresholds``: ``{"S301.share": 0.6}`` or ``["S301.share=0.6"]``.
     ``fail_on``: error | warning | info, for ``Report.exit_code``.
     """
-
     threshold_items = tuple(
         f"{k}={v}" for k, v in thresholds.items()
     ) if isinstance(thresholds, Mapping) else tuple(thresholds)
@@ -328,7 +322,6 @@ def _load_fields(fields: dict) -> dict:
 
 def _check_lengths(lengths, n: int, T: int):
     """Lengths given as an array: (n,) integers in 1..T."""
-
     if lengths.shape != (n,) or lengths.dtype.kind not in "iu":
         raise UserError(f"lengths have shape {lengths.shape} and dtype {lengths.dtype}; expected ({n},) integers")
     if lengths.min() < 1 or lengths.max() > T:

@@ -96,7 +96,6 @@ class Watch:
 
     def check(self, step: int):
         """Diagnose the probe now; log, warn, decide whether to stop. Returns the ``Report``."""
-
         args = self.probe if isinstance(self.probe, tuple) else (self.probe,)
         started = time.perf_counter()
         # One BLAS thread: inside a training process the framework's own threads keep the

@@ -260,7 +260,6 @@ def check_output_folder(folder: str | Path) -> Path:
 def signals_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM for a few system calls (create a temporary and note its
     name; rename a set of files), so an interrupt cannot fall between them."""
-
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return

@@ -386,7 +386,6 @@ def neighbour_correlations(x) -> tuple[float, float, float]:
     x[:, j] with x[:, j+1] over (steps, features), averaged over j. The noise is the
     larger standard error 1/√(pairs × elements) of the two averages.
     """
-
     def mean_corr(rows):
         # rows (K, M): each row's correlation with the next, averaged
         norm2 = np.einsum("km,km->k", rows, rows)

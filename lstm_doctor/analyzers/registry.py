@@ -103,7 +103,6 @@ def rule(
     needs_inputs: bool = True,
 ):
     """Register the decorated check function as rule ``code``."""
-
     def register(check):
         if code in RULES:
             raise RuntimeError(f"rule {code} registered twice")

@@ -216,7 +216,6 @@ def _over_weighty_steps(st, per_step_unit: np.ndarray) -> np.ndarray:
     A cross-input std is 0 at a step with one valid sequence; averaging such
     steps in would make any layer look input-independent under --lengths.
     """
-
     steps = weighty_steps(st)
     if steps.size == 0:
         steps = np.flatnonzero(st.valid_t > 0)

@@ -54,7 +54,6 @@ def evidence_mode(ctx: Context) -> str:
 
 def gate_verdicts(ctx: Context, layer: int, direction: str, gates) -> dict[str, dict]:
     """Per gate, how the capture saw it saturate (``saturation.gate_saturation``)."""
-
     if ctx.capture is None or (layer, direction) not in ctx.capture.directions:
         return {}
     st = ctx.capture.directions[(layer, direction)]
@@ -70,7 +69,6 @@ def behaviour_broken(ctx: Context, layer: int, direction: str) -> list[str]:
     """The behavioural failures the capture shows for this direction (codes, in words):
     the encodings collapse (H601) or are low-rank (H604), the input term is
     negligible (I501), or the cell keeps growing (C401's growth test)."""
-
     out = []
     if encodings_collapse(ctx):
         out.append("the final encodings collapse (H601)")

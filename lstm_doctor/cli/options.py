@@ -90,7 +90,6 @@ def mask_options(f):
 
 def input_options(required: bool = False):
     """``--inputs``, ``--layout``, ``--lengths``, ``--padding`` and ``--mask``."""
-
     def decorate(f):
         # No dir_okay=False on file paths: the loaders refuse a directory in one line (exit 2).
         f = mask_options(f)

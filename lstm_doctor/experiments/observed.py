@@ -108,7 +108,6 @@ def load_observation(path: str, model: LSTMModel, n_sequences: int, T: int, *, m
     declared size (an .npz member's, an .npy header's) checked against
     ``max_memory`` before anything is inflated.
     """
-
     p = Path(path)
     try:
         check_readable_file(p)

@@ -133,7 +133,6 @@ def _factors(fw: dict, params: DirectionParams, layer: Layer, dtype) -> dict[str
     Returns A_o, B_c, F (T, n, H) and GCI = [G_i, C_f, I_g] (T, n, 3, H):
     formed once over all steps, so a step is one multiply per factor.
     """
-
     acts = layer.activations
 
     def deriv(role, name):

@@ -399,7 +399,6 @@ def detected_padding(source: InputSource) -> np.ndarray | None:
     """``padding_lengths`` when the trailing zeros look like padding by I506's default
     thresholds (enough sequences padded, by enough steps), else None: a few
     incidental zero steps (a ReLU output) are data, not padding."""
-
     th = RULES["I506"].thresholds
     lengths = padding_lengths(source)
     padded = lengths < source.T
@@ -551,7 +550,6 @@ class Run:
 
 def badness(metrics: dict[str, Any]) -> dict[str, float]:
     """Five scores in [0, 1], higher is worse (see the module docstring)."""
-
     def num(key, default=math.nan):
         v = metrics.get(key, default)
         return math.nan if v is None else float(v)
@@ -610,8 +608,6 @@ def _chunk_size(state: State, options: WhatIfOptions) -> int:
 
 def measure(state: State, fixes: tuple[str, ...], descriptions: tuple[str, ...], options: WhatIfOptions) -> Run:
     """Capture ``state``'s sample and analyze it."""
-
-
     started = time.perf_counter()
     n = state.source.n_sequences
     cap = capture(
@@ -734,7 +730,6 @@ def run_experiment(
     ``progress(label)``, if given, is called before each capture (e.g. to show
     a status line); nothing is printed here.
     """
-
     options = options or WhatIfOptions()
     started = time.perf_counter()
     if source.D != model.D:
@@ -1077,7 +1072,6 @@ METRIC_LABELS = {
 def conclusions(exp: Experiment) -> list[str]:
     """Measured statements, root causes first: which change removes which error
     code (alone, or only in combination), what cannot be run, and the end state."""
-
     def names(codes):
         return ", ".join(f"{c} ({RULES[c].name})" if c in RULES else c for c in codes)
 
@@ -1246,7 +1240,6 @@ def experiment_dict(exp: Experiment) -> dict[str, Any]:
     (``cumulative`` true; ``fix`` is the fix added at that step and ``fixes``
     all fixes applied so far).
     """
-
     rows = [_run_entry(exp.baseline, "none", False)]
     for fid in exp.order:
         row = _run_entry(exp.alone[fid], fid, False)

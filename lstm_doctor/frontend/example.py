@@ -95,7 +95,6 @@ def write_tweets(path: str | Path) -> Path:
 
 def conv_arrays(seed: int = SEED) -> list[np.ndarray]:
     """The 8 conv arrays W1, b1, ..., W4, b4 (float32), seeded."""
-
     rng = np.random.default_rng(seed)
     arrays = []
     channels = N_CHANNELS
@@ -112,7 +111,6 @@ def conv_arrays(seed: int = SEED) -> list[np.ndarray]:
 
 def lstm_arrays(broken_folder: Path) -> list[np.ndarray]:
     """The broken example encoder as the 17 Tweet2Vec arrays, in their order."""
-
     params = load_model(broken_folder).layers[0].forward
     H = params.H
     W, U, b, peep = params.W, params.U, params.b, params.peephole
@@ -131,7 +129,6 @@ def lstm_arrays(broken_folder: Path) -> list[np.ndarray]:
 
 def write_encoding(folder: str | Path, broken_folder: str | Path | None = None) -> Path:
     """Write ``encoding_tweet2vec_like_3.npy`` (25 arrays) into ``folder``."""
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     broken = Path(broken_folder) if broken_folder else example_folder() / "broken"
@@ -155,7 +152,6 @@ def text_example(folder: str | Path | None = None) -> tuple[Path, Path]:
     The tweets are the checkout's ``examples/tweet2vec_like/tweets.txt`` when
     it exists, else a copy written beside the encoding.
     """
-
     folder = Path(folder) if folder else cache_folder()
     encoding = folder / ENCODING_NAME
     stamp = folder / "STAMP"

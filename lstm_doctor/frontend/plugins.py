@@ -62,7 +62,6 @@ class Featurizer:
 
 def entry_points() -> dict[str, object]:
     """The installed ``lstm_doctor.featurizers`` entry points, by name."""
-
     return {ep.name: ep for ep in _entry_points(group=GROUP)}
 
 

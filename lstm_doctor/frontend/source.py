@@ -433,7 +433,6 @@ def text_source(
     it is "pytensor", else on the NumPy reference.
     The returned source's ``notes`` account for every skipped record.
     """
-
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if text_clean is not None and text_clean not in t2v.CLEANERS:

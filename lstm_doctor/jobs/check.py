@@ -262,7 +262,6 @@ def _thresholds(value, path: Path) -> tuple[str, ...]:
 
 def load_config(path: Path, cwd: Path) -> CheckConfig:
     """Read and validate a config file; paths come back relative to ``cwd``."""
-
     section = _section(path)
     if not isinstance(section, dict):
         raise ConfigError(f"[tool.{TOOL_KEY}] must be a table", path)
@@ -312,7 +311,6 @@ def load_config(path: Path, cwd: Path) -> CheckConfig:
 
 def _max_memory(value, path: Path) -> str | None:
     """``max-memory = "2GB"`` (or a number of bytes), checked now: a bad size names the config."""
-
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -327,7 +325,6 @@ def _max_memory(value, path: Path) -> str | None:
 
 def resolve(options: CheckOptions) -> CheckConfig:
     """The config file, then the command line on top of it."""
-
     cwd = Path(options.cwd or os.getcwd())
     path = Path(options.config) if options.config else find_config(cwd)
     if options.config and not path.is_absolute():
@@ -478,7 +475,6 @@ def render_outputs(fmt: str, results: list[tuple[str, dict]], document: dict, op
 
 def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
     """Diagnose every model, apply the baseline, write the outputs; return (exit code, document, config)."""
-
     config = resolve(options)
     # Options common to every model are checked once, before any model runs.
     validate_prefixes(config.select, "select")
@@ -522,7 +518,6 @@ def run_check(options: CheckOptions) -> tuple[int, dict, CheckConfig]:
 
 def summary_text(document: dict, config: CheckConfig, written: list[str], color: bool, width: int) -> str:
     """The closing table of ``check``: one row per model, then the verdict."""
-
     from rich.console import Console
     from rich.table import Table
 

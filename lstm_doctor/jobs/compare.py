@@ -77,7 +77,6 @@ def _label(report: dict, source: str) -> dict:
 
 def compare_reports(a: dict, b: dict, source_a: str = "A", source_b: str = "B") -> dict:
     """The comparison document (schema: ``$defs/compare`` of ``report/schema.json``)."""
-
     groups_a: dict[tuple, list[dict]] = {}
     groups_b: dict[tuple, list[dict]] = {}
     for f in a["findings"]:

@@ -55,7 +55,6 @@ def demo_options(base: DiagnoseOptions) -> tuple[DiagnoseOptions, DiagnoseOption
 def text_options(base: DiagnoseOptions) -> DiagnoseOptions:
     """The text path: the bundled tweets through the broken encoder's own front end
     (a 25-array Tweet2Vec file generated once into a cache folder)."""
-
     encoding, tweets = text_example()
     return replace(base, model=str(encoding), inputs=str(tweets), preset="tweet2vec", layout=None)
 
@@ -84,7 +83,6 @@ FIXED = "examples/tweet2vec_like/fixed"
 
 def demo_text(broken: dict, fixed: dict, from_text: dict | None, color: bool = False, width: int = 110) -> str:
     """The demo's terminal output, from the three report dicts only (about 60 lines at 110 columns)."""
-
     from rich.console import Console
     from rich.text import Text
 
@@ -160,7 +158,6 @@ def comparison_table(broken: dict, fixed: dict):
 
 def text_section(report: dict) -> str:
     """Text → features → diagnosis, in a few lines: the notes, the front end's statistics, the codes."""
-
     inputs = report["inputs"]
     model_file = report["model"]["files"][0]["path"]
     lines = [

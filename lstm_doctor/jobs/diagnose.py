@@ -80,7 +80,6 @@ class DiagnoseOptions(ModelSelection):
 
 def analysis_config(select: tuple[str, ...], ignore: tuple[str, ...], thresholds: tuple[str, ...]):
     """The rule selection of ``--select``, ``--ignore`` and ``--threshold``."""
-
     return AnalysisConfig(
         select=tuple(validate_prefixes(select or ("",), "--select")),
         ignore=tuple(validate_prefixes(ignore, "--ignore")),
@@ -94,7 +93,6 @@ def open_text_source(options: DiagnoseOptions | FeaturizeOptions, model):
     ``options`` carries model, inputs, text_field, text_clean, featurizer,
     layout, engine, trust_pickle and chunk_size (diagnose and featurize share it).
     """
-
     return text_source(
         options.model,
         options.inputs,
@@ -111,7 +109,6 @@ def open_text_source(options: DiagnoseOptions | FeaturizeOptions, model):
 
 def open_inputs(options: DiagnoseOptions, model):
     """``--inputs``: an array file, or texts (.txt/.jsonl/.json) through a front end."""
-
     if is_text_inputs(options.inputs):
         if options.lengths:
             raise UserError("--lengths does not apply to text inputs: the front end gives every text its full length")
@@ -127,7 +124,6 @@ def open_inputs(options: DiagnoseOptions, model):
 
 def run_diagnosis(options: DiagnoseOptions) -> dict:
     """Load, capture, analyze; return the report dict (nothing is printed)."""
-
     if options.engine not in ENGINES:
         raise UserError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
     fail_on = Severity.parse(options.fail_on)
@@ -232,7 +228,6 @@ def render(
     verbose: bool = False,
 ) -> str | bytes:
     """The report in ``fmt`` (a name in ``lstm_doctor.report.REPORTERS``)."""
-
     if fmt not in REPORTERS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(REPORTERS)}")
     options = RenderOptions(
@@ -269,8 +264,6 @@ def execute(options: DiagnoseOptions) -> int:
 
 def check_plots_dir(plots_dir: str, fmt: str) -> None:
     """``--plots DIR`` goes with ``--format markdown`` (html embeds its plots); DIR may not be a file."""
-
-
     if fmt != "markdown":
         raise UserError(f"--plots writes the PNGs of --format markdown (html embeds them), not of --format {fmt}")
     if Path(plots_dir).exists() and not Path(plots_dir).is_dir():

@@ -30,7 +30,6 @@ def list_rules(fmt: str) -> int:
 
 def rule_text(code: str, heading: str = "") -> str:
     """One rule's documentation, as ``explain`` prints it (``heading``: a markdown prefix for the title)."""
-
     key = code.strip().upper()
     if key not in RULES:
         raise UserError(f"unknown rule {code!r}; known codes: {', '.join(sorted(RULES))}")
@@ -61,7 +60,6 @@ def explain_rule(code: str) -> int:
 
 def rules_markdown() -> str:
     """The rule reference (``docs/rules.md``), generated from the registry so that it cannot drift."""
-
     rules = all_rules()
     out = [
         "# Rule reference",

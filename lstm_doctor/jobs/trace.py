@@ -88,8 +88,6 @@ def parse_units(text: str | None, H: int) -> np.ndarray | None:
 
 def collect_trace(model, source, engine="numpy", chunk_size=64, steps=None, units=None) -> dict[str, np.ndarray]:
     """Run every sequence and gather the per-step arrays as (B, T, ·), time order."""
-
-
     steps = steps or slice(0, source.T)
     parts: dict[str, list[np.ndarray]] = {}
     for start, x, lengths in source.chunks(chunk_size, model.dtype):

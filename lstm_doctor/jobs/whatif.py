@@ -77,8 +77,6 @@ def check_fixed_folder(folder: str, protected: list[str | None]) -> Path:
     not an empty folder, that is (or holds) one of the user's files, whose parent folder
     is missing, or where nothing can be written. A symlink is followed: the fixed model
     goes into the (empty) folder it points to. Returns the real folder to write."""
-
-
     out = Path(os.path.realpath(folder)) if Path(folder).is_symlink() else Path(folder)
     for item in protected:
         if not item:
@@ -101,10 +99,6 @@ def check_fixed_folder(folder: str, protected: list[str | None]) -> Path:
 
 def write_fixed(folder: Path, model, notes: tuple[str, ...], arrays: dict) -> Path:
     """Write the native model (and the input-fix parameters) into ``folder`` atomically."""
-
-
-
-
     tmp = folder.parent / f".{folder.name[:200]}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         os.mkdir(tmp)  # the usual permissions (umask), unlike mkdtemp's 0700
@@ -128,7 +122,6 @@ def write_fixed(folder: Path, model, notes: tuple[str, ...], arrays: dict) -> Pa
 
 def build_output(options: WhatIfCommandOptions, model, source, exp) -> dict:
     """The JSON document of the ``what-if`` command."""
-
     code = exit_code(exp.baseline.findings, Severity.parse(options.fail_on), options.exit_zero)
     doc = {
         **envelope(options.created or "now", command="what-if"),
@@ -211,7 +204,6 @@ def check_capture_budget(model, source, options: WhatIfCommandOptions) -> int:
     chunks of full records, keeping 64 sequences in full: the estimate of ``diagnose``
     (``budget.check_capture``) with the chunk the experiment will use.
     """
-
     n = min(options.sample_size, source.n_sequences)
     per_sequence = budget.sequence_bytes(model, source.T, budget.FULL_RECORD_VALUES_PER_H)
     chunk = budget.sequences_within(budget.FULL_RECORD_CHUNK_BYTES, per_sequence, n)

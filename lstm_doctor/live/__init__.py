@@ -83,7 +83,6 @@ def parity(live: LiveLSTM, capture) -> dict:
     (``outputs``) and each direction's final h and c. Returns
     ``{"max_abs_diff": float, "values": int, "sequences": int, "tolerance": float, "ok": bool}``.
     """
-
     lengths = live.source.lengths
     b = None
     worst = 0.0
@@ -151,7 +150,6 @@ def compact(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def match(path: str, pattern: str) -> bool:
     """A module path against a shell pattern (``*``, ``?``); brackets are literal (``layers[2]``)."""
-
     return fnmatch.fnmatchcase(path, pattern.replace("[", "[[]"))
 
 

@@ -38,7 +38,6 @@ from lstm_doctor.model import LSTMModel, make_direction
 
 def is_module(obj: Any) -> bool:
     """True for a ``torch.nn.Module``, without importing torch unless it is already loaded."""
-
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.nn.Module)
 
@@ -68,7 +67,6 @@ def _numpy(tensor) -> np.ndarray:
 
 def _convert(sub, path: str, layout: str) -> LSTMModel:
     """The submodule's parameters → ``LSTMModel`` with the file importer's converter."""
-
     tensors = {name: _numpy(value) for name, value in sub.state_dict().items()}
     groups = lstm_prefixes(tensors)
     model = build_model(tensors, "", groups[""], Path(path), "torch", layout)

@@ -43,7 +43,6 @@ class LoadOptions:
 
     def architecture_flags(self) -> list[str]:
         """The command-line names of the Keras settings given."""
-
         return [flag for name, flag in ARCHITECTURE_FLAGS.items() if getattr(self, name) is not None]
 
 
@@ -117,7 +116,6 @@ def load_model(
     options: LoadOptions | None = None,
 ) -> LSTMModel:
     """Load any supported model file (or native directory) as an ``LSTMModel``."""
-
     path = check_readable_file(Path(path), allow_dir=True)
     options = options or LoadOptions()
     with budget.reading(options.max_memory):

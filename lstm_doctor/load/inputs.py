@@ -255,7 +255,6 @@ def load_inputs(
     masked; masked steps may be anywhere.
     Sizes the files declare are checked against ``max_memory`` (``--max-memory``) before reading.
     """
-
     with budget.reading(max_memory):
         source = _load_inputs(
             path, layout or (model.input_layout if model is not None else "btd"), lengths_path, model, padding, mask

@@ -53,7 +53,6 @@ def _header(fh, what: str, strings: bool = False) -> tuple[tuple[int, ...], bool
 
 def _with_path(read):
     """Errors name the file they are about."""
-
     def wrapper(path, *args, **kwargs):
         try:
             return read(Path(path), *args, **kwargs)

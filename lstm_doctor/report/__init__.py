@@ -62,7 +62,6 @@ MULTI = {"html": html, "markdown": markdown, "junit": junit, "github": github, "
 
 def render_many(fmt: str, reports: list[dict], options: RenderOptions) -> str | bytes:
     """Several reports in one output of format ``fmt`` (not json: see ``lstm_doctor.jobs.check``)."""
-
     if fmt in MULTI:
         return MULTI[fmt].render_many(reports, options)
     if fmt == "json":
@@ -72,7 +71,6 @@ def render_many(fmt: str, reports: list[dict], options: RenderOptions) -> str | 
 
 def load_schema() -> dict:
     """The JSON Schema (draft 2020-12) of the report, shipped as ``report/schema.json``."""
-
     return json.loads(files(__name__).joinpath("schema.json").read_text(encoding="utf-8"))
 
 

@@ -111,7 +111,6 @@ def to_json(value: Any, indent: int = 2) -> str:
     """JSON text of a cleaned report, as ``json.dumps(indent=2)`` but with every
     list of scalars on one line (per-step series, matrix rows), so that a
     report stays readable and small. Deterministic for a given value."""
-
     def scalars(v: list) -> bool:
         # isinstance on the distinct types, not on every item (series of thousands of floats)
         return not any(issubclass(t, (dict, list)) for t in set(map(type, v)))
@@ -340,7 +339,6 @@ def _mixed_zeros(a: np.ndarray) -> bool:
 
 def layer_statistics(capture) -> list[dict[str, Any]]:
     """Per (layer, direction): what the summaries and plots are drawn from."""
-
     out = []
     for (k, d), st in capture.directions.items():
         params = dict(capture.model.layers[k].directions())[d]
@@ -468,7 +466,6 @@ def build_report(
     ``exit_zero``: --exit-zero was given, so ``summary.exit_forced`` records that an
     exit code of 0 does not mean that nothing reached ``fail_on``. The ``diagnosis``
     section (``report/diagnosis.py``) is computed here, once, from the findings."""
-
     config = config or AnalysisConfig()
     timings = stage_timings(capture) if capture is not None else {}
     counts = {s.name: sum(f.severity == s for f in analysis.findings) for s in reversed(Severity)}

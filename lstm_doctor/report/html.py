@@ -271,7 +271,6 @@ def _findings(report: dict, names: dict[str, str]) -> str:
 
 def _diagnosis(report: dict) -> str:
     """The diagnosis block: what is wrong, the root causes in order (code, where, key number, fix), the rest collapsed."""
-
     d = report.get("diagnosis") or diagnosis(report)
     out = [f'<section class="diagnosis {"healthy" if d["healthy"] else "sick"}" id="diagnosis">',
            f'<p class="what">{_inline(d["sentence"])}</p>']
@@ -316,7 +315,6 @@ def _diagnosis(report: dict) -> str:
 
 def _grouped_findings(report: dict, names: dict[str, str]) -> str:
     """One row per rule and layer, in the diagnosis order; a rule on several gates gets a breakdown, its fix once."""
-
     d = report.get("diagnosis") or diagnosis(report)
     if not d["groups"]:
         return "<p><b>No findings.</b></p>"

@@ -73,7 +73,6 @@ def _header(report: dict) -> list[str]:
 
 def _diagnosis(report: dict) -> list[str]:
     """The diagnosis block: what is wrong, the root causes in order, the rest collapsed."""
-
     d = report.get("diagnosis") or diagnosis(report)
     out = [f"**Diagnosis:** {_cell(d['sentence'])}", ""]
     for n, rc in enumerate(d["root_causes"], 1):
@@ -113,7 +112,6 @@ def _headline(report: dict) -> list[str]:
 
 def _findings(report: dict, names: dict[str, str]) -> list[str]:
     """One row per rule and layer (the diagnosis' groups): a per-location breakdown, the fix once."""
-
     out = ["## Findings", ""]
     if not report["findings"]:
         return out + ["No findings.", ""]

@@ -172,7 +172,6 @@ STRIP_STEPS = 60
 def sensitivity_strip(values: list, steps: int = STRIP_STEPS) -> str:
     """One character per step, oldest left, last step right: log10 of ‖∂h_T/∂x_t‖
     relative to its peak, 8 levels over 6 decades (blank below 1e-6)."""
-
     vals = [v for v in values[:steps] if v is not None]
     peak = max(vals, default=0.0)
     out = []
@@ -262,7 +261,6 @@ def _count(code: str, n: int) -> str:
 
 def diagnosis_block(report: dict) -> list:
     """The diagnosis: what is wrong, the root causes (one line each), what they explain, the verdict."""
-
     d = report.get("diagnosis") or diagnosis(report)
     out: list = []
     title = Text("Diagnosis: ", style="bold")
@@ -317,7 +315,6 @@ def diagnosis_block(report: dict) -> list:
 
 def _details(report: dict) -> list:
     """One entry per rule and layer: the per-location breakdown, one message, the fix once."""
-
     d = report.get("diagnosis") or diagnosis(report)
     if not d["groups"]:
         return []

@@ -184,7 +184,6 @@ def render_what_if(report: dict, console: Console) -> None:
 
 def render_text(report: dict, width: int = 110, color: bool = False) -> str:
     """The what-if section alone, as text (the ``what-if`` command's text output)."""
-
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=color, no_color=not color, highlight=False)
     render_what_if(report, console)

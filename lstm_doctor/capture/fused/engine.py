@@ -166,7 +166,6 @@ def run_direction(
     observer, a float32 model and kernels that load; anything else runs the
     NumPy engine, which computes the same values.
     """
-
     if (
         capture != CAPTURE_STATS
         or not isinstance(observer, DirectionReducer)

@@ -424,7 +424,6 @@ def compile_direction(key: GraphKey, mode=None) -> CompiledDirection:
     ``mode`` defaults to ``backend.compile_mode()``; another mode is for
     benchmarks only and is cached separately.
     """
-
     def build(mode):
         inputs, outputs, _ = build_graph(key, mode)
         fn = backend.function(
