@@ -492,3 +492,12 @@ def test_compare_refuses_a_model_bomb_under_max_memory(tmp_path):
     np.save(tmp_path / "ok.npy", np.zeros((2, 5, 3), np.float32))
     refused_under_budget(tmp_path, path, "compare", model, path, "--inputs", tmp_path / "ok.npy",
                          needle="--max-memory")
+
+
+def test_diagnose_what_if_refuses_its_experiment_over_max_memory(tmp_path):
+    """diagnose's own capture fits (one sequence per chunk, one kept), but --what-if's runs
+    keep 64 sequences × 2000 steps of full records: refused before the diagnosis."""
+    model = _native_model(tmp_path / "m", D=3, H=512)
+    np.save(tmp_path / "x.npy", np.zeros((64, 2000, 3), np.float32))
+    refused_under_budget(tmp_path, tmp_path / "x.npy", "diagnose", model, "--inputs", tmp_path / "x.npy",
+                         "--what-if", "--sample-size", "1", "--chunk-size", "1", needle="--max-memory")

@@ -606,6 +606,19 @@ def _chunk_size(state: State, options: WhatIfOptions) -> int:
     return budget.sequences_within(budget.FULL_RECORD_CHUNK_BYTES, per_sequence, state.source.n_sequences)
 
 
+def check_budget(model, source, sample_size: int, max_memory=None) -> int:
+    """Refuse, before the first run, an experiment whose capture would pass ``--max-memory``.
+
+    Each run captures the evenly spaced sample (at most ``sample_size`` sequences) in
+    chunks of full records (``_chunk_size``), keeping 64 sequences in full: the estimate
+    of ``diagnose`` (``budget.check_capture``) with the chunk the experiment will use.
+    """
+    n = min(sample_size, source.n_sequences)
+    per_sequence = budget.sequence_bytes(model, source.T, budget.FULL_RECORD_VALUES_PER_H)
+    chunk = budget.sequences_within(budget.FULL_RECORD_CHUNK_BYTES, per_sequence, n)
+    return budget.check_capture(model, source, chunk, min(64, n), max_memory)
+
+
 def measure(state: State, fixes: tuple[str, ...], descriptions: tuple[str, ...], options: WhatIfOptions) -> Run:
     """Capture ``state``'s sample and analyze it."""
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from lstm_doctor.choices import ENGINES
 from lstm_doctor.errors import UserError
 from lstm_doctor.experiments.gradients import analyze_gradients
 from lstm_doctor.experiments.observed import load_observation, search_capture
-from lstm_doctor.experiments.whatif import DEFAULT_SAMPLE, WhatIfOptions, add_what_if
+from lstm_doctor.experiments.whatif import DEFAULT_SAMPLE, WhatIfOptions, add_what_if, check_budget
 from lstm_doctor.findings import Severity, exit_code
 from lstm_doctor.frontend import is_text_inputs, text_source
 from lstm_doctor.jobs.selection import ModelSelection, open_model
@@ -146,6 +146,8 @@ def run_diagnosis(options: DiagnoseOptions) -> dict:
         )
     check_against_model(source, model.D)
     budget.check_capture(model, source, options.chunk_size, options.sample_size, options.max_memory)
+    if options.what_if:  # its runs capture a sample of their own: refused now, not after the diagnosis
+        check_budget(model, source, options.what_if_sample or DEFAULT_SAMPLE, options.max_memory)
     stages = {"load_seconds": time.perf_counter() - clock}
     clock = time.perf_counter()
     with _progress(options.progress) as progress:

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_doctor.capture import budget
 from lstm_doctor.choices import ENGINES
 from lstm_doctor.errors import UserError
 from lstm_doctor.experiments.whatif import (
     WhatIfOptions,
+    check_budget,
     experiment_dict,
     harmful_requested,
     parse_fix_ids,
@@ -165,7 +165,7 @@ def execute(options: WhatIfCommandOptions) -> int:
         padding=options.padding, mask=options.mask, max_memory=options.max_memory,
     )
     check_against_model(source, model.D)
-    check_capture_budget(model, source, options)
+    check_budget(model, source, options.sample_size, options.max_memory)
     with _status(options.format == "text" and options.output is None) as progress:
         exp = run_experiment(
             model,
@@ -195,19 +195,6 @@ def execute(options: WhatIfCommandOptions) -> int:
         }
     emit(render(doc, options), options.output)
     return doc["summary"]["exit_code"]
-
-
-def check_capture_budget(model, source, options: WhatIfCommandOptions) -> int:
-    """Refuse, before the first run, an experiment whose capture would pass ``--max-memory``.
-
-    Each run captures the evenly spaced sample (at most ``sample_size`` sequences) in
-    chunks of full records, keeping 64 sequences in full: the estimate of ``diagnose``
-    (``budget.check_capture``) with the chunk the experiment will use.
-    """
-    n = min(options.sample_size, source.n_sequences)
-    per_sequence = budget.sequence_bytes(model, source.T, budget.FULL_RECORD_VALUES_PER_H)
-    chunk = budget.sequences_within(budget.FULL_RECORD_CHUNK_BYTES, per_sequence, n)
-    return budget.check_capture(model, source, chunk, min(64, n), options.max_memory)
 
 
 def render(doc: dict, options: WhatIfCommandOptions) -> str:
