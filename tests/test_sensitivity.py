@@ -164,7 +164,7 @@ def test_analyze_gradients_paths_agree(backwards, lengths):
 
 
 def test_hutchinson_probes_above_exact_units():
-    """H > EXACT_UNITS: the same Gaussian probes on both paths (float32 model: float32 PyTensor vs float64 NumPy)."""
+    """H > EXACT_UNITS: the same Rademacher probes on both paths (a float32 model: both run in float32)."""
     m = model(6, gradients.EXACT_UNITS + 8, init="glorot", forget_bias=1.0, seed=8)
     _, cap = run(m, normal_inputs(n=10, T=15, D=6))
     a = gradients.analyze_gradients(cap, method="numpy")
@@ -288,3 +288,34 @@ def test_mixed_lengths_sensitivities_match_finite_differences_per_sequence():
         assert g.state_sensitivity[0] == pytest.approx(np.sqrt(Hm), rel=1e-6)  # every sequence: lag 0 is I
         np.testing.assert_allclose(g.input_sensitivity, fd_x, rtol=1e-5)
         np.testing.assert_allclose(g.state_sensitivity, fd_h, rtol=1e-5)
+
+
+def test_hutchinson_probes_are_fixed_signs_and_need_no_random_generator():
+    """±1 entries, E[vvᵀ] ≈ I over many probes, the same on every call, and no numpy.random import
+    on the gradient path (it cost 6–9 ms of a small capture's budget)."""
+    import subprocess
+    import sys
+
+    v = gradients.probes(4000, 64)
+    assert set(np.unique(v)) == {-1.0, 1.0}
+    assert np.abs(v.T @ v / len(v) - np.eye(64)).max() < 0.1
+    np.testing.assert_array_equal(gradients.probes(4, 64), gradients.probes(4, 64))  # deterministic
+    code = (
+        "import sys, numpy as np\n"
+        "from lstm_doctor.capture.pipeline import CaptureOptions, capture\n"
+        "from lstm_doctor.experiments.gradients import analyze_gradients, EXACT_UNITS\n"
+        "from lstm_doctor.load.inputs import InputSource\n"
+        "from lstm_doctor.model import Layer, LSTMModel, make_direction\n"
+        "D, H = 3, EXACT_UNITS + 8\n"
+        "k = np.arange(D * 4 * H + H * 4 * H, dtype=np.float32)\n"
+        "W = (np.sin(k[: D * 4 * H]) * 0.3).reshape(D, 4 * H)\n"
+        "U = (np.cos(k[D * 4 * H :]) * 0.1).reshape(H, 4 * H)\n"
+        "m = LSTMModel((Layer(make_direction(W, U, np.zeros(4 * H), dtype=np.float32)),), name='t')\n"
+        "x = np.sin(np.arange(10 * 12 * D, dtype=np.float32)).reshape(10, 12, D)\n"
+        "cap = capture(m, InputSource(array=x, layout='btd'), CaptureOptions(engine='numpy'))\n"
+        "g = analyze_gradients(cap)\n"
+        "assert not g.exact and g.input_sensitivity[0] > 0\n"
+        "print('numpy.random' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -13,8 +13,8 @@ from them:
   Frobenius norm of the H × D Jacobian, indexed by lag = (last valid step) − t
   (lag 0 is the last step). With H ≤ ``EXACT_UNITS`` the Jacobian's rows are
   taken exactly (one one-hot seed per unit, the sample replicated H times in
-  one call); above it, ``PROBES`` Gaussian seeds v estimate
-  ‖J‖²_F = E‖vᵀJ‖² (Hutchinson), with a fixed random seed (deterministic).
+  one call); above it, ``PROBES`` fixed ±1 (Rademacher) seeds v estimate
+  ‖J‖²_F = E‖vᵀJ‖² (Hutchinson; see ``probes``).
 - ``state_sensitivity[lag]``: the mean of ‖∂h_T/∂h_t‖_F, the path through the
   hidden state with c_t held fixed: ∂L/∂h_t = ∂L/∂z_{t+1} · Uᵀ, where ∂L/∂z_{t+1}
   is the gradient reaching step t+1's pre-activations (= ∂L/∂(x_{t+1}·W)). At lag
@@ -60,7 +60,7 @@ EXACT_UNITS = 32
 # rows (sequences × probes) times the forward's per-row cost; 8 × 4 = 32 rows
 # keep it within 15% of a 256-sequence capture (benchmarks/RESULTS.md), and at
 # fixed rows more sequences and fewer probes give the lower variance (the
-# between-sequence variation is averaged as well). The first 4 of the former 8.
+# between-sequence variation is averaged as well).
 PROBES = 4
 HORIZON_SHARE = 0.99
 HORIZON_GAP = 1e-3  # G701's default ratio: below it, a step's sensitivity has vanished
@@ -177,11 +177,28 @@ def gate_derivatives(capture, sequences: int | None = None) -> dict[tuple[int, s
     return out
 
 
-def _seeds(H: int, n: int, rng) -> tuple[np.ndarray, bool]:
-    """(P, H) seed vectors: one-hot rows (exact) or Gaussian probes."""
+def _seeds(H: int) -> tuple[np.ndarray, bool]:
+    """(P, H) seed vectors: one-hot rows (exact) or Hutchinson probes."""
     if H <= EXACT_UNITS:
         return np.eye(H), True
-    return rng.standard_normal((PROBES, H)), False
+    return probes(PROBES, H), False
+
+
+def probes(P: int, H: int) -> np.ndarray:
+    """(P, H) fixed Rademacher probes: v_pu = ±1, the sign from the top bit of
+    splitmix64(p·H + u + 1), so E[vvᵀ] = I over the entries' signs.
+
+    Why ±1 and not Gaussian: Hutchinson's estimate vᵀAv of tr A (A = JJᵀ) has
+    variance 2(‖A‖²_F − Σ_i A_ii²) with Rademacher probes against 2‖A‖²_F with
+    Gaussian ones, and a hash needs no random-number generator: importing
+    ``numpy.random`` cost 6–9 ms, most of a small capture's gradient budget
+    (nothing else in a diagnosis with an inputs file imports it).
+    """
+    z = np.arange(1, P * H + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # wraps modulo 2^64
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return np.where(z >> np.uint64(63), -1.0, 1.0).reshape(P, H)
 
 
 def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str = "numpy") -> GradientResult:
@@ -207,8 +224,7 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str 
     lengths = None if capture.sample_lengths is None else np.asarray(capture.sample_lengths)[:n]
     T, _, D = x.shape
     Hh = params.P  # h's units: H, or the projection's width (LSTMP), which seeds and ∂L/∂h_t have
-    rng = np.random.default_rng(0)
-    seeds, exact = _seeds(Hh, n, rng)
+    seeds, exact = _seeds(Hh)
     P = len(seeds)
     mask_n = None if lengths is None else np.arange(T)[:, None] < lengths[None, :]  # (T, n)
     compile_seconds = 0.0
