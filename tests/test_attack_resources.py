@@ -501,3 +501,22 @@ def test_diagnose_what_if_refuses_its_experiment_over_max_memory(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((64, 2000, 3), np.float32))
     refused_under_budget(tmp_path, tmp_path / "x.npy", "diagnose", model, "--inputs", tmp_path / "x.npy",
                          "--what-if", "--sample-size", "1", "--chunk-size", "1", needle="--max-memory")
+
+
+def test_a_checkpoints_pickled_arrays_count_with_its_storages(tmp_path):
+    """A .pt whose data.pkl also pickles a NumPy array of 400 bytes, beside a 100-float tensor
+    (its 400-byte storage and its 400-byte copy: 800). Under a 1000-byte budget each part
+    fits alone, the checkpoint's 1200 do not (before, the pickle's arrays had an allowance
+    of their own: a .pt could use up to twice the budget)."""
+    import torch
+
+    from lstm_doctor.capture import budget
+    from lstm_doctor.capture.budget import BudgetError
+    from lstm_doctor.load import torch as torch_load
+
+    path = tmp_path / "m.pt"
+    torch.save({"weight_ih_l0": torch.zeros(100), "extra": np.zeros(100, np.float32)}, path)
+    with budget.reading(1300):
+        assert set(torch_load.read_zip_checkpoint(path)) == {"weight_ih_l0", "extra"}
+    with budget.reading(1000), pytest.raises(BudgetError, match="an array of shape"):
+        torch_load.read_zip_checkpoint(path)

@@ -215,6 +215,33 @@ class Allowance:
         self.used += nbytes
 
 
+# The running total of the file being read: one ContextVar for every reader (torch,
+# Keras, pickles), so loads in threads never share one and a nested load restores the
+# outer one's when it ends.
+_FILE_ALLOWANCE: ContextVar[Allowance | None] = ContextVar("lstm_doctor_file_allowance", default=None)
+
+
+@contextmanager
+def file_allowance(join: bool = False):
+    """The scope of one file's read: every ``take`` inside counts against one Allowance.
+
+    ``join=True`` reads a part of the file being read (a ``.pt``'s ``data.pkl``, whose
+    pickled arrays count with its storages): it adds to the enclosing file's total, or
+    starts one when there is none.
+    """
+    current = _FILE_ALLOWANCE.get()
+    token = _FILE_ALLOWANCE.set(current if join and current is not None else Allowance())
+    try:
+        yield _FILE_ALLOWANCE.get()
+    finally:
+        _FILE_ALLOWANCE.reset(token)
+
+
+def take(nbytes: int, what: str) -> None:
+    """Count ``nbytes`` against the file being read (outside ``file_allowance``: this size alone)."""
+    (_FILE_ALLOWANCE.get() or Allowance()).take(nbytes, what)
+
+
 def check_declared(nbytes: int, what: str) -> None:
     """One declared size against the read limit (``Allowance`` for a running total)."""
     Allowance().take(nbytes, what)

@@ -50,14 +50,14 @@ from __future__ import annotations
 import json
 import re
 import zipfile
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lstm_doctor.capture.budget import Allowance, declared_bytes
+from lstm_doctor.capture import budget
+from lstm_doctor.capture.budget import declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.load import LoadOptions
 from lstm_doctor.model import (
@@ -594,11 +594,6 @@ def config_activations(cfg: dict, major, where: str) -> Activations:
 # Reading the weights
 
 
-# The running allowance of the file being read (every dataset), per load as the torch
-# reader's: a ContextVar, so loads in threads or nested never share or end it.
-_ALLOWANCE: ContextVar[Allowance | None] = ContextVar("lstm_doctor_keras_allowance", default=None)
-
-
 def _dataset(obj, what: str) -> np.ndarray:
     h5py = _h5py()
     if not isinstance(obj, h5py.Dataset):
@@ -616,7 +611,7 @@ def _dataset(obj, what: str) -> np.ndarray:
         raise ModelError(f"{what} has {nbytes} bytes, over the {MAX_DATASET_BYTES}-byte limit")
     # Counted before reading, with every dataset this load has read: an unwritten
     # dataset (fill value only) costs no disk but reads as its full declared size.
-    (_ALLOWANCE.get() or Allowance()).take(nbytes, what)
+    budget.take(nbytes, what)
     if obj.dtype.kind not in "fiu":
         raise ModelError(f"{what} has dtype {obj.dtype}, expected floats")
     return np.asarray(obj[()])
@@ -865,17 +860,15 @@ def _select(entries: list[Entry], containers, options) -> list[Entry]:
 def load(path: Path, options) -> LSTMModel:
     if options.preset is not None:
         raise ConfigError(f"--preset {options.preset} does not apply to Keras files")
-    token = _ALLOWANCE.set(Allowance())
     try:
-        return _load(path, options)
+        with budget.file_allowance():  # every dataset of this load: one running total
+            return _load(path, options)
     except zipfile.BadZipFile as exc:
         raise ModelError(f"a damaged .keras archive: {exc}") from None
     except RecursionError:  # a RuntimeError too, but the cause is the JSON, not the HDF5
         raise ModelError("the Keras config is nested too deeply to be a model") from None
     except RuntimeError as exc:  # h5py reports damaged HDF5 structures so
         raise ModelError(f"damaged HDF5 data: {str(exc).splitlines()[0][:200]}") from None
-    finally:
-        _ALLOWANCE.reset(token)
 
 
 def _check_config_shape(config: Any) -> None:

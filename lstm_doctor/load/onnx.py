@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_doctor.choices import LAYOUTS
 from lstm_doctor.capture.budget import Allowance, declared_bytes
+from lstm_doctor.choices import LAYOUTS
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.model import (
     Activations,

@@ -46,13 +46,13 @@ import struct
 import types
 import zlib
 from collections import OrderedDict
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from lstm_doctor.capture.budget import Allowance, declared_bytes, read_limit
+from lstm_doctor.capture import budget
+from lstm_doctor.capture.budget import declared_bytes, read_limit
 from lstm_doctor.errors import ModelError
 from lstm_doctor.load.npyfile import load_npy
 
@@ -258,18 +258,6 @@ def _shape(shape, what: str) -> tuple[int, ...]:
     return shape
 
 
-_ALLOWANCE: ContextVar[Allowance | None] = ContextVar("lstm_doctor_pickle_allowance", default=None)
-
-
-def _take(nbytes: int, what: str) -> None:
-    """Count bytes the pickle makes us allocate, against the read budget of this load."""
-    allowance = _ALLOWANCE.get()
-    if allowance is None:
-        allowance = Allowance()
-        _ALLOWANCE.set(allowance)
-    allowance.take(nbytes, what)
-
-
 def _safe_dtype(obj, align=False, copy=True):
     """``numpy.dtype(code, align, copy)`` for a plain code; always a fresh copy.
 
@@ -322,7 +310,7 @@ def _set_array_state(array: np.ndarray, state) -> None:
     shape = _shape(shape, "an array")
     check_dtype(dtype)
     nbytes = declared_bytes(shape, dtype.itemsize)
-    _take(nbytes, f"an array of shape {shape}")
+    budget.take(nbytes, f"an array of shape {shape}")
     count = math.prod(shape)
     if dtype.hasobject:
         if not (isinstance(data, list) and len(data) == count):
@@ -337,7 +325,7 @@ def _safe_reconstruct(subtype, shape, dtype):
         raise UnsafePickleError(f"array reconstruction of a {safe_repr(subtype)} subclass is not allowed")
     shape = _shape(shape, "an array")
     dtype = np.dtype("b") if dtype in (b"b", "b") else check_dtype(dtype)
-    _take(declared_bytes(shape, dtype.itemsize), f"an array of shape {shape}")
+    budget.take(declared_bytes(shape, dtype.itemsize), f"an array of shape {shape}")
     return np.zeros(shape, dtype)
 
 
@@ -347,7 +335,7 @@ def _safe_ndarray(shape, dtype=float, buffer=None, offset=0, strides=None, order
         raise UnsafePickleError("the pickle calls numpy.ndarray with a buffer, offset or strides")
     shape = _shape(shape, "numpy.ndarray")
     dtype = check_dtype(np.dtype(dtype) if dtype is float else dtype, "numpy.ndarray")
-    _take(declared_bytes(shape, dtype.itemsize), f"numpy.ndarray of shape {shape}")
+    budget.take(declared_bytes(shape, dtype.itemsize), f"numpy.ndarray of shape {shape}")
     return np.zeros(shape, dtype, order="F" if order == "F" else "C")
 
 
@@ -368,7 +356,7 @@ def _safe_frombuffer(buf, dtype, shape, order):
     data = memoryview(buf).cast("B") if not isinstance(buf, (bytes, bytearray)) else buf
     if len(data) != nbytes:
         raise UnsafePickleError(f"an array of shape {shape} and dtype {dtype} without its {nbytes} bytes of data")
-    _take(nbytes, f"an array of shape {shape}")
+    budget.take(nbytes, f"an array of shape {shape}")
     array = np.frombuffer(bytes(data), dtype=dtype)
     return array.reshape(shape, order="F" if order == "F" else "C").copy(order="K")
 
@@ -376,9 +364,9 @@ def _safe_frombuffer(buf, dtype, shape, order):
 def _safe_bytearray(*args):
     """``bytearray(data)``; ``bytearray(n)`` only within the budget (bytearray(6e9) is 24 bytes of pickle)."""
     if args and isinstance(args[0], int):
-        _take(max(args[0], 0), f"bytearray({args[0]})")
+        budget.take(max(args[0], 0), f"bytearray({args[0]})")
     if args and isinstance(args[0], str):
-        _take(len(args[0]), "a bytearray")
+        budget.take(len(args[0]), "a bytearray")
     return bytearray(*args)
 
 
@@ -485,7 +473,7 @@ class _JoblibArrayWrapper:
                 fh.read(padding[0])
         count = math.prod(shape)
         nbytes = declared_bytes(shape, dtype.itemsize)
-        _take(nbytes, f"a joblib array of shape {shape}")
+        budget.take(nbytes, f"a joblib array of shape {shape}")
         data = _read_exact(fh, nbytes)
         array = np.frombuffer(data, dtype=dtype, count=count).copy()
         if self.order == "F":
@@ -734,7 +722,7 @@ def _read_zfile(fh) -> bytes:
         length = int(header[2:], 16)
     except ValueError:
         raise ModelError("malformed joblib z-file header") from None
-    _take(length, "joblib z-file data")
+    budget.take(length, "joblib z-file data")
     rest = fh.read()
     if rest[:1] == b" ":  # joblib <= 0.8.4 wrote one more header byte
         rest = rest[1:]
@@ -844,10 +832,11 @@ _READ_ERRORS = (
 
 
 def _run(loader: Callable[[], Any]):
-    """Run one load with its own allowance; any reading error becomes one line."""
-    token = _ALLOWANCE.set(Allowance())
+    """Run one load under the file's allowance (a pickle inside a ``.pt`` adds to the
+    checkpoint's); any reading error becomes one line."""
     try:
-        return loader()
+        with budget.file_allowance(join=True):
+            return loader()
     except ModelError:
         raise
     except RecursionError:
@@ -856,8 +845,6 @@ def _run(loader: Callable[[], Any]):
         text = str(exc)
         text = text if len(text) <= 200 else text[:197] + "..."
         raise ModelError(f"not a readable pickle: {type(exc).__name__}: {text}") from None
-    finally:
-        _ALLOWANCE.reset(token)
 
 
 def load_file(path: str | Path, *, trust: bool = False) -> Any:

@@ -38,12 +38,12 @@ import pickle
 import re
 import struct
 import zipfile
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lstm_doctor.capture import budget
 from lstm_doctor.capture.budget import Allowance, declared_bytes
 from lstm_doctor.errors import ConfigError, ModelError
 from lstm_doctor.load import safepickle
@@ -175,7 +175,7 @@ def _strided(storage: np.ndarray, offset, size, stride) -> np.ndarray:
         return np.zeros(size, storage.dtype)
     # The copy below allocates size × itemsize whatever the storage holds: a
     # stride of 0 makes one stored value a tensor of any declared size.
-    _take(declared_bytes(size, storage.itemsize), f"a tensor of size {size}")
+    budget.take(declared_bytes(size, storage.itemsize), f"a tensor of size {size}")
     last = offset + sum((s - 1) * st for s, st in zip(size, stride))
     if any(st < 0 for st in stride) or last >= storage.size:
         raise ModelError(
@@ -223,17 +223,6 @@ def _torch_globals() -> dict[tuple[str, str], Any]:
     return out
 
 
-# The running allowance of the checkpoint being read (storages and tensor copies). A
-# ContextVar, as safepickle's: each load sets its own and restores the one it found, so two
-# loads in threads never share one, and a nested load does not end the outer one's count.
-_ALLOWANCE: ContextVar[Allowance | None] = ContextVar("lstm_doctor_torch_allowance", default=None)
-
-
-def _take(nbytes: int, what: str) -> None:
-    """Count bytes against the checkpoint's allowance (outside a checkpoint: this size alone)."""
-    (_ALLOWANCE.get() or Allowance()).take(nbytes, what)
-
-
 def read_zip_checkpoint(path: Path, trust: bool = False) -> Any:
     """A ``torch.save`` zip checkpoint read without torch: tensors become arrays.
 
@@ -241,11 +230,8 @@ def read_zip_checkpoint(path: Path, trust: bool = False) -> Any:
     counted against the read budget (``--max-memory``) before they are read.
     """
     refuse_torchscript(path, trust)
-    token = _ALLOWANCE.set(Allowance())
-    try:
+    with budget.file_allowance():  # storages, tensor views and data.pkl's own arrays: one total
         return _read_zip_checkpoint(path, trust)
-    finally:
-        _ALLOWANCE.reset(token)
 
 
 def _read_zip_checkpoint(path: Path, trust: bool) -> Any:
@@ -272,7 +258,7 @@ def _read_zip_checkpoint(path: Path, trust: bool) -> Any:
                 if member not in names:
                     raise ModelError(f"storage {member} is missing from the checkpoint")
                 info = zf.getinfo(member)
-                _take(info.file_size, f"storage {member}")
+                budget.take(info.file_size, f"storage {member}")
                 storages[key] = _decode(zf.read(member), storage_type.dtype, byteorder)
             return storages[key]
 
