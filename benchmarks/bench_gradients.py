@@ -8,8 +8,9 @@ its inputs and (b) a random encoder at B = 256, T = 150, D = H = 256, then
 recursion (the default) and, with ``--pytensor``, PyTensor's grad (compile
 included, first call). The capture and the NumPy path alternate over
 ``ROUNDS`` rounds (the machine's load drifts between them); the line gives
-both medians, their spread (min–max) and the ratio of the medians, with the
-1-minute load average.
+both medians, their spread (min–max), the ratio of the medians and that of
+the minima (the closest to a quiet machine when other processes share the
+cores), with the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def measure(name, m, x, with_pytensor):
     cap_s, total, call = (float(np.median(v)) for v in (caps, grads, calls))
     line = (f"{name}: capture {cap_s:.3f} s ({min(caps):.3f}-{max(caps):.3f}, {cap.engine}); "
             f"gradients (numpy) {total:.3f} s ({min(grads):.3f}-{max(grads):.3f}; recursion {call:.3f} s) "
-            f"= {100 * total / cap_s:.1f}% of the capture; T={g.T} H={m.layers[0].H} sequences={g.sequences} "
+            f"= {100 * total / cap_s:.1f}% of the capture (minima: {100 * min(grads) / min(caps):.1f}%); T={g.T} H={m.layers[0].H} sequences={g.sequences} "
             f"probes={g.probes} exact={g.exact}; load {os.getloadavg()[0]:.2f}")
     if with_pytensor:
         t0 = time.perf_counter()
