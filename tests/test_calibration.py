@@ -187,6 +187,9 @@ def test_the_smallest_samples_render_in_every_format(tmp_path, fmt):
         )
         assert result.exit_code == 0, (n, T, result.output)
         assert out.stat().st_size > 0
+        if n == 1 and fmt in ("text", "markdown", "html"):  # the inputs line counts in English
+            content = out.read_text(encoding="utf-8")
+            assert "1 sequence ×" in content and "1 sequences" not in content
 
 
 # -- I503: advice that fits the input ------------------------------------------------------

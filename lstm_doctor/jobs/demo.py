@@ -20,7 +20,7 @@ from lstm_doctor.frontend import stats_lines
 from lstm_doctor.frontend.example import text_example
 from lstm_doctor.jobs.diagnose import DiagnoseOptions, run_diagnosis
 from lstm_doctor.output import emit
-from lstm_doctor.report.diagnosis import status
+from lstm_doctor.report.diagnosis import plural, status
 from lstm_doctor.report.terminal import text_width, use_color
 
 METRICS = (
@@ -95,7 +95,7 @@ def demo_text(broken: dict, fixed: dict, from_text: dict | None, color: bool = F
     console.print(Text.assemble(
         ("lstm-doctor demo", "bold"),
         f": the case-study encoder ({BROKEN}, cell {broken['model']['layers'][0]['equation']}), "
-        f"{inp['sequences']} sequences × {inp['T']} steps × {inp['D']} features",
+        f"{plural(inp['sequences'], 'sequence')} × {inp['T']} steps × {inp['D']} features",
     ))
     console.print()
     for part in diagnosis_block(broken):

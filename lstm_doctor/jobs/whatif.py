@@ -44,6 +44,7 @@ from lstm_doctor.load import native
 from lstm_doctor.load.inputs import check_against_model, load_inputs
 from lstm_doctor.output import check_output_folder, check_output_path, emit, escape_controls_in, os_error
 from lstm_doctor.report.build import clean, describe_model, envelope, file_identity
+from lstm_doctor.report.diagnosis import plural
 from lstm_doctor.report.terminal import text_width, use_color
 
 INPUT_FIXES_FILE = "input_fixes.npz"
@@ -216,7 +217,7 @@ def render(doc: dict, options: WhatIfCommandOptions) -> str:
     console.print(
         Text.assemble(
             ("inputs   ", "bold"),
-            f"{inp['source']}: {inp['sequences']} sequences × {inp['T']} steps × {inp['D']} features "
+            f"{inp['source']}: {plural(inp['sequences'], 'sequence')} × {inp['T']} steps × {inp['D']} features "
             f"(layout {inp['layout']}) · engine {doc['engine']}",
         )
     )

@@ -380,7 +380,8 @@ def add_diagnosis(report: dict) -> dict:
 # -- the verdict -----------------------------------------------------------------------------
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """``1 sequence``, ``2 sequences`` (``info`` has no plural)."""
     return f"{n} {word}" + ("" if n == 1 or word == "info" else "s")
 
 
@@ -408,7 +409,7 @@ def status(report: dict) -> dict[str, Any]:
         counted = {sev: s.get(sev, 0) for sev in levels}
         what = ""
     failing = sum(counted.values())
-    phrase = ", ".join(_plural(counted[sev], what + sev) for sev in levels if counted[sev])
+    phrase = ", ".join(plural(counted[sev], what + sev) for sev in levels if counted[sev])
     code = s["exit_code"]
     if failing == 0:
         none = "no new finding" if baseline else "no finding"
@@ -427,8 +428,8 @@ def count_line(report: dict) -> str:
     s = report["summary"]
     d = report.get("diagnosis") or diagnosis(report)
     st = status(report)
-    parts = [_plural(len(d["root_causes"]), "root cause")]
-    parts += [_plural(s[sev], sev) for sev in ("error", "warning", "info") if s.get(sev)]
+    parts = [plural(len(d["root_causes"]), "root cause")]
+    parts += [plural(s[sev], sev) for sev in ("error", "warning", "info") if s.get(sev)]
     if not any(s.get(sev) for sev in ("error", "warning", "info")):
         parts.append("no findings")
     exit_text = f"exit {s['exit_code']}" + (" (forced by --exit-zero)" if st["state"] == "forced" else "")

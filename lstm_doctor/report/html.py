@@ -17,7 +17,7 @@ from html import escape
 from lstm_doctor.analyzers import RULES, all_rules
 from lstm_doctor.analyzers.registry import FAMILIES
 from lstm_doctor.output import escape_controls_in
-from lstm_doctor.report.diagnosis import diagnosis, status
+from lstm_doctor.report.diagnosis import diagnosis, plural, status
 from lstm_doctor.report.plots import report_plots
 
 CSS = """
@@ -176,7 +176,7 @@ def _overview(report: dict) -> str:
         rows.append(
             (
                 "inputs",
-                f"{what}{sha}<br>{inp['sequences']} sequences × {inp['T']} steps × {inp['D']} features "
+                f"{what}{sha}<br>{plural(inp['sequences'], 'sequence')} × {inp['T']} steps × {inp['D']} features "
                 f"(layout {escape(inp['layout'])}, stored shape {tuple(inp['stored_shape'])})"
                 + (", with lengths" if inp["lengths_given"] else "")
                 + f"<br><span class='muted'>mean {format_number(summ['mean'])}, rms {format_number(summ['rms'])}, "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lstm_doctor.analyzers import RULES
 from lstm_doctor.output import escape_controls_in, write_atomic
-from lstm_doctor.report.diagnosis import diagnosis, status
+from lstm_doctor.report.diagnosis import diagnosis, plural, status
 from lstm_doctor.report.html import HEADLINE_LABELS, format_number
 from lstm_doctor.report.plots import report_plots, slug
 
@@ -58,7 +58,7 @@ def _header(report: dict) -> list[str]:
         rows.append(
             (
                 "inputs",
-                f"{what}: {inp['sequences']} sequences × {inp['T']} steps × {inp['D']} features "
+                f"{what}: {plural(inp['sequences'], 'sequence')} × {inp['T']} steps × {inp['D']} features "
                 f"(layout {inp['layout']}) · engine {report['engine']}",
             )
         )

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstm_doctor.report.diagnosis import plural
+
 SIGMOID_GATES = ("i", "f", "o")
 GATE_NAMES = {"i": "input gate i", "f": "forget gate f", "o": "output gate o", "g": "candidate g"}
 GATE_COLORS = {"i": "#1f77b4", "f": "#2ca02c", "o": "#d62728", "g": "#9467bd"}
@@ -344,7 +346,7 @@ def _sensitivity_plot(key: str, grad: dict, report: dict) -> Plot:
     return Plot(
         f"{key}-sensitivity-strip",
         "Sensitivity strip: what the final encoding depends on, per step",
-        f"Per step t, the mean over the first {grad['sequences']} sequences of the Frobenius norms "
+        f"Per step t, the mean over the first {plural(grad['sequences'], 'sequence')} of the Frobenius norms "
         "‖∂h_T/∂x_t‖ (how far the final encoding moves with the input at step t) and ‖∂h_T/∂h_t‖ (with "
         f"the hidden state at step t, c_t held), by autodiff through the scan ({method}).{aligned} "
         f"Shaded: the memory horizon, the fewest final steps (here {grad['memory_horizon']}) that hold "
@@ -385,7 +387,7 @@ def report_plots(report: dict, prefix: str = "") -> list[Section]:
                 f"{key}-state-bands",
                 "Hidden and cell state over steps",
                 f"Black: the mean over all sequences and units. Bands: percentiles over the units of the "
-                f"first {sample} sequences (the kept sample). A healthy cell stays bounded; a cell that "
+                f"first {plural(sample, 'sequence')} (the kept sample). A healthy cell stays bounded; a cell that "
                 f"keeps growing integrates instead of remembering (C401).",
                 state_bands(st),
             ),
@@ -414,7 +416,7 @@ def report_plots(report: dict, prefix: str = "") -> list[Section]:
         mean = enc.get("mean_pairwise_cosine")
         rank = enc.get("effective_rank")
         summary = (
-            f"mean pairwise cosine {mean:.6f} over all {enc['sequences']} sequences"
+            f"mean pairwise cosine {mean:.6f} over all {plural(enc['sequences'], 'sequence')}"
             if mean is not None
             else "mean pairwise cosine undefined"
         ) + (f"; effective rank {rank:.3g} of {enc['size']}" if rank is not None else "")
@@ -426,7 +428,7 @@ def report_plots(report: dict, prefix: str = "") -> list[Section]:
                     Plot(
                         f"{prefix}encodings-cosine-matrix",
                         "Cosine similarity of final encodings",
-                        f"Pairwise cosine similarity of the first {n} sequences' final encodings ({summary}). "
+                        f"Pairwise cosine similarity of the final encodings of the first {plural(n, 'sequence')} ({summary}). "
                         "Distinct inputs should give a varied matrix; a uniformly red matrix means every "
                         "input gives the same vector (H601).",
                         cosine_matrix(enc),

@@ -22,7 +22,7 @@ from rich.text import Text
 from lstm_doctor.analyzers.registry import FAMILIES, RULES
 from lstm_doctor.findings import Severity
 from lstm_doctor.output import escape_controls_in
-from lstm_doctor.report.diagnosis import diagnosis, status
+from lstm_doctor.report.diagnosis import diagnosis, plural, status
 from lstm_doctor.report.whatif_text import render_what_if
 
 RULE_NAMES = {code: r.name for code, r in RULES.items()}
@@ -60,7 +60,7 @@ def _header(report: dict) -> Panel:
         lines.append(
             Text.assemble(
                 ("inputs ", "bold"),
-                f"{what}: {inp['sequences']} sequences × {inp['T']} steps × {inp['D']} features "
+                f"{what}: {plural(inp['sequences'], 'sequence')} × {inp['T']} steps × {inp['D']} features "
                 f"(layout {inp['layout']}) · engine {report['engine']}",
             )
         )
@@ -194,7 +194,7 @@ def _differential(report: dict) -> Text | None:
         T = len(g["input_sensitivity_by_lag"])
         text.append("Gradient flow ", style="bold")
         text.append(
-            f"(layer {g['layer']} {g['direction']}, {g['sequences']} sequences): memory horizon "
+            f"(layer {g['layer']} {g['direction']}, {plural(g['sequences'], 'sequence')}): memory horizon "
             f"{g['memory_horizon']} of {T} steps; "
             + (
                 f"encodings move {g['perturbation_change']:.2g} of their norm when the inputs are swapped\n"
@@ -211,7 +211,7 @@ def _differential(report: dict) -> Text | None:
             text.append("\n")
         best = obs["ranking"][0] if obs["ranking"] else None
         text.append("Observed trace ", style="bold")
-        text.append(f"({obs['kind']}, {obs['sequences']} sequences, {obs['units']} units): ")
+        text.append(f"({obs['kind']}, {plural(obs['sequences'], 'sequence')}, {obs['units']} units): ")
         if best is not None:
             what = "; ".join(best["differences"]) or "the declared configuration"
             text.append(f"best {what} (mean |diff| {best['mean_abs_diff']:.3g}"
