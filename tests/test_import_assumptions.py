@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,3 +37,17 @@ def test_assumptions_name_their_source(tmp_path):
                              "--lengths", str(tmp_path / "L.npy"), "--padding", "pre"))
     assert items["input layout"] == ("tbd", "flag")
     assert items["padding and masking"] == ("lengths given, padding pre", "flag")
+
+
+def test_inspect_says_what_the_file_leaves_open(tmp_path):
+    """inspect shows the assumptions a diagnosis would make: a state_dict's input layout is
+    lstm_doctor's default, a native model's is stated by its TOML."""
+    torch.manual_seed(0)
+    torch.save(torch.nn.LSTM(3, 4).state_dict(), tmp_path / "m.pt")
+    text = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.pt")])
+    assert text.exit_code == 0 and "assumed (the file does not say): input layout btd" in text.output
+    data = json.loads(CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.pt"), "--format", "json"]).output)
+    assert data["layers"][0]["assumed"]["input layout"].startswith("btd")
+    example = Path(__file__).resolve().parents[1] / "examples" / "tweet2vec_like" / "fixed"
+    native = CliRunner().invoke(cli, ["inspect", str(example)])
+    assert native.exit_code == 0 and "assumed" not in native.output

@@ -19,6 +19,7 @@ import numpy as np
 from lstm_doctor.jobs.selection import ModelSelection, open_model
 from lstm_doctor.model import GATES, PEEPHOLE_GATES, DirectionParams, LSTMModel
 from lstm_doctor.output import escape_controls_in
+from lstm_doctor.report.build import assumptions
 
 ROLES = ("W", "U", "b", "peephole", "projection", "h0", "c0")
 
@@ -84,6 +85,13 @@ def describe(model: LSTMModel) -> dict:
                 "clip": layer.clip,
                 "peepholes": any(p.peephole is not None for _, p in layer.directions()),
                 "directions": {name: _direction(params) for name, params in layer.directions()},
+                # what the file leaves open and lstm_doctor supplied (a run's inputs may settle
+                # padding and masking, so those are the report's to say)
+                "assumed": {
+                    a["item"]: a["value"]
+                    for a in assumptions(model, k)
+                    if a["source"] == "default" and a["item"] != "padding and masking"
+                },
             }
         )
     return {
@@ -146,6 +154,9 @@ def render_text(description: dict) -> str:
             f"; peepholes {'yes' if layer['peepholes'] else 'no'}"
             + (f"; clip {layer['clip']:g}" if layer["clip"] is not None else "")
         )
+        if layer.get("assumed"):
+            lines.append("  assumed (the file does not say): "
+                         + "; ".join(f"{item} {value}" for item, value in layer["assumed"].items()))
         for direction, info in layer["directions"].items():
             lines.append(f"  {direction}:")
             lines.append(_HEADER)
