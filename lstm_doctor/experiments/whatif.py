@@ -599,11 +599,14 @@ def run_metrics(cap) -> dict[str, Any]:
     return metrics
 
 
+def _full_record_chunk(model, T: int, n: int) -> int:
+    """Sequences per chunk of full records (every step's intermediates) within the chunk budget."""
+    per_sequence = budget.sequence_bytes(model, T, budget.FULL_RECORD_VALUES_PER_H)
+    return budget.sequences_within(budget.FULL_RECORD_CHUNK_BYTES, per_sequence, n)
+
+
 def _chunk_size(state: State, options: WhatIfOptions) -> int:
-    if options.chunk_size:
-        return options.chunk_size
-    per_sequence = budget.sequence_bytes(state.model, state.source.T, budget.FULL_RECORD_VALUES_PER_H)
-    return budget.sequences_within(budget.FULL_RECORD_CHUNK_BYTES, per_sequence, state.source.n_sequences)
+    return options.chunk_size or _full_record_chunk(state.model, state.source.T, state.source.n_sequences)
 
 
 def check_budget(model, source, sample_size: int, max_memory=None) -> int:
@@ -614,9 +617,7 @@ def check_budget(model, source, sample_size: int, max_memory=None) -> int:
     of ``diagnose`` (``budget.check_capture``) with the chunk the experiment will use.
     """
     n = min(sample_size, source.n_sequences)
-    per_sequence = budget.sequence_bytes(model, source.T, budget.FULL_RECORD_VALUES_PER_H)
-    chunk = budget.sequences_within(budget.FULL_RECORD_CHUNK_BYTES, per_sequence, n)
-    return budget.check_capture(model, source, chunk, min(64, n), max_memory)
+    return budget.check_capture(model, source, _full_record_chunk(model, source.T, n), min(64, n), max_memory)
 
 
 def measure(state: State, fixes: tuple[str, ...], descriptions: tuple[str, ...], options: WhatIfOptions) -> Run:
