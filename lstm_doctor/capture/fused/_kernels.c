@@ -329,16 +329,13 @@ HOT static void fused_step(Step *s) {
         {
             float *restrict sq_in = sq, *restrict sq_rec = sq + H4, *restrict sq_z = sq + 2 * H4;
             int32_t *restrict ov_in = ov, *restrict ov_z = ov + H4;
-            for (j = 0; j < H4; j++) {
-                float vi = xw_b[j], vr = rec_b[j], vz = z[j];
-                sq_in[j] += vi * vi;
-                sq_rec[j] += vr * vr;
-                sq_z[j] += vz * vz;
-            }
-            for (j = 0; j < H4; j++) {
-                float vi = xw_b[j], vz = z[j];
-                ov_in[j] += (vi > limit) | (vi < -limit);
-                ov_z[j] += (vz > limit) | (vz < -limit);
+            for (j = 0; j < H4; j++) sq_in[j] += xw_b[j] * xw_b[j];
+            for (j = 0; j < H4; j++) sq_rec[j] += rec_b[j] * rec_b[j];
+            for (j = 0; j < H4; j++) sq_z[j] += z[j] * z[j];
+            for (j = 0; j < H4; j++) { /* |v| > limit: false for NaN, as the two comparisons */
+                int32_t oi = fabsf(xw_b[j]) > limit, oz = fabsf(z[j]) > limit;
+                ov_in[j] += oi;
+                ov_z[j] += oz;
             }
             if (has_peep) {
                 float *restrict sq_pt = sq + 3 * H4;
