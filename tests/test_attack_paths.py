@@ -332,15 +332,20 @@ def test_read_only_folder_and_full_disk(model, tmp_path):
 # Control characters from a model's names
 
 
-@pytest.fixture()
-def escaped_model(tmp_path):
-    folder = tmp_path / "esc"
+def _native_model_named(folder, toml_name: str):
+    """A small native model in ``folder`` whose lstm.toml gives it ``toml_name`` (TOML escapes)."""
     m = LSTMModel((Layer(direction(4, 8, seed=1, init="glorot"), None, Activations()),), name="m")
     native.save(m, folder)
     spec = folder / "lstm.toml"
     text = spec.read_text()
     assert 'name = "m"' in text
-    spec.write_text(text.replace('name = "m"', 'name = "enc\\u001b[31mRED\\u0007\\u009b2J"'))
+    spec.write_text(text.replace('name = "m"', f'name = "{toml_name}"'))
+    return folder
+
+
+@pytest.fixture()
+def escaped_model(tmp_path):
+    folder = _native_model_named(tmp_path / "esc", "enc\\u001b[31mRED\\u0007\\u009b2J")
     np.save(folder / "x.npy", normal_inputs(n=8, T=6, D=4))
     return folder
 
@@ -367,13 +372,7 @@ SHOWN = "\\x1b[31m\\x07\\x9b|\\x0a"  # as every line-oriented format shows them
 @pytest.fixture()
 def hostile_model(tmp_path):
     """A native model whose name and folder both hold ESC, BEL, C1, a pipe and a newline."""
-    folder = tmp_path / f"dir{HOSTILE}x"
-    m = LSTMModel((Layer(direction(4, 8, seed=1, init="glorot"), None, Activations()),), name="m")
-    native.save(m, folder)
-    spec = folder / "lstm.toml"
-    text = spec.read_text()
-    assert 'name = "m"' in text
-    spec.write_text(text.replace('name = "m"', 'name = "enc\\u001b[31m\\u0007\\u009b|\\nline"'))
+    folder = _native_model_named(tmp_path / f"dir{HOSTILE}x", "enc\\u001b[31m\\u0007\\u009b|\\nline")
     np.save(tmp_path / "x.npy", normal_inputs(n=8, T=6, D=4))
     return folder
 
