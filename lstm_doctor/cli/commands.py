@@ -21,11 +21,12 @@ from lstm_doctor.cli.options import (
     color_option,
     engine_option,
     engine_override_option,
+    format_option,
     input_options,
     layout_option,
-    mask_options,
     max_memory_option,
     model_options,
+    output_option,
     report_options,
     selection_options,
     split_codes,
@@ -161,7 +162,7 @@ def trace(model, inputs, layout, lengths, padding, mask, out, steps, units, mode
 @click.command("inspect")
 @click.argument("model", type=click.Path())
 @model_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@format_option("text", "json")
 @max_memory_option
 def inspect_command(model, model_format, preset, layer_prefix, layer_name, trust_pickle, fmt, max_memory,
                     **architecture):
@@ -176,18 +177,15 @@ def inspect_command(model, model_format, preset, layer_prefix, layer_name, trust
 
 @click.command("what-if")
 @click.argument("model", type=click.Path())
-@click.option("--inputs", "-i", required=True, type=click.Path(dir_okay=False), help="Input sequences (.npy or .npz).")
-@layout_option
-@click.option("--lengths", type=click.Path(dir_okay=False), help="Valid length of each sequence (.npy).")
-@mask_options
+@input_options(required=True, texts=False)
 @click.option("--fixes", multiple=True,
               help="Only these fix ids (comma-separated or repeated); each runs even without its finding.")
 @click.option("--sample-size", type=click.IntRange(1), default=256, show_default=True,
               help="Sequences re-run for every fix (evenly spaced over the inputs).")
 @click.option("--write-fixed", type=click.Path(file_okay=False),
               help="Write the model with the cumulative path's model-level fixes to this new (or empty) folder.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report here (atomically).")
+@format_option("text", "json")
+@output_option()
 @engine_option
 @selection_options
 @color_option
@@ -244,8 +242,7 @@ def featurize(model, inputs, out, text_field, text_clean, featurizer, layout, en
 @click.option("--config", "config", type=click.Path(dir_okay=False),
               help="Config file (default: lstm-doctor.toml, else [tool.lstm-doctor] in pyproject.toml, "
               "in the working directory).")
-@click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="text", show_default=True,
-              help="What goes to stdout (github: workflow annotations).")
+@format_option(*REPORT_FORMATS, help="What goes to stdout (github: workflow annotations).")
 @click.option("--report", "reports", multiple=True, metavar="FORMAT=FILE",
               help="Also write this format to FILE (adds to / replaces the config's outputs), e.g. junit=junit.xml.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Where the markdown report's PNGs go.")
@@ -300,8 +297,8 @@ def check(config, fmt, reports, plots_dir, baseline, no_baseline, write_baseline
 @click.option("--select", multiple=True, help="Models: only these code prefixes.")
 @click.option("--ignore", multiple=True, help="Models: drop these code prefixes.")
 @click.option("--threshold", multiple=True, help="Models: CODE.param=value.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the comparison here (atomically).")
+@format_option("text", "json")
+@output_option("the comparison")
 @color_option
 @architecture_options
 @max_memory_option
@@ -327,8 +324,8 @@ def compare(a, b, inputs, inputs_b, layout, layout_b, engine, select, ignore, th
 
 @click.command()
 @engine_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False))
+@format_option("text", "json")
+@output_option("the demo's output")
 @color_option
 def demo(engine, fmt, output, color):
     """Diagnose the bundled case-study-like encoder and compare it with its fixed twin."""
@@ -339,8 +336,7 @@ def demo(engine, fmt, output, color):
 
 
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
-              help="markdown: the full rule reference (docs/rules.md).")
+@format_option("text", "json", "markdown", help="markdown: the full rule reference (docs/rules.md).")
 def rules(fmt):
     """List every rule code with its name, family and default severity."""
     from lstm_doctor.jobs.rules import list_rules

@@ -88,8 +88,9 @@ def mask_options(f):
                         "Keras' pad_sequences pads).")(f)
 
 
-def input_options(required: bool = False):
-    """``--inputs``, ``--layout``, ``--lengths``, ``--padding`` and ``--mask``."""
+def input_options(required: bool = False, texts: bool = True):
+    """``--inputs``, ``--layout``, ``--lengths``, ``--padding`` and ``--mask`` (``texts``: the
+    command also reads texts through a front end)."""
     def decorate(f):
         # No dir_okay=False on file paths: the loaders refuse a directory in one line (exit 2).
         f = mask_options(f)
@@ -97,10 +98,22 @@ def input_options(required: bool = False):
         f = layout_option(f)
         return click.option(
             "--inputs", "-i", type=click.Path(), required=required,
-            help="Input sequences (.npy or .npz), or texts (.txt, .jsonl, .json) for a front end.",
+            help="Input sequences (.npy or .npz)"
+            + (", or texts (.txt, .jsonl, .json) for a front end." if texts else "."),
         )(f)
 
     return decorate
+
+
+def format_option(*formats: str, help: str | None = None):
+    """``--format`` of a command whose output is not a diagnosis report (text first, the default)."""
+    return click.option("--format", "fmt", type=click.Choice(formats), default=formats[0], show_default=True,
+                        help=help)
+
+
+def output_option(what: str = "the report"):
+    """``--output``/``-o``: a file written atomically, never one the run reads (``lstm_doctor.output``)."""
+    return click.option("--output", "-o", type=click.Path(dir_okay=False), help=f"Write {what} here (atomically).")
 
 
 def text_options(f):
@@ -149,7 +162,7 @@ def color_option(f):
 def report_options(f):
     """``--format``, ``--output`` and ``--plots`` of a diagnosis report."""
     return _apply(f, [
-        click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="text", show_default=True),
+        format_option(*REPORT_FORMATS),
         click.option("--output", "-o", type=click.Path(), help="Write the report here (atomically)."),
         click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
                      help="markdown: write the plots (PNG) here and link them."),
