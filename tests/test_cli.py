@@ -148,6 +148,18 @@ def test_without_inputs_runs_probes_and_says_so(healthy_model):
     assert data["inputs"]["probe"] == "zeros"
 
 
+def test_rules_about_the_users_inputs_are_not_evaluated_on_a_probe(healthy_model):
+    """The input rules that judge the user's data (scale, layout, padding, mask) say so on a
+    synthetic probe instead of judging it; the same model with real inputs evaluates them."""
+    folder, _, _ = healthy_model
+    probe = json.loads(check(invoke("diagnose", folder, "--format", "json"), 0).stdout)
+    about_inputs = {code for code, r in RULES.items() if r.real_inputs}
+    assert about_inputs == {"I503", "I504", "I506", "I507", "I508"}
+    assert {c: probe["not_evaluated"].get(c) for c in about_inputs} == dict.fromkeys(about_inputs, "synthetic probe inputs")
+    real = json.loads(check(invoke("diagnose", folder, "--inputs", folder / "x.npy", "--format", "json"), 0).stdout)
+    assert not about_inputs & set(real["not_evaluated"])
+
+
 def test_select_ignore_and_threshold():
     args = ("diagnose", EXAMPLE / "broken", "--inputs", EXAMPLE / "conv_output.npy", "--format", "json")
     only_w = json.loads(invoke(*args, "--select", "W").stdout)

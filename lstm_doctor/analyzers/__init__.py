@@ -61,6 +61,9 @@ def analyze(model, capture=None, config: AnalysisConfig | None = None) -> Analys
         if r.needs_inputs and capture is None:
             ctx.skip(code, "needs inputs (dynamic rule)")
             continue
+        if r.real_inputs and capture is not None and capture.source.probe:
+            ctx.skip(code, "synthetic probe inputs")
+            continue
         if identical and code in COMPARES_INPUTS:
             ctx.skip(code, "every input is identical (e.g. --probe zeros): nothing to compare")
             continue

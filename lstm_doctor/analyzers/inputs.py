@@ -193,12 +193,10 @@ embedding outputs of charlm and tagger get no I503; adding's raw
 (all ≥ 0, 68% zeros, W mean 0.1) keeps the warning.""",
     example="I503 warning  inputs: all 10 features are ≥ 0 (RMS 0.02) and W has mean 0.1 > 0",
     fix="Standardise per feature with statistics from the training data (`what-if` fix `standardize-inputs`).",
+    real_inputs=True,
 )
 def check_input_unnormalized(ctx: Context):
     cap = ctx.capture
-    if cap.source.probe:
-        ctx.skip("I503", "synthetic probe inputs")
-        return
     st = cap.inputs
     mean, std = st.mean(), st.std()
     rms = float(np.sqrt(np.mean(st.sumsq_d / max(st.count, 1))))
@@ -290,12 +288,10 @@ overlap while neighbouring filters are unrelated.""",
 I504 warning  inputs: 256 steps of 10 features; adjacent steps correlate 0.02,
 adjacent features 0.71: the time axis looks like a channel axis""",
     fix="Read the input as channels-first: --layout bct (time = length), and give W the channel count as D.",
+    real_inputs=True,
 )
 def check_time_axis(ctx: Context):
     cap = ctx.capture
-    if cap.source.probe:
-        ctx.skip("I504", "synthetic probe inputs")
-        return
     T, D = cap.T, cap.source.D
     step, feat = cap.step_correlation, cap.feature_correlation
     if T < ctx.th("I504", "steps_per_feature") * D or not np.isfinite(step) or not np.isfinite(feat):
@@ -351,12 +347,10 @@ An LSTM keeps stepping through padding: every zero step decays or drives the
 state, so the "final" encoding describes the padding as much as the sequence.""",
     example="I506 warning  inputs: 80% of sequences end with 41 zero steps on average (of 60); no lengths given",
     fix="Pass --lengths (the true length of each sequence) so the state is taken at the last real step.",
+    real_inputs=True,
 )
 def check_padding(ctx: Context):
     cap = ctx.capture
-    if cap.source.probe:
-        ctx.skip("I506", "synthetic probe inputs")
-        return
     if cap.source.lengths is not None:
         return
     if ctx.model.masking and masked_steps(cap)[0]:
@@ -436,12 +430,10 @@ random inputs 0.013 and −0.014 (undecided, info).""",
 I507 info  inputs: read as btd (the file does not record batch_first); adjacent steps
 correlate 0.01, adjacent sequences 0.02: the inputs do not confirm which axis is time""",
     fix="State the layout with --layout btd or --layout tbd (batch_first=True is btd).",
+    real_inputs=True,
 )
 def check_layout_unconfirmed(ctx: Context):
     cap = ctx.capture
-    if cap.source.probe:
-        ctx.skip("I507", "synthetic probe inputs")
-        return
     if cap.source.layout_given or ctx.model.origin("input layout") != "default" or cap.source.layout == "bct":
         return
     step, sequence, noise = neighbour_correlations(cap.sample_inputs)
@@ -503,12 +495,10 @@ pads at the front by default, so the padding sits exactly where the final state
 is least affected by it and the report shows no obvious sign.""",
     example="I508 warning  inputs: the model masks (Masking(mask_value=0)); 412 steps in 37 of the 64 sampled sequences are all 0 and were run as data",
     fix="Pass --mask, so masked steps are skipped as Keras skips them.",
+    real_inputs=True,
 )
 def check_mask_not_applied(ctx: Context):
     cap = ctx.capture
-    if cap.source.probe:
-        ctx.skip("I508", "synthetic probe inputs")
-        return
     if not ctx.model.masking or cap.source.lengths is not None or cap.source.mask_value is not None:
         return
     steps, sequences = masked_steps(cap)

@@ -69,6 +69,7 @@ class Rule:
     doc: RuleDoc
     needs_inputs: bool  # False for static rules that run from the weights alone
     check: Callable[["Context"], Iterable[Finding]] = field(repr=False, compare=False)
+    real_inputs: bool = False  # True: says something about the user's inputs, so not evaluated on a probe
 
     @property
     def family(self) -> str:
@@ -101,8 +102,10 @@ def rule(
     example: str,
     fix: str,
     needs_inputs: bool = True,
+    real_inputs: bool = False,
 ):
-    """Register the decorated check function as rule ``code``."""
+    """Register the decorated check function as rule ``code`` (``real_inputs``: it judges
+    the user's inputs, so a synthetic probe skips it)."""
     def register(check):
         if code in RULES:
             raise RuntimeError(f"rule {code} registered twice")
@@ -115,6 +118,7 @@ def rule(
             doc=RuleDoc(what.strip(), why.strip(), example.strip(), fix.strip()),
             needs_inputs=needs_inputs,
             check=check,
+            real_inputs=real_inputs,
         )
         return check
 
