@@ -106,7 +106,7 @@ def input_options(required: bool = False, texts: bool = True):
 
 
 def format_option(*formats: str, help: str | None = None):
-    """``--format`` of a command whose output is not a diagnosis report (text first, the default)."""
+    """``--format``, one of ``formats``; the first (text) is the default."""
     return click.option("--format", "fmt", type=click.Choice(formats), default=formats[0], show_default=True,
                         help=help)
 
