@@ -207,6 +207,22 @@ def test_joblib_legacy_companion_files(tmp_path):
         safepickle.load_file(tmp_path / "t.pkl")
 
 
+def test_joblib_companion_files_count_with_their_pickle(tmp_path):
+    """Two companion .npy files of 400 bytes each under a 600-byte budget: each fits alone, the
+    model does not (before, every companion was counted apart from the file that names it)."""
+    import joblib.numpy_pickle_compat as compat
+
+    from lstm_doctor.capture import budget
+
+    for k in (1, 2):
+        np.save(tmp_path / f"w.pkl_0{k}.npy", np.zeros(100, np.float32))
+    _write(tmp_path / "w.pkl", [compat.NDArrayWrapper(f"w.pkl_0{k}.npy", np.ndarray) for k in (1, 2)], 2)
+    with budget.reading(1000):
+        assert len(safepickle.load_file(tmp_path / "w.pkl")) == 2
+    with budget.reading(600), pytest.raises(ModelError, match="over the 600 B allowed by --max-memory"):
+        safepickle.load_file(tmp_path / "w.pkl")
+
+
 @pytest.mark.parametrize("protocol", [0, 2])
 def test_theano_shared_variable_without_theano(tmp_path, protocol):
     had_theano = "theano" in sys.modules

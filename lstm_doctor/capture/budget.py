@@ -237,9 +237,14 @@ def file_allowance(join: bool = False):
         _FILE_ALLOWANCE.reset(token)
 
 
+def current_allowance() -> Allowance:
+    """The running total of the file being read, or a new one outside ``file_allowance``."""
+    return _FILE_ALLOWANCE.get() or Allowance()
+
+
 def take(nbytes: int, what: str) -> None:
     """Count ``nbytes`` against the file being read (outside ``file_allowance``: this size alone)."""
-    (_FILE_ALLOWANCE.get() or Allowance()).take(nbytes, what)
+    current_allowance().take(nbytes, what)
 
 
 def check_declared(nbytes: int, what: str) -> None:

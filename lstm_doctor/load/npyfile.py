@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_doctor.capture.budget import Allowance, declared_bytes
+from lstm_doctor.capture.budget import Allowance, current_allowance, declared_bytes
 from lstm_doctor.errors import ModelError
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -85,7 +85,7 @@ def load_npy(path: Path, *, mmap: bool = False, allowance: Allowance | None = No
             if nbytes == 0:
                 return np.zeros(shape, dtype, order="F" if fortran else "C")
             return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
-        (allowance or Allowance()).take(nbytes, f"{path.name} (shape {shape} of {dtype})")
+        (allowance or current_allowance()).take(nbytes, f"{path.name} (shape {shape} of {dtype})")
         data = np.fromfile(fh, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)))
     return data.reshape(shape, order="F" if fortran else "C")
 
@@ -104,7 +104,7 @@ def load_npz(
 
     ``strings``: names whose array may hold text (dtype U or S) instead of numbers.
     """
-    allowance = allowance or Allowance()
+    allowance = allowance or current_allowance()
     out = {}
     try:
         with zipfile.ZipFile(path) as zf:
