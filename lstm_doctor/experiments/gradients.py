@@ -301,7 +301,7 @@ def _pytensor_norms(params, layer, x, lengths, direction, seeds) -> tuple[np.nda
     ∂L/∂h_t = ∂L/∂z_{t+1} · Uᵀ before the last valid step, the seed at it
     (padding carries h_T = h_t back): ``sensitivity._backward``'s definition.
     """
-    from lstm_doctor.capture.symbolic.scan import final_state_gradients, graph_key
+    from lstm_doctor.capture.symbolic.scan import compile_seconds, final_state_gradients, graph_key
 
     T, n, _ = x.shape
     P, Hh = seeds.shape
@@ -314,7 +314,7 @@ def _pytensor_norms(params, layer, x, lengths, direction, seeds) -> tuple[np.nda
     xin = _processing_order(xr, lens, direction)
     key = graph_key(params, layer, mask is not None, "h")
     grads = final_state_gradients(params, layer, xin, mask, seed.astype(params.dtype))
-    compile_seconds = _compile_seconds(key)
+    compiled = compile_seconds("gradient", key)
     gx = np.asarray(grads["x"], np.float64)  # (T, n·P, D), processing order
     gz = np.asarray(grads["input_term"], np.float64)  # (T, n·P, 4H)
     gh = np.empty((T, n * P, Hh))
@@ -326,7 +326,7 @@ def _pytensor_norms(params, layer, x, lengths, direction, seeds) -> tuple[np.nda
         # a padded step t+1 carries h_t to h_T: there ∂L/∂h_t is the seed
         gh[:-1] = np.where(mask[1:, :, None], gh[:-1], seed[None])
     sq = [(a**2).sum(-1).reshape(T, n, P) for a in (gx, gh)]
-    return sq[0], sq[1], compile_seconds
+    return sq[0], sq[1], compiled
 
 
 def _processing_order(x: np.ndarray, lengths, direction: str) -> np.ndarray:
@@ -338,12 +338,6 @@ def _processing_order(x: np.ndarray, lengths, direction: str) -> np.ndarray:
         return x[::-1]
 
     return reverse_padded(x, lengths)
-
-
-def _compile_seconds(key) -> float:
-    from lstm_doctor.capture.symbolic import scan as symbolic
-
-    return symbolic.compile_seconds("gradient", key)
 
 
 def statistics(result: GradientResult) -> dict:
