@@ -94,6 +94,19 @@ def run(m: LSTMModel, x: np.ndarray, *, layout="btd", lengths=None, engine="nump
     return analyze(m, cap, AnalysisConfig(thresholds=thresholds or {})), cap
 
 
+def pytensor_gradients(layer: Layer, x: np.ndarray, mask: np.ndarray | None, seeds: np.ndarray) -> dict:
+    """PyTensor's grad of L = Σ seed ⊙ h_T for every (sequence, seed) pair of ``layer.forward``:
+    x (T, n, D) and mask (T, n) replicated once per seed (rows sequence-major, as
+    ``sensitivity.final_state_gradients`` lays them out), in one scan call."""
+    from lstm_doctor.capture.symbolic.scan import final_state_gradients
+
+    P, n = len(seeds), x.shape[1]
+    return final_state_gradients(
+        layer.forward, layer, np.repeat(x, P, axis=1), None if mask is None else np.repeat(mask, P, axis=1),
+        np.tile(seeds, (n, 1)),
+    )
+
+
 def codes(analysis, min_severity=None) -> set[str]:
     return {
         f.code
