@@ -33,7 +33,7 @@ from lstm_doctor.cli.options import (
     text_options,
 )
 from lstm_doctor.errors import UserError
-from lstm_doctor.output import tracking
+from lstm_doctor.output import escape_controls, tracking
 
 EXIT_USAGE = 2
 EXIT_BUG = 3
@@ -49,8 +49,6 @@ def fail(message: str) -> None:
 def one_line(message: str) -> str:
     # A non-UTF-8 file name arrives with lone surrogates, a hostile one with ESC or C1 in it:
     # show those as \xNN (lstm_doctor.output.escape_controls), on one line.
-    from lstm_doctor.output import escape_controls
-
     return " ".join(escape_controls(message).splitlines())
 
 
