@@ -314,3 +314,58 @@ def test_hutchinson_probes_are_fixed_signs_and_need_no_random_generator():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+# The compiled recursion (``_kernels.backward_step``) against the NumPy one it replaces in float32.
+COMPILED_ACTS = {
+    "sigmoid-tanh": {},
+    "hard_sigmoid-softsign-sigmoid": {"gate": "hard_sigmoid", "candidate": "softsign", "cell_output": "sigmoid"},
+    "hard_sigmoid6-relu-identity": {"gate": "hard_sigmoid6", "candidate": "relu", "cell_output": "identity"},
+    "sigmoid-tanh-softplus": {"cell_output": "softplus"},
+}
+
+
+def _float32_states(acts, peephole, lengths):
+    rng = np.random.default_rng(21)
+    Tn, n, Dn, Hn = 14, 4, 3, 9
+    d = make_direction(rng.uniform(-0.6, 0.6, (Dn, 4 * Hn)), rng.uniform(-0.6, 0.6, (Hn, 4 * Hn)),
+                       rng.uniform(-0.3, 0.3, 4 * Hn), rng.uniform(-0.5, 0.5, (3, Hn)) if peephole else None,
+                       dtype=np.float32)
+    layer = Layer(d, None, Activations(**acts))
+    mask = None if lengths is None else np.arange(Tn)[:, None] < np.asarray(lengths)[None, :]
+    fw = sensitivity.forward_states(d, layer, rng.standard_normal((Tn, n, Dn)) * 1.5, mask)
+    # the dtype the capture's sample has (recorded_states keeps it)
+    fw = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in fw.items()}
+    return d, layer, fw, np.where(rng.standard_normal((4, Hn)) > 0, 1.0, -1.0)
+
+
+@pytest.mark.parametrize("peephole,lengths", [(False, None), (True, None), (True, [14, 9, 1, 5])])
+@pytest.mark.parametrize("acts", sorted(COMPILED_ACTS))
+def test_compiled_recursion_is_the_numpy_recursion_to_the_bit(acts, peephole, lengths, monkeypatch):
+    d, layer, fw, seeds = _float32_states(COMPILED_ACTS[acts], peephole, lengths)
+    assert sensitivity.compiled_recursion(d, layer, np.float32)  # else this compares NumPy with itself
+    sq_x, sq_h = sensitivity.sensitivity_norms(fw, d, layer, seeds, np.float32)
+    monkeypatch.setattr(sensitivity, "compiled_recursion", lambda *a: False)
+    ref_x, ref_h = sensitivity.sensitivity_norms(fw, d, layer, seeds, np.float32)
+    assert np.all(np.isfinite(sq_x)) and sq_x.max() > 0
+    if COMPILED_ACTS[acts].get("cell_output") == "softplus":  # e^x: the C library's against NumPy's
+        np.testing.assert_allclose(sq_x, ref_x, rtol=1e-5, atol=1e-12)
+    else:  # each product rounds once in NumPy's order: ∂z, hence ∂x, is the same to the bit
+        np.testing.assert_array_equal(sq_x, ref_x)
+    # ‖∂L/∂h_t‖²: summed in double by the kernel, in float32 by NumPy's einsum
+    np.testing.assert_allclose(sq_h, ref_h, rtol=1e-6)
+    if lengths is not None:  # a padding step receives nothing; the seed reaches the last valid step
+        pad = ~(np.arange(14)[:, None] < np.asarray(lengths)[None, :])
+        assert np.all(sq_x[pad] == 0)
+        assert sq_h[0, 2] == pytest.approx(9.0)  # length 1: ∂L/∂h_0 is the seed, |±1|² · 9 units
+
+
+def test_compiled_recursion_only_where_the_kernel_computes_it():
+    d, layer, _, _ = _float32_states({}, False, None)
+    assert sensitivity.compiled_recursion(d, layer, np.float32)
+    assert not sensitivity.compiled_recursion(d, layer, np.float64)  # float64: the NumPy recursion
+    assert not sensitivity.compiled_recursion(d, replace(layer, clip=3.0), np.float32)  # clip: needs z
+    rng = np.random.default_rng(0)
+    lstmp = make_direction(rng.normal(size=(3, 4 * H)), rng.normal(size=(2, 4 * H)), projection=rng.normal(size=(H, 2)),
+                           dtype=np.float32)
+    assert not sensitivity.compiled_recursion(lstmp, Layer(lstmp), np.float32)  # LSTMP: h = m·R

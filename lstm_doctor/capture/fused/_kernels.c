@@ -487,6 +487,107 @@ HOT static void input_moments(const float *restrict rows, Py_ssize_t N, Py_ssize
     *nonfinite = nf;
 }
 
+/* The derivative of the activation ``code`` at the output value v, as
+ * model.activations.activation_derivative takes it in float32. */
+INLINE float derivative_at(long code, float v) {
+    switch (code) {
+    case 0: return v * (1.0f - v);                             /* sigmoid */
+    case 1: return v > 0.0f && v < 1.0f ? 0.2f : 0.0f;         /* hard_sigmoid */
+    case 2: return v > 0.0f && v < 1.0f ? 1.0f / 6.0f : 0.0f;  /* hard_sigmoid6 */
+    case 3: return 1.0f - v * v;                               /* tanh */
+    case 4: { float a = 1.0f - fabsf(v); return a * a; }       /* softsign */
+    case 5: return 1.0f;                                       /* identity */
+    case 6: return v > 0.0f ? 1.0f : 0.0f;                     /* relu */
+    default: return 1.0f - expf(-v);                           /* softplus */
+    }
+}
+
+INLINE void derivatives(long code, const float *restrict v, float *restrict d, Py_ssize_t n) {
+    switch (code) { /* one loop per code, so that each vectorises */
+    case 0: for (Py_ssize_t u = 0; u < n; u++) d[u] = derivative_at(0, v[u]); break;
+    case 3: for (Py_ssize_t u = 0; u < n; u++) d[u] = derivative_at(3, v[u]); break;
+    default: for (Py_ssize_t u = 0; u < n; u++) d[u] = derivative_at(code, v[u]);
+    }
+}
+
+/* One step t of the backward recursion of ``experiments.sensitivity`` (float32,
+ * no projection, no clip), for R = n*P rows (row r: sequence r / P, probe r % P).
+ * Per sequence, from the recorded i, f, g, o, c_{t-1} and act(c_t), the factors
+ * of ``sensitivity._factors``:
+ *
+ *   A_o = act(c_t)*o'   G_i = g*i'   C_f = c_{t-1}*f'   I_g = i*g'
+ *   B_c = o*act'(c_t) + A_o*p_o      F = f + G_i*p_i + C_f*p_f   (peepholes p, else 0 terms)
+ *
+ * (x' the activation's derivative at its output x); then per row
+ *
+ *   carry:  dm[r] = dm_prev[r] where sequence r/P is padding at step t+1
+ *           (the step carried h, so the gradient passed through it)
+ *   sq_h[t, r] = |dm[r]|^2                   (the gradient reaching h_t, in double)
+ *   dz_o = dm*A_o      dct = dm*B_c + dc      dz_{i,f,g} = dct*[G_i, C_f, I_g]
+ *   dc   = dct*F                             (c_{t-1}'s gradient, in place)
+ *
+ * and at a padding step of a sequence dz[r] = 0 with dc[r] unchanged. Each
+ * product rounds once, in the order NumPy's ufuncs take in ``_factors`` and
+ * ``_backward``, so dz and dc are the NumPy recursion's to the bit (softplus
+ * aside, whose e^x is the C library's). ``work`` holds 7H floats. */
+HOT static void backward_step(Py_ssize_t t, Py_ssize_t T, Py_ssize_t n, Py_ssize_t P, Py_ssize_t H,
+                              const int64_t *codes, const float *restrict peep, int has_peep,
+                              float *restrict dm, const float *restrict dm_prev, const float *restrict gi,
+                              const float *restrict gf, const float *restrict gg, const float *restrict go,
+                              const float *restrict c_prev, const float *restrict co,
+                              const uint8_t *restrict valid, float *restrict dc, float *restrict dz,
+                              double *restrict sq_h, float *restrict work) {
+    const Py_ssize_t H4 = 4 * H;
+    const long gate = (long)codes[0], cand = (long)codes[1], cell = (long)codes[2];
+    const uint8_t *valid_t = valid + t * n, *valid_next = t + 1 < T ? valid + (t + 1) * n : NULL;
+    float *restrict A_o = work, *restrict B_c = work + H, *restrict F = work + 2 * H;
+    float *restrict G_i = work + 3 * H, *restrict C_f = work + 4 * H, *restrict I_g = work + 5 * H;
+    float *restrict d = work + 6 * H;
+    Py_ssize_t u;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        const Py_ssize_t at = (t * n + j) * H;
+        if (valid_t[j]) {
+            derivatives(gate, go + at, d, H);
+            for (u = 0; u < H; u++) A_o[u] = co[at + u] * d[u];
+            derivatives(gate, gi + at, d, H);
+            for (u = 0; u < H; u++) G_i[u] = gg[at + u] * d[u];
+            derivatives(gate, gf + at, d, H);
+            for (u = 0; u < H; u++) C_f[u] = c_prev[at + u] * d[u];
+            derivatives(cand, gg + at, d, H);
+            for (u = 0; u < H; u++) I_g[u] = gi[at + u] * d[u];
+            derivatives(cell, co + at, d, H);
+            for (u = 0; u < H; u++) B_c[u] = go[at + u] * d[u];
+            memcpy(F, gf + at, sizeof(float) * H);
+            if (has_peep)
+                for (u = 0; u < H; u++) {
+                    B_c[u] = B_c[u] + A_o[u] * peep[2 * H + u];
+                    F[u] = (F[u] + G_i[u] * peep[u]) + C_f[u] * peep[H + u];
+                }
+        }
+        for (Py_ssize_t p = 0; p < P; p++) {
+            const Py_ssize_t r = j * P + p;
+            float *restrict m = dm + r * H, *restrict c = dc + r * H, *restrict z = dz + r * H4;
+            if (valid_next && !valid_next[j]) memcpy(m, dm_prev + r * H, sizeof(float) * H);
+            double q = 0.0;
+            for (u = 0; u < H; u++) q += (double)m[u] * (double)m[u];
+            sq_h[t * n * P + r] = q;
+            if (!valid_t[j]) {
+                memset(z, 0, sizeof(float) * H4);
+                continue;
+            }
+            for (u = 0; u < H; u++) {
+                float dct = m[u] * B_c[u];
+                dct += c[u];
+                z[3 * H + u] = m[u] * A_o[u];
+                z[u] = dct * G_i[u];
+                z[H + u] = dct * C_f[u];
+                z[2 * H + u] = dct * I_g[u];
+                c[u] = dct * F[u];
+            }
+        }
+    }
+}
+
 /* ---- argument checking ---------------------------------------------------- */
 
 typedef struct {
@@ -683,6 +784,68 @@ static PyObject *py_input_moments(PyObject *self, PyObject *const *argv, Py_ssiz
     return result;
 }
 
+PyDoc_STRVAR(backward_step_doc,
+"backward_step(t, T, n, P, H, codes, peep, has_peep, dm, dm_prev, i, f, g, o, c_prev, co, valid, dc, dz, sq_h)\n\n"
+"Step t of the sensitivities' backward recursion (see lstm_doctor.experiments.sensitivity).\n"
+"codes (3,) int64: the gate, candidate and cell-output activations (engine.ACTIVATION_CODES);\n"
+"peep (3H,) float32, read when has_peep; dm, dm_prev, dc (n*P, H) and dz (n*P, 4H) float32;\n"
+"i, f, g, o, c_prev, co (T, n, H) float32; valid (T, n) bool; sq_h (T, n, P) float64.\n"
+"dm, dc, dz and sq_h[t] are written.");
+
+static PyObject *py_backward_step(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    (void)self;
+    if (argc != 20) {
+        PyErr_Format(PyExc_TypeError, "backward_step takes 20 arguments (%zd given)", argc);
+        return NULL;
+    }
+    Py_ssize_t t = PyLong_AsSsize_t(argv[0]), T = PyLong_AsSsize_t(argv[1]), n = PyLong_AsSsize_t(argv[2]);
+    Py_ssize_t P = PyLong_AsSsize_t(argv[3]), H = PyLong_AsSsize_t(argv[4]);
+    int has_peep = PyObject_IsTrue(argv[7]);
+    if (PyErr_Occurred() || has_peep < 0) return NULL;
+    if (T < 1 || t < 0 || t >= T || n < 0 || P < 0 || H < 0) {
+        PyErr_SetString(PyExc_ValueError, "backward_step: bad t, T, n, P or H");
+        return NULL;
+    }
+    const Py_ssize_t R = n * P, THn = T * n * H;
+    /* argv[7] (has_peep) is not a buffer: the arguments after it are checked in a second list */
+    Arg head[2] = {{"codes", 'q', 0, 3}, {"peep", 'f', 0, 3 * H}};
+    Arg args[12] = {
+        {"dm", 'f', 1, R * H}, {"dm_prev", 'f', 0, R * H}, {"i", 'f', 0, THn}, {"f", 'f', 0, THn},
+        {"g", 'f', 0, THn}, {"o", 'f', 0, THn}, {"c_prev", 'f', 0, THn}, {"co", 'f', 0, THn},
+        {"valid", '?', 0, T * n}, {"dc", 'f', 1, R * H}, {"dz", 'f', 1, R * 4 * H}, {"sq_h", 'd', 1, T * R},
+    };
+    PyObject *result = NULL;
+    float *work = NULL;
+    if (get_args(argv + 5, head, 2) < 0 || get_args(argv + 8, args, 12) < 0) goto done;
+    const int64_t *codes = (const int64_t *)head[0].view.buf;
+    for (int k = 0; k < 3; k++)
+        if (codes[k] < 0 || codes[k] > 7) {
+            PyErr_SetString(PyExc_ValueError, "codes: an activation code of engine.ACTIVATION_CODES is required");
+            goto done;
+        }
+    if (args[0].view.buf == args[1].view.buf) {
+        PyErr_SetString(PyExc_ValueError, "dm and dm_prev must be two arrays");
+        goto done;
+    }
+    work = PyMem_Malloc(sizeof(float) * (size_t)(7 * H + 1));
+    if (!work) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    backward_step(t, T, n, P, H, codes, (const float *)head[1].view.buf, has_peep, BUF(0, float *),
+                  BUF(1, const float *), BUF(2, const float *), BUF(3, const float *), BUF(4, const float *),
+                  BUF(5, const float *), BUF(6, const float *), BUF(7, const float *), BUF(8, const uint8_t *),
+                  BUF(9, float *), BUF(10, float *), BUF(11, double *), work);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(work);
+    release_args(head, 2);
+    release_args(args, 12);
+    return result;
+}
+
 PyDoc_STRVAR(apply_doc,
 "apply(code, src, dst)\n\n"
 "dst = act(src) element-wise with the kernel's activation ``code``; src, dst float32 of one size.\n"
@@ -717,6 +880,7 @@ static PyObject *py_apply(PyObject *self, PyObject *const *argv, Py_ssize_t argc
 static PyMethodDef methods[] = {
     {"fused_step", (PyCFunction)(void (*)(void))py_fused_step, METH_FASTCALL, fused_step_doc},
     {"input_moments", (PyCFunction)(void (*)(void))py_input_moments, METH_FASTCALL, input_moments_doc},
+    {"backward_step", (PyCFunction)(void (*)(void))py_backward_step, METH_FASTCALL, backward_step_doc},
     {"apply", (PyCFunction)(void (*)(void))py_apply, METH_FASTCALL, apply_doc},
     {NULL, NULL, 0, NULL},
 };
