@@ -27,7 +27,10 @@ runs on 2 sequences of 2 steps: **start-up = import + that first call**
 follows (warm-up, ``first_s`` in the JSON). Then the candidate
 and PyTorch's ``nn.LSTM`` forward (h only, the bar) alternate ``--calls``
 times: steady time per capture, per step, and the ratio of the medians in that
-process. The parent runs the workers round after round, the order rotating
+process. Alternating with them, the floors: the capture's two GEMMs alone, as
+the fused engine issues them, in NumPy's BLAS and in ``torch.mm`` (PyTorch's
+BLAS), each as a ratio to ``nn.LSTM``'s whole forward in that process: a
+capture that calls NumPy's BLAS cannot go below the first. The parent runs the workers round after round, the order rotating
 each round, and reports medians and ranges over rounds, with the load average.
 """
 
@@ -191,20 +194,58 @@ def worker(args) -> dict:
             return lstm(xt)
 
     forward()
-    ours, theirs = [], []
+    numpy_gemms, torch_gemms = gemm_floors(torch, params, x)
+    numpy_gemms(), torch_gemms()
+    times = {"ours": [], "torch": [], "numpy_gemm": [], "torch_gemm": []}
     for _ in range(args.calls):
-        s = time.perf_counter()
-        capture(run)
-        ours.append(time.perf_counter() - s)
-        s = time.perf_counter()
-        forward()
-        theirs.append(time.perf_counter() - s)
-    steady, bar = statistics.median(ours), statistics.median(theirs)
+        for key, call in (("ours", lambda: capture(run)), ("torch", forward), ("numpy_gemm", numpy_gemms),
+                          ("torch_gemm", torch_gemms)):
+            s = time.perf_counter()
+            call()
+            times[key].append(time.perf_counter() - s)
+    steady, bar = statistics.median(times["ours"]), statistics.median(times["torch"])
+    floor, torch_floor = statistics.median(times["numpy_gemm"]), statistics.median(times["torch_gemm"])
     return {
         "candidate": args.worker, "B": B, "import_s": t_import, "first_s": t_first,
         "startup_s": t_startup, "steady_s": steady, "torch_s": bar, "ratio": steady / bar,
-        "step_ms": steady / T * 1e3,
+        "step_ms": steady / T * 1e3, "numpy_gemm_s": floor, "torch_gemm_s": torch_floor,
+        "floor_ratio": floor / bar, "torch_floor_ratio": torch_floor / bar,
     }
+
+
+def gemm_floors(torch, params, x):
+    """The capture's two GEMMs alone, as the fused engine issues them (x·W a block of
+    steps at a time, then one h·U per step), in NumPy's BLAS and in PyTorch's
+    ``torch.mm`` (the BLAS ``nn.LSTM``'s build links): what any capture that calls
+    NumPy's BLAS pays before its first element-wise operation."""
+    import numpy as np
+
+    from lstm_doctor.capture.fused.engine import input_block_steps
+
+    T, B, D = x.shape
+    H4 = params.W.shape[1]
+    W, U = np.ascontiguousarray(params.W, np.float32), np.ascontiguousarray(params.U, np.float32)
+    steps = input_block_steps(B, H4 // 4, T)
+    xw = np.empty((steps * B, H4), np.float32)
+    rec = np.empty((B, H4), np.float32)
+    h = np.full((B, H4 // 4), 0.1, np.float32)
+    tx, tW, tU, txw, trec, th = (torch.from_numpy(a) for a in (x, W, U, xw, rec, h))
+
+    def numpy_gemms():
+        for t in range(T):
+            if t % steps == 0:
+                n = min(steps, T - t)
+                np.matmul(x[t : t + n].reshape(n * B, D), W, out=xw[: n * B])
+            np.matmul(h, U, out=rec)
+
+    def torch_gemms():
+        for t in range(T):
+            if t % steps == 0:
+                n = min(steps, T - t)
+                torch.mm(tx[t : t + n].reshape(n * B, D), tW, out=txw[: n * B])
+            torch.mm(th, tU, out=trec)
+
+    return numpy_gemms, torch_gemms
 
 
 def spread(values) -> str:
@@ -245,8 +286,9 @@ def main() -> int:
                 results.append(row)
                 loads.append(os.getloadavg()[0])
     print(f"load average (1 min) during the run: {min(loads):.2f}–{max(loads):.2f}\n")
-    print("| candidate | B | start-up s (import + first tiny call) | import s | steady s per capture | ms per step | nn.LSTM s | × nn.LSTM |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| candidate | B | start-up s (import + first tiny call) | import s | steady s per capture | ms per step "
+          "| nn.LSTM s | × nn.LSTM | NumPy's GEMMs alone × nn.LSTM | torch.mm GEMMs alone × nn.LSTM |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for B in args.B:
         for name in args.candidates:
             rows = [r for r in results if r["candidate"] == name and r["B"] == B]
@@ -254,7 +296,8 @@ def main() -> int:
                 continue
             col = lambda key: [r[key] for r in rows]  # noqa: E731
             print(f"| {name} | {B} | {spread(col('startup_s'))} | {spread(col('import_s'))} | {spread(col('steady_s'))} "
-                  f"| {statistics.median(col('step_ms')):.2f} | {spread(col('torch_s'))} | **{spread(col('ratio'))}** |")
+                  f"| {statistics.median(col('step_ms')):.2f} | {spread(col('torch_s'))} | **{spread(col('ratio'))}** "
+                  f"| {spread(col('floor_ratio'))} | {spread(col('torch_floor_ratio'))} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"results": results, "loads": loads}, fh, indent=2)
