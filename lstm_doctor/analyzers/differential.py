@@ -3,8 +3,8 @@
 The data comes from two optional stages that ``run_diagnosis`` runs after the
 capture and attaches to it: ``capture.observed`` (``lstm_doctor.experiments.observed.search``
 on ``--observed FILE``) and ``capture.gradients``
-(``lstm_doctor.experiments.gradients.analyze_gradients``, with ``--gradients``). Without
-them these rules record why they were not evaluated.
+(``lstm_doctor.experiments.gradients.analyze_gradients``, on by default; ``--no-gradients``
+turns it off). Without them these rules record why they were not evaluated.
 """
 
 from __future__ import annotations
@@ -179,13 +179,15 @@ def vanishing_lag(sensitivity, ratio: float) -> int | None:
     "G701",
     "vanishing-gradient",
     "warning",
-    "‖∂h_T/∂x_t‖ by distance from the end (autodiff through the scan, bounded sample) and the "
+    "‖∂h_T/∂x_t‖ by distance from the end (reverse-mode differentiation, bounded sample) and the "
     "mean local derivative of each gate's activation at the captured values",
     {"ratio": 1e-3, "steps": 5, "derivative": 0.01},
     what="""
-With `--gradients`, measures by PyTensor autodiff through the instrumented scan
-how much the final state h_T depends on each step's input: the mean over the
-sample of ‖∂h_T/∂x_t‖ (Frobenius), by lag from the end. Fires when it falls
+Measures how much the final state h_T depends on each step's input: the
+mean over the sample of ‖∂h_T/∂x_t‖ (Frobenius), by lag from the end, by the
+LSTM's backward recursion on the gates the capture recorded (on by default;
+`--engine pytensor` takes PyTensor's grad through the instrumented scan, the
+check it is tested against). Fires when it falls
 below `ratio` × its largest value within `steps` steps of the end, or when a
 gate's mean local derivative (σ' = σ(1−σ), hard σ's slope, tanh' = 1 − tanh²)
 is below `derivative`. Error when the derivative of every σ gate (i, f, o) is
@@ -260,7 +262,7 @@ def check_vanishing(ctx: Context):
     "‖∂h_T/∂h_t‖ (through the hidden state, c_t held) by distance from the end",
     {"growth": 10.0},
     what="""
-With `--gradients`, fires when ‖∂h_T/∂h_t‖ grows with the distance T − t: its
+With gradient flow (on by default), fires when ‖∂h_T/∂h_t‖ grows with the distance T − t: its
 largest value beyond one step from the end exceeds `growth` × its value one
 step from the end (the recurrent Jacobian's product expands instead of
 contracting).""",

@@ -1,4 +1,4 @@
-"""Gradient flow: what the final encoding depends on, by autodiff through the scan.
+"""Gradient flow: what the final encoding depends on, by reverse-mode differentiation.
 
 Computed over the bounded sample only (the first ``GRADIENT_SEQUENCES``
 sequences of the capture's sample), so the cost does not grow with the inputs.

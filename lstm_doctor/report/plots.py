@@ -336,7 +336,7 @@ def _sensitivity_plot(key: str, grad: dict, report: dict) -> Plot:
     method = (
         "exact Jacobian norms (one seed per unit)"
         if grad["exact"]
-        else f"a Hutchinson estimate from {grad['probes']} Gaussian probes"
+        else f"a Hutchinson estimate from {grad['probes']} fixed ±1 (Rademacher) probes"
     )
     aligned = (
         " Sequences of different lengths are aligned at their last valid step."
@@ -348,7 +348,7 @@ def _sensitivity_plot(key: str, grad: dict, report: dict) -> Plot:
         "Sensitivity strip: what the final encoding depends on, per step",
         f"Per step t, the mean over the first {plural(grad['sequences'], 'sequence')} of the Frobenius norms "
         "‖∂h_T/∂x_t‖ (how far the final encoding moves with the input at step t) and ‖∂h_T/∂h_t‖ (with "
-        f"the hidden state at step t, c_t held), by autodiff through the scan ({method}).{aligned} "
+        f"the hidden state at step t, c_t held), by reverse-mode differentiation through the steps ({method}).{aligned} "
         f"Shaded: the memory horizon, the fewest final steps (here {grad['memory_horizon']}) that hold "
         f"{grad['horizon_share']:.0%} of Σ_t ‖∂h_T/∂x_t‖²; inputs before it barely reach the encoding, "
         "and a curve that falls by decades within a few steps is a vanishing gradient (G701).",
