@@ -369,3 +369,15 @@ def test_compiled_recursion_only_where_the_kernel_computes_it():
     lstmp = make_direction(rng.normal(size=(3, 4 * H)), rng.normal(size=(2, 4 * H)), projection=rng.normal(size=(H, 2)),
                            dtype=np.float32)
     assert not sensitivity.compiled_recursion(lstmp, Layer(lstmp), np.float32)  # LSTMP: h = m·R
+
+
+def test_gate_derivatives_from_the_recorded_copies_equal_the_samples():
+    """analyze_gradients hands gate_derivatives its contiguous copies of the sample's gates: same means."""
+    m = model(6, 12, init="glorot", forget_bias=1.0, seed=9)
+    _, cap = run(m, normal_inputs(n=20, T=15, D=6), lengths=np.array([15, 3, 9, 15] * 5))
+    ours = gradients.analyze_gradients(cap).gate_derivative
+    direct = gradients.gate_derivatives(cap, gradients.GRADIENT_SEQUENCES)
+    assert ours.keys() == direct.keys() and set(ours[(0, "fwd")]) == set("ifgo")
+    for key in ours:
+        for gate, value in ours[key].items():
+            assert value == pytest.approx(direct[key][gate], rel=1e-6), (key, gate)

@@ -157,18 +157,24 @@ def _mean_derivative(name: str, values: np.ndarray, valid: np.ndarray | None) ->
     return float(np.nanmean(deriv)) if deriv.size else float("nan")
 
 
-def gate_derivatives(capture, sequences: int | None = None) -> dict[tuple[int, str], dict[str, float]]:
+def gate_derivatives(capture, sequences: int | None = None, copies: dict | None = None
+                     ) -> dict[tuple[int, str], dict[str, float]]:
     """Per (layer, direction), per gate, the mean local derivative over the valid steps of the
-    sample's first ``sequences`` sequences (all of the sample's with None)."""
+    sample's first ``sequences`` sequences (all of the sample's with None).
+
+    ``copies`` ((layer, direction) -> {gate: (T, sequences, H)}) are contiguous
+    copies of those sequences of the sample (``sensitivity.recorded_states``
+    makes them): the same values, read ~3× faster than the strided sample."""
     out = {}
     lengths = capture.sample_lengths
+    copies = copies or {}
     for (k, d), arrays in capture.sample.items():
         acts = capture.model.layers[k].activations
         res = {}
         for g in GATES:
             if g not in arrays:
                 continue
-            values = np.asarray(arrays[g])[:, :sequences]  # (T, b, H)
+            values = copies[(k, d)][g] if (k, d) in copies else np.asarray(arrays[g])[:, :sequences]  # (T, b, H)
             valid = None
             if lengths is not None:
                 valid = np.arange(values.shape[0])[:, None] < np.asarray(lengths)[None, : values.shape[1]]
@@ -228,10 +234,13 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str 
     P = len(seeds)
     mask_n = None if lengths is None else np.arange(T)[:, None] < lengths[None, :]  # (T, n)
     compile_seconds = 0.0
+    copies = {}  # the recorded gates of the n sequences, contiguous, for gate_derivatives
     t0 = time.perf_counter()
     if method == "numpy":
         fw = sensitivity.recorded_states(capture.sample.get((0, direction)), params, layer, n, mask_n)
-        if fw is None:  # a clip, or a sample without the gates: recompute the forward (float64)
+        if fw is not None:
+            copies[(0, direction)] = fw
+        else:  # a clip, or a sample without the gates: recompute the forward (float64)
             fw = sensitivity.forward_states(params, layer, _processing_order(x, lengths, direction), mask_n)
         with blas_threads_context(n * P, D, params.H):  # small GEMMs: one BLAS thread (numpy_loop explains)
             sq_x, sq_h = sensitivity.sensitivity_norms(fw, params, layer, seeds, params.dtype)
@@ -281,7 +290,7 @@ def analyze_gradients(capture, sequences: int = GRADIENT_SEQUENCES, method: str 
         input_sensitivity=sens_x,
         state_sensitivity=sens_h,
         memory_horizon=memory_horizon(sens_x),
-        gate_derivative=gate_derivatives(capture, n),  # the sequences the sensitivities are taken on
+        gate_derivative=gate_derivatives(capture, n, copies),  # the sequences the sensitivities are taken on
         perturbation=perturbation,
         input_scale=input_scale,
         encoding_scale=scale,
