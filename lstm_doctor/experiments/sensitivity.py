@@ -37,8 +37,8 @@ runs in float64 throughout.
 Where it runs. ``sensitivity_norms`` in float32 without a projection or a
 clip hands each step's element-wise part, the factors of ``_factors``
 included, to the fused engine's kernel (``_kernels.backward_step``): one C
-call and one GEMM per step instead of about eight NumPy calls (the demo's
-256 steps: 10.3 → 6.4 ms). It computes the same ∂z to the bit.
+call and one GEMM per step instead of about eight NumPy calls (benchmarks/
+RESULTS.md has the times). It computes the same ∂z to the bit.
 """
 
 from __future__ import annotations
@@ -307,9 +307,7 @@ def _compiled_backward(fw, params, layer, seeds, gz, x_block) -> np.ndarray:
     T, n = fw["valid"].shape
     H = params.H
     S, _, P, _ = gz.shape
-    acts = layer.activations
-    codes = np.array([fused.ACTIVATION_CODES[acts.get(role).name] for role in ("gate", "candidate", "cell_output")],
-                     np.int64)
+    codes = fused.activation_codes(layer)
     has_peep = params.peephole is not None
     peep = np.ascontiguousarray(params.peephole if has_peep else np.zeros((3, H)), f32)
     states = [np.ascontiguousarray(fw[k], f32) for k in ("i", "f", "g", "o", "c_prev", "co")]

@@ -64,6 +64,13 @@ ACTIVATION_CODES = {
     "softplus": 7,
 }
 
+
+def activation_codes(layer: Layer) -> np.ndarray:
+    """The kernel's codes (3,) int64 of the layer's gate, candidate and cell-output activations."""
+    acts = layer.activations
+    return np.array([ACTIVATION_CODES[acts.get(role).name] for role in ("gate", "candidate", "cell_output")], np.int64)
+
+
 _KERNELS = None
 _IMPORT_ERROR: str | None = None  # why the extension did not import, once tried
 _NOTED = False
@@ -189,10 +196,7 @@ def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord
     W = np.ascontiguousarray(params.W[:, perm], dtype)
     U = np.ascontiguousarray(params.U[:, perm], dtype)
     bias = np.ascontiguousarray(params.b[perm], dtype)
-    acts = layer.activations
-    codes = np.array(
-        [ACTIVATION_CODES[acts.get(role).name] for role in ("gate", "candidate", "cell_output")], np.int64
-    )
+    codes = activation_codes(layer)
     has_peep = params.peephole is not None
     peep = np.ascontiguousarray(params.peephole if has_peep else np.zeros((3, H)), dtype)
     clip = layer.clip
