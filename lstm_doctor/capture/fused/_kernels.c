@@ -10,8 +10,11 @@
  * no fused multiply-adds, so c and h round as NumPy's ufuncs do, and NaN and
  * Inf propagate so that the non-finite checks see them. sigma and tanh are
  * Cephes' float32 polynomials written with selects only, which gcc -O3
- * vectorises (AVX2 where the CPU has it, through target_clones on x86-64
- * Linux); within 2 ulp of NumPy's.
+ * vectorises (AVX-512 or AVX2 where the CPU has it, through target_clones on
+ * x86-64 Linux); within 2 ulp of NumPy's. The clones give the same results to
+ * the bit: without -ffast-math the compiler keeps every sum in the order the
+ * source writes it, whatever the vector width (the AVX-512 clone is 2-5%
+ * faster on the capture, benchmarks/RESULTS.md).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -21,7 +24,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && !defined(LSTM_DOCTOR_NO_CLONES)
-#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define HOT
 #endif

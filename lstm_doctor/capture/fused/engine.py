@@ -18,7 +18,7 @@ in ``numpy_loop.STEP_ORDER`` (i, f, o, g), as the NumPy engine's.
 
 Precision. σ and tanh are computed within 2 ulp of NumPy's (float32) with
 vectorisable code: Cephes' polynomials written with selects only, so that
-gcc -O3 vectorises them (AVX2 where the CPU has it). σ(z) = 1/(1 + e^{−z}),
+gcc -O3 vectorises them (AVX-512 or AVX2 where the CPU has it). σ(z) = 1/(1 + e^{−z}),
 which keeps the relative precision of small σ. Sums of squares and deviation
 moments are float32 within a step (as the NumPy engine's) and float64 across
 steps; deviations are taken from the step's first valid row, as in
