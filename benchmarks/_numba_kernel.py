@@ -322,8 +322,8 @@ def fused_step(
     Σ(v − ref) and Σ(v − ref)²; left[t], right[t] (3H,) gate counts below
     sat_low / above sat_high; state (B, 3H) int8 the saturation state (−1, 0,
     1) of the previous step, switch (3H,) its changes; term_sq, term_sum
-    (4, T, 4H) Σv² and Σv of x·W, h·U, z, p·c; over (2, T, 4H) counts of
-    |x·W| and |z| > preact_limit; counts (T, N_COUNTS); c_sums (T, 3) Σc,
+    (4, 1, 4H) Σv² and Σv of x·W, h·U, z, p·c over the chunk's steps; over
+    (2, 1, 4H) counts of |x·W| and |z| > preact_limit; counts (T, N_COUNTS); c_sums (T, 3) Σc,
     Σ|c|, max|c|; extrema (2,) min and max of h; dh2[t] (B,) ‖h_t − h_{t−1}‖².
     The sample: keep (4,) how many leading rows to record of z, the gates, p·c
     and c_t, into z_keep[t], act_keep[t], pt_keep[t] (T, ·, 4H) and c_keep[t]
@@ -444,10 +444,10 @@ def fused_step(
     right[t, :] += rt
     switch += sw
     for k in range(4):
-        term_sq[k, t, :] += sq[k]
-        term_sum[k, t, :] += sums[k]
-    over[0, t, :] += ov[0]
-    over[1, t, :] += ov[1]
+        term_sq[k, 0, :] += sq[k]
+        term_sum[k, 0, :] += sums[k]
+    over[0, 0, :] += ov[0]
+    over[1, 0, :] += ov[1]
     counts[t, COUNT_VALID_ROWS] = valid_rows
     counts[t, COUNT_TRANSITIONS] = both_valid
     counts[t, COUNT_C_NEG] = cnt[0].sum()

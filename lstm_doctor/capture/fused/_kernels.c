@@ -393,7 +393,6 @@ HOT static void fused_step(Step *s) {
     }
 
     /* fold the step's column accumulators into the chunk tables */
-    const Py_ssize_t T = s->T;
     double *ds = s->dev_sum + t * H4, *dq = s->dev_sumsq + t * H4;
     for (j = 0; j < H4; j++) {
         ds[j] += dev_s[j];
@@ -405,17 +404,19 @@ HOT static void fused_step(Step *s) {
         rgt[j] += rt[j];
         s->switch_[j] += sw[j];
     }
-    /* only the tables that are read: the peephole rows with peepholes, the sums when wanted
-       (the others stay untouched zero pages) */
+    /* the terms' tables are totals over the chunk's steps, per column (4, 4H) and (2, 4H):
+       the report sums them over steps anyway, and (T, 4H) tables were ~6 MB of fresh
+       memory a chunk; only the tables that are read: the peephole row with peepholes,
+       the sums when wanted */
     for (int k = 0; k < (has_peep ? 4 : 3); k++) {
-        double *tq = s->term_sq + (k * T + t) * H4;
+        double *tq = s->term_sq + k * H4;
         for (j = 0; j < H4; j++) tq[j] += sq[k * H4 + j];
         if (want_sums) {
-            double *ts = s->term_sum + (k * T + t) * H4;
+            double *ts = s->term_sum + k * H4;
             for (j = 0; j < H4; j++) ts[j] += sums[k * H4 + j];
         }
     }
-    int64_t *o0 = s->over + t * H4, *o1 = s->over + (T + t) * H4;
+    int64_t *o0 = s->over, *o1 = s->over + H4;
     for (j = 0; j < H4; j++) {
         o0[j] += ov[j];
         o1[j] += ov[H4 + j];
@@ -665,6 +666,7 @@ PyDoc_STRVAR(fused_step_doc,
 "           term_sq, term_sum, over, counts, c_sums, extrema, dh2,\n"
 "           keep, z_keep, act_keep, pt_keep, c_keep)\n\n"
 "One LSTM step of B rows and its statistics (see lstm_doctor.capture.fused.engine).\n"
+"term_sq, term_sum (4, 4H) and over (2, 4H): totals over the chunk's steps, added to in place.\n"
 "keep_rows: the leading dimension of the sample buffers (0 when none is kept).");
 
 static PyObject *py_fused_step(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
@@ -688,7 +690,7 @@ static PyObject *py_fused_step(PyObject *self, PyObject *const *argv, Py_ssize_t
         {"c_prev", 'f', 0, B * H}, {"h_prev", 'f', 0, B * H}, {"c_out", 'f', 1, B * H}, {"h_out", 'f', 1, B * H},
         {"ref", 'f', 1, T * H4}, {"dev_sum", 'd', 1, T * H4}, {"dev_sumsq", 'd', 1, T * H4},
         {"left", 'q', 1, T * H3}, {"right", 'q', 1, T * H3}, {"state", 'b', 1, B * H3}, {"switch", 'q', 1, H3},
-        {"term_sq", 'd', 1, 4 * T * H4}, {"term_sum", 'd', 1, 4 * T * H4}, {"over", 'q', 1, 2 * T * H4},
+        {"term_sq", 'd', 1, 4 * H4}, {"term_sum", 'd', 1, 4 * H4}, {"over", 'q', 1, 2 * H4},
         {"counts", 'q', 1, T * N_COUNTS}, {"c_sums", 'd', 1, T * 3}, {"extrema", 'd', 1, 2}, {"dh2", 'd', 1, T * B},
         {"keep", 'q', 0, 4}, {"z_keep", 'f', 1, -1}, {"act_keep", 'f', 1, -1}, {"pt_keep", 'f', 1, -1},
         {"c_keep", 'f', 1, -1},

@@ -236,10 +236,11 @@ def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord
         np.bool_,
     )
 
-    # term tables stacked as input, recurrent, total, peephole
-    term_sq = np.zeros((4, T, H4))
-    term_sum = np.zeros((4, T, H4))
-    over = np.zeros((2, T, H4), np.int64)
+    # term tables stacked as input, recurrent, total, peephole: totals over the chunk's steps
+    # (one row), which is all ``DirectionReducer.finish`` reads of them (it sums over steps)
+    term_sq = np.zeros((4, 1, H4))
+    term_sum = np.zeros((4, 1, H4))
+    over = np.zeros((2, 1, H4), np.int64)
     counts = np.zeros((T, k.N_COUNTS), np.int64)  # columns _kernels.COUNT_*
     extrema = np.full((2,), np.inf)
     extrema[1] = -np.inf
