@@ -61,7 +61,7 @@ def _numexpr_run(ne):
 
     from lstm_doctor.capture.numpy_loop import StepRecord, blas_threads_context, step_permutation
 
-    def run(params, layer, x, mask, capture, *, observer, keep=0, keep_fields=None):
+    def run(params, layer, x, mask, capture, *, observer, keep=0, keep_fields=None, final_h_only=False):
         T, B, D = x.shape
         H = params.H
         H3, H4 = 3 * H, 4 * H
@@ -164,7 +164,9 @@ def worker(args) -> dict:
         T, B = x.shape[:2]
         st = DirectionStats.empty(0, "fwd", T, H, StatsConfig())
         r = st.reducer(B, None, layer, params.h0, np.float32, params)
-        run(params, layer, x, None, CAPTURE_STATS, observer=r, keep=KEEP, keep_fields=DEFAULT_SAMPLE_FIELDS)
+        # final_h_only: a one-layer model's h, as the pipeline asks for it (the encoding reads its final step)
+        run(params, layer, x, None, CAPTURE_STATS, observer=r, keep=KEEP, keep_fields=DEFAULT_SAMPLE_FIELDS,
+            final_h_only=True)
         r.finish()
         return st
 

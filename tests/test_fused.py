@@ -262,3 +262,35 @@ def test_the_bundled_case_gives_the_same_findings_on_both_engines():
         found[engine] = sorted((f.code, f.severity, str(f.location)) for f in analysis.findings)
     assert found["fused"] == found["numpy"]
     assert {"S301", "A201", "C401", "H601"} <= {code for code, _, _ in found["fused"]}
+
+
+def test_the_last_layer_keeps_only_its_final_h_and_the_same_values():
+    """run_chunk(final_h_only=True), as the pipeline streams: the fused engine returns the last
+    layer's h as its final step alone (no (T, B, H) array) with the values of the full run,
+    the sample keeps h in full, and the earlier layer still hands its whole sequence on."""
+    from lstm_doctor.capture.engines import final_hidden, run_chunk
+    from lstm_doctor.capture.numpy_loop import CAPTURE_STATS
+    from lstm_doctor.stats import DirectionStats, StatsConfig
+
+    m = model(5, 9, layers=2, bidirectional=True, seed=1)
+    x = np.ascontiguousarray(normal_inputs(n=12, T=10, D=5, seed=3, scale=2.0).transpose(1, 0, 2))  # (T, B, D)
+    lengths = np.array([10, 3, 7, 10, 1, 9, 10, 4, 10, 2, 8, 6])
+    mask = np.arange(10)[:, None] < lengths[None, :]
+
+    def run(final_h_only):
+        reducers = {(k, d): DirectionStats.empty(k, d, 10, 9, StatsConfig()).reducer(12, mask, layer, p.h0,
+                                                                                    np.float32, p)
+                    for k, d, layer, p in m.units()}
+        records = run_chunk(m, x, lengths, "fused", CAPTURE_STATS, observers=reducers, keep=4,
+                            keep_fields=("i", "c", "h"), final_h_only=final_h_only)
+        return records, final_hidden(m, records)
+
+    short, enc_short = run(True)
+    full, enc_full = run(False)
+    for d in ("fwd", "rev"):
+        assert short[(1, d)].h.shape == (1, 12, 9) and full[(1, d)].h.shape == (10, 12, 9)
+        np.testing.assert_array_equal(short[(1, d)].h[0], full[(1, d)].h[-1])
+        np.testing.assert_array_equal(short[(1, d)].sample.h, full[(1, d)].sample.h)
+        assert short[(1, d)].sample.h.shape == (10, 4, 9)
+        assert short[(0, d)].h.shape == (10, 12, 9)  # layer 0 feeds layer 1
+    np.testing.assert_array_equal(enc_short, enc_full)

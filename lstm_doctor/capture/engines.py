@@ -109,6 +109,7 @@ def run_chunk(
     observers: dict | None = None,
     keep: int = 0,
     keep_fields: tuple[str, ...] | None = None,
+    final_h_only: bool = False,
 ) -> dict[tuple[int, str], StepRecord]:
     """Run every layer and direction over ``x`` (T, B, D), time-major.
 
@@ -117,6 +118,11 @@ def run_chunk(
     ``keep`` and ``keep_fields`` are passed to the NumPy engine (capture
     "stats": the reducers see every step in cache and only the first ``keep``
     sequences are recorded in full); other engines do not take them.
+
+    ``final_h_only`` (streaming only): the last layer's ``h`` is read for its
+    final step alone (``final_hidden``), so an engine may return just that step,
+    (1, B, H) (the fused engine does, without a (T, B, H) array), and the last
+    layer's outputs are not assembled for a next layer.
     """
     run = get_engine(engine)
     extra = {}
@@ -124,33 +130,41 @@ def run_chunk(
         if engine not in STREAMING_ENGINES + ("auto",):
             raise ConfigError(f"engine {engine!r} does not stream steps to observers")
         extra = {"keep": keep, "keep_fields": keep_fields}
+    elif final_h_only:
+        raise ConfigError("final_h_only needs a streaming capture (observers)")
     T = x.shape[0]
     mask = step_mask(lengths, T)
     records: dict[tuple[int, str], StepRecord] = {}
     layer_input = np.asarray(x, dtype=model.dtype)
     for k, layer in enumerate(model.layers):
         outputs = []
+        feeds_next = k + 1 < len(model.layers)
+        if extra:
+            extra["final_h_only"] = final_h_only and not feeds_next
         for direction, params in layer.directions():
             if observers is not None:
                 extra["observer"] = observers.get((k, direction))
-            if direction == "rev":
-                rec = run(params, layer, reverse_padded(layer_input, lengths), mask, capture, **extra)
-                if layer.output_reversed and k + 1 < len(model.layers):
-                    # Keras go_backwards: the next layer reads the outputs in processing order
-                    if lengths is not None:
-                        raise ConfigError(
-                            f"layer {k} hands its outputs on reversed (Keras go_backwards) and feeds "
-                            "another layer: with sequence lengths Keras reverses the padding too, "
-                            "which is not modelled; run without lengths or choose one layer"
-                        )
-                    outputs.append(rec.h)
-                else:
-                    outputs.append(reverse_padded(rec.h, lengths))
-            else:
-                rec = run(params, layer, layer_input, mask, capture, **extra)
-                outputs.append(rec.h)
+            rev = direction == "rev"
+            rec = run(params, layer, reverse_padded(layer_input, lengths) if rev else layer_input, mask, capture,
+                      **extra)
             records[(k, direction)] = rec
-        layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+            if final_h_only and not feeds_next:
+                continue  # no next layer reads the outputs
+            if not rev:
+                outputs.append(rec.h)
+            elif layer.output_reversed and feeds_next:
+                # Keras go_backwards: the next layer reads the outputs in processing order
+                if lengths is not None:
+                    raise ConfigError(
+                        f"layer {k} hands its outputs on reversed (Keras go_backwards) and feeds "
+                        "another layer: with sequence lengths Keras reverses the padding too, "
+                        "which is not modelled; run without lengths or choose one layer"
+                    )
+                outputs.append(rec.h)
+            else:
+                outputs.append(reverse_padded(rec.h, lengths))
+        if outputs:
+            layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
     return records
 
 

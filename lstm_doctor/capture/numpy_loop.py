@@ -217,8 +217,13 @@ def run_direction(
     observer: StepObserver | None = None,
     keep: int = 0,
     keep_fields: tuple[str, ...] | None = None,
+    final_h_only: bool = False,
 ) -> StepRecord:
     """Run one direction forward in time over ``x`` (T, B, D).
+
+    ``final_h_only`` is the streaming engines' shared convention
+    (``engines.run_chunk``); this loop's observers read the h sequence, so it
+    returns the whole sequence either way.
 
     ``mask`` (T, B) bool: where False the step is padding and the state is
     carried unchanged (h_t = h_{t-1}, c_t = c_{t-1}); gate values there are

@@ -129,6 +129,7 @@ def capture(
             records = run_chunk(
                 model, x, lengths, engine, CAPTURE_STATS,
                 observers=reducers, keep=take, keep_fields=options.sample_fields,
+                final_h_only=True,  # the last layer's h: only its final step, the encoding
             )
             for reducer in reducers.values():
                 reducer.finish()

@@ -166,12 +166,19 @@ def run_direction(
     observer=None,
     keep: int = 0,
     keep_fields: tuple[str, ...] | None = None,
+    final_h_only: bool = False,
 ) -> StepRecord:
     """Like ``reference.run_direction``, with the step fused when it can be.
 
     The fused path needs capture "stats", a ``stats.DirectionReducer`` as the
     observer, a float32 model and kernels that load; anything else runs the
     NumPy engine, which computes the same values.
+
+    ``final_h_only`` (the last layer of a streaming capture, whose h only the
+    encoding reads): on the fused path the record's ``h`` is the final step
+    alone, (1, B, H), and h runs in a ring of two steps instead of a (T, B, H)
+    array (39 MB of fresh memory per chunk at 256 × 150 × 256); the sample
+    keeps its h in full. The NumPy engine returns the whole sequence.
     """
     if (
         capture != CAPTURE_STATS
@@ -183,10 +190,11 @@ def run_direction(
         return numpy_run_direction(
             params, layer, x, mask, capture, observer=observer, keep=keep, keep_fields=keep_fields
         )
-    return _run_fused(params, layer, np.asarray(x, dtype=params.dtype), mask, observer, keep, keep_fields)
+    return _run_fused(params, layer, np.asarray(x, dtype=params.dtype), mask, observer, keep, keep_fields,
+                      final_h_only)
 
 
-def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord:
+def _run_fused(params, layer, x, mask, reducer, keep, keep_fields, final_h_only=False) -> StepRecord:
     k = kernels()
     dtype = np.float32
     T, B, D = x.shape
@@ -254,7 +262,8 @@ def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord
     steps = input_block_steps(B, H, T)
     xw_block = np.empty((steps, B, H4), dtype)
     rec = np.empty((B, H4), dtype)
-    h_seq = np.empty((T, B, H), dtype)
+    h_seq = np.empty((2 if final_h_only else T, B, H), dtype)  # final_h_only: a ring of two steps
+    h_keep = np.empty((T, keep, H), dtype) if final_h_only and keep else None  # the sample's h, then
     cells = np.empty((2, B, H), dtype)
     h = np.ascontiguousarray(np.broadcast_to(params.h0, (B, H)), dtype)
     c = np.ascontiguousarray(np.broadcast_to(params.c0, (B, H)), dtype)
@@ -292,7 +301,7 @@ def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord
                 np.matmul(x[t : t + n].reshape(n * B, D), W, out=xw_block[:n].reshape(n * B, H4))
             xw = xw_block[k_blk]
             np.matmul(h, U, out=rec)
-            c_new, h_new = cells[t % 2], h_seq[t]
+            c_new, h_new = cells[t % 2], h_seq[t % 2 if final_h_only else t]
             k.fused_step(
                 t, T, B, H, keep, xw, rec, bias, peep, codes, limits, flags, valid,
                 c, h, c_new, h_new,
@@ -303,10 +312,12 @@ def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord
             for name, buf in (("input_term", xw), ("recurrent_term", rec)):
                 if name in terms_keep:
                     terms_keep[name][t] = buf[:keep]
+            if h_keep is not None:
+                h_keep[t] = h_new[:keep]
             c, h = c_new, h_new
 
-    _fold_into_reducer(r, term_sq, term_sum, over, counts, c_sums, extrema, switch, h_seq, cells, mask, T)
-    out = StepRecord(h=h_seq, c=None, bias=params.b)
+    _fold_into_reducer(r, term_sq, term_sum, over, counts, c_sums, extrema, switch)
+    out = StepRecord(h=h[None] if final_h_only else h_seq, c=None, bias=params.b)
     if keep:
         record = {}
         stacked = dict(terms_keep, preact=z_keep, peephole_term=pt_keep)
@@ -319,11 +330,11 @@ def _run_fused(params, layer, x, mask, reducer, keep, keep_fields) -> StepRecord
                 record[name] = act_keep[:, :, j * H : (j + 1) * H]
         if "c" in wanted:
             record["c"] = c_keep
-        out.sample = StepRecord(h=h_seq[:, :keep].copy(), bias=params.b, **record)
+        out.sample = StepRecord(h=h_keep if h_keep is not None else h_seq[:, :keep].copy(), bias=params.b, **record)
     return out
 
 
-def _fold_into_reducer(r, term_sq, term_sum, over, counts, c_sums, extrema, switch, h_seq, cells, mask, T) -> None:
+def _fold_into_reducer(r, term_sq, term_sum, over, counts, c_sums, extrema, switch) -> None:
     """Write the kernel's tables into the reducer's, so that its ``finish`` folds them."""
     K = kernels()
     # the reducer's tables of this chunk are still zero: take the kernel's in their place (no copy)
