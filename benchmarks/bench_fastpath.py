@@ -231,23 +231,17 @@ def gemm_floors(torch, params, x):
     xw = np.empty((steps * B, H4), np.float32)
     rec = np.empty((B, H4), np.float32)
     h = np.full((B, H4 // 4), 0.1, np.float32)
-    tx, tW, tU, txw, trec, th = (torch.from_numpy(a) for a in (x, W, U, xw, rec, h))
+    arrays = (x, W, U, xw, rec, h)
+    tensors = tuple(torch.from_numpy(a) for a in arrays)
 
-    def numpy_gemms():
+    def gemms(mm, x, W, U, xw, rec, h):  # mm(a, b, out=): np.matmul or torch.mm
         for t in range(T):
             if t % steps == 0:
                 n = min(steps, T - t)
-                np.matmul(x[t : t + n].reshape(n * B, D), W, out=xw[: n * B])
-            np.matmul(h, U, out=rec)
+                mm(x[t : t + n].reshape(n * B, D), W, out=xw[: n * B])
+            mm(h, U, out=rec)
 
-    def torch_gemms():
-        for t in range(T):
-            if t % steps == 0:
-                n = min(steps, T - t)
-                torch.mm(tx[t : t + n].reshape(n * B, D), tW, out=txw[: n * B])
-            torch.mm(th, tU, out=trec)
-
-    return numpy_gemms, torch_gemms
+    return (lambda: gemms(np.matmul, *arrays)), (lambda: gemms(torch.mm, *tensors))
 
 
 def spread(values) -> str:
